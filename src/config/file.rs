@@ -1,0 +1,197 @@
+//! The TOML file schema: what `ssegate.toml` may contain, exactly as written.
+//!
+//! These types only describe shape. They reject unknown keys (so a typo is an
+//! error, never a silently ignored setting) but leave every value check,
+//! default and cross-reference to `config::validate`, which turns them into
+//! `config::model`. Values that can be wrong in a way serde cannot see are
+//! wrapped in [`Spanned`] so an error can name their line and column, and
+//! are kept loosely typed (`String`, `i64`, [`DurationValue`]) so that, for
+//! example, `threads = 0` or `protocol = "http2"` are reported together with
+//! every other problem instead of stopping at the first one.
+//!
+//! See `conf/ssegate.toml` for every key with its default and meaning.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file. Only `[[listener]]`, `[[upstream]]` and `[[route]]` are
+/// required, and even their absence is reported by validation, not here.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub listener: Vec<ListenerEntry>,
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+    #[serde(default)]
+    pub stream: StreamSection,
+    #[serde(default)]
+    pub upstream: Vec<UpstreamEntry>,
+    #[serde(default)]
+    pub route: Vec<RouteEntry>,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// `i64`, not `usize`, so `0` and `-1` reach validation and get a real message.
+    pub threads: Option<Spanned<i64>>,
+    pub pid_file: Option<Spanned<String>>,
+    pub upgrade_sock: Option<Spanned<String>>,
+    pub error_log: Option<Spanned<String>>,
+    pub grace_period: Option<Spanned<DurationValue>>,
+    pub shutdown_timeout: Option<Spanned<DurationValue>>,
+}
+
+/// One `[[listener]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerEntry {
+    pub address: Spanned<String>,
+    pub tls: Option<TlsEntry>,
+    pub h2_max_streams: Option<Spanned<i64>>,
+}
+
+/// `tls = { cert = "...", key = "..." }` inside a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsEntry {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+/// `[timeouts]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSection {
+    pub connect: Option<Spanned<DurationValue>>,
+    pub read: Option<Spanned<DurationValue>>,
+    pub write: Option<Spanned<DurationValue>>,
+    pub upstream_keepalive: Option<Spanned<DurationValue>>,
+}
+
+/// `[stream]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSection {
+    pub heartbeat: Option<Spanned<DurationValue>>,
+    pub heartbeat_text: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<DurationValue>>,
+    pub cache_control: Option<Spanned<String>>,
+    pub shutdown_retry: Option<Spanned<DurationValue>>,
+    pub shutdown_retry_jitter: Option<Spanned<DurationValue>>,
+}
+
+/// One `[[upstream]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamEntry {
+    pub name: Spanned<String>,
+    /// Spanned as a whole too, so an empty list can be pointed at.
+    pub servers: Spanned<Vec<Spanned<String>>>,
+    /// A string rather than an enum so an unknown protocol is one error among many.
+    pub protocol: Option<Spanned<String>>,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntry {
+    pub host: Option<Spanned<String>>,
+    pub path: Spanned<String>,
+    pub upstream: Spanned<String>,
+    pub strip_prefix: Option<bool>,
+    pub heartbeat: Option<Spanned<DurationValue>>,
+    pub idle_timeout: Option<Spanned<DurationValue>>,
+}
+
+/// A duration as written: normally a string (`"15s"`, `"off"`), but numbers
+/// are accepted here so validation can answer `heartbeat = 15` with
+/// "write \"15s\"" rather than serde's bare "expected a string".
+#[derive(Debug, Clone, PartialEq)]
+pub enum DurationValue {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+}
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(DurationVisitor)
+    }
+}
+
+struct DurationVisitor;
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = DurationValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a duration string such as \"15s\", \"500ms\" or \"1h30m\"")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationValue, E> {
+        Ok(DurationValue::Text(v.to_owned()))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<DurationValue, E> {
+        Ok(DurationValue::Integer(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<DurationValue, E> {
+        // TOML integers are i64; saturate rather than fail, the message is the same.
+        Ok(DurationValue::Integer(i64::try_from(v).unwrap_or(i64::MAX)))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<DurationValue, E> {
+        Ok(DurationValue::Float(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_a_valid_shape() {
+        let file: Result<File, _> = toml::from_str("");
+        assert!(file.is_ok());
+    }
+
+    #[test]
+    fn durations_keep_what_was_written() {
+        #[derive(Deserialize)]
+        struct T {
+            a: DurationValue,
+            b: DurationValue,
+            c: DurationValue,
+        }
+        let t: T = toml::from_str("a = \"15s\"\nb = 15\nc = 1.5").expect("parses");
+        assert_eq!(t.a, DurationValue::Text("15s".into()));
+        assert_eq!(t.b, DurationValue::Integer(15));
+        assert_eq!(t.c, DurationValue::Float(1.5));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_everywhere() {
+        for text in [
+            "bogus = 1",
+            "[server]\nbogus = 1",
+            "[[listener]]\naddress = \"127.0.0.1:1\"\nbogus = 1",
+            "[[listener]]\naddress = \"127.0.0.1:1\"\ntls = { cert = \"a\", key = \"b\", bogus = 1 }",
+            "[timeouts]\nbogus = 1",
+            "[stream]\nbogus = 1",
+            "[[upstream]]\nname = \"a\"\nservers = []\nbogus = 1",
+            "[[route]]\npath = \"/\"\nupstream = \"a\"\nbogus = 1",
+        ] {
+            let err = toml::from_str::<File>(text).expect_err(text);
+            assert!(err.message().contains("unknown field `bogus`"), "{text}: {err}");
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Configuration: from a TOML file to a validated [`Config`].
+//!
+//! Three layers, so the rest of ssegate never sees unchecked input:
+//!
+//! ```text
+//!   text ──toml──▶ file::File ──validate (TryFrom)──▶ model::Config
+//!                  (shape only,                        (what the proxy
+//!                   unknown keys rejected)              reads)
+//! ```
+//!
+//! [`parse`] works on a string and touches the disk only to check TLS
+//! certificate and key files; [`load`] is a thin wrapper that reads a file.
+//! Errors name file, line, column and a dotted key with 0-based indexes
+//! (`listener[1].tls.cert`, `route[0].upstream`, `stream.heartbeat`), and
+//! validation reports every problem at once. `conf/ssegate.toml` documents
+//! every key.
+//!
+//! Modules: `file` (serde schema), `model` (runtime types), `validate`
+//! (the conversion and all checks), `duration` (`"1h30m"` syntax), `error`
+//! and `locate` (error positions and key paths), `summary` (`ssegate check`).
+
+pub mod file;
+pub mod model;
+
+mod duration;
+mod error;
+mod locate;
+mod summary;
+mod validate;
+
+use std::path::Path;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use model::*;
+pub use summary::summary;
+pub use validate::Document;
+
+/// Parses and validates configuration `text`. `source` names it in errors;
+/// relative certificate and key paths are resolved against `base_dir`.
+pub fn parse(text: &str, source: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    // A syntax or shape error leaves nothing reliable to validate, so it is reported alone.
+    let schema: file::File =
+        toml::from_str(text).map_err(|e| ConfigError::from_toml(&e, text, source))?;
+    Config::try_from(Document {
+        schema,
+        text,
+        source,
+        base_dir,
+    })
+}
+
+/// Reads and parses the file at `path`; paths in it are relative to its folder.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: source.clone(),
+        line: None,
+        column: None,
+        key: String::new(),
+        message: format!("cannot read config file: {e}"),
+    })?;
+    // `Path::parent` of a bare file name is "", meaning the current folder.
+    let base_dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    // Absolute, so certificate paths in the model survive a later change of
+    // working directory (daemonising) and errors name an unambiguous file.
+    let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
+    parse(&text, &source, &base_dir)
+}

@@ -1,0 +1,131 @@
+//! The validated runtime configuration: what the rest of ssegate reads.
+//!
+//! Nothing here is deserialised directly. `config::file` parses the TOML
+//! schema and `TryFrom` in `config::mod` turns it into these types, which is
+//! where every check lives. Once a `Config` exists it is known to be usable:
+//! addresses parse, routes name existing upstreams, certificates are readable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for messages), or `<embedded>`.
+    pub source: String,
+    pub server: Server,
+    pub listeners: Vec<Listener>,
+    pub timeouts: Timeouts,
+    pub stream: StreamSettings,
+    pub upstreams: Vec<Upstream>,
+    pub routes: Vec<Route>,
+}
+
+/// `[server]`: process-wide settings, mostly handed to pingora.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Worker threads (pingora `threads`). Default 2.
+    pub threads: usize,
+    /// pingora's pid file, used with `--daemon`. Default `/tmp/ssegate.pid`.
+    pub pid_file: PathBuf,
+    /// pingora's listener hand-over socket for `--upgrade`. Default `/tmp/ssegate_upgrade.sock`.
+    pub upgrade_sock: PathBuf,
+    /// Error log file when daemonised; `None` logs to stderr.
+    pub error_log: Option<PathBuf>,
+    /// Time between the shutdown signal and the end of open streams
+    /// (pingora `grace_period_seconds`). Default 10 s.
+    pub grace_period: Duration,
+    /// Time after the grace period before the runtimes are dropped
+    /// (pingora `graceful_shutdown_timeout_seconds`). Default 5 s.
+    pub shutdown_timeout: Duration,
+}
+
+/// One `[[listener]]`.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub address: SocketAddr,
+    /// `None`: plain TCP serving HTTP/1.1 and h2c. `Some`: rustls with ALPN h2 + http/1.1.
+    pub tls: Option<Tls>,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS for HTTP/2 connections. Default 1000.
+    pub h2_max_streams: u32,
+}
+
+/// Certificate chain and key, both PEM, paths resolved against the config file's folder.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[timeouts]`: ordinary (non-stream) request timing.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// TCP connect to an upstream server. Default 5 s.
+    pub connect: Duration,
+    /// Wait for the upstream response header, and between body reads of an
+    /// ordinary response. Never applies to event streams. Default 60 s.
+    pub read: Duration,
+    /// Each write to the client or the upstream. Default 60 s.
+    pub write: Duration,
+    /// How long an idle upstream keep-alive connection stays pooled. Default 60 s.
+    pub upstream_keepalive: Duration,
+}
+
+/// `[stream]`: defaults for event streams; routes may override some.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// Comment written after this much upstream silence, at an event boundary. `None` = off. Default 15 s.
+    pub heartbeat: Option<Duration>,
+    /// Exact bytes of a heartbeat. Default `":\n\n"`. Validated: only comment lines, ends with a blank line.
+    pub heartbeat_text: String,
+    /// End the stream after this much upstream silence. `None` = off. Default 1 h.
+    pub idle_timeout: Option<Duration>,
+    /// Value of the `Cache-Control` header set on event streams. Default `no-cache`.
+    pub cache_control: String,
+    /// `retry:` value sent to clients when a stream is ended by a graceful shutdown. Default 1 s.
+    pub shutdown_retry: Duration,
+    /// Random extra added to `shutdown_retry`, uniform in [0, jitter]. Default 1 s.
+    pub shutdown_retry_jitter: Duration,
+}
+
+/// One `[[upstream]]` pool.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    /// At least one; tried round robin.
+    pub servers: Vec<SocketAddr>,
+    /// Protocol spoken to the servers.
+    pub protocol: UpstreamProtocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with a keep-alive pool (`"http1"`, the default).
+    Http1,
+    /// HTTP/2 over cleartext, prior knowledge (`"h2c"`).
+    H2c,
+}
+
+/// One `[[route]]`, in file order.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// `None` matches any host. Lowercase, no port.
+    pub host: Option<HostMatch>,
+    /// Path prefix, starts with `/`.
+    pub path: String,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+    pub strip_prefix: bool,
+    /// Per-route overrides; `None` = use `[stream]`.
+    pub heartbeat: Option<Option<Duration>>,
+    pub idle_timeout: Option<Option<Duration>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `example.com`
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`: matches any name ending in it.
+    Suffix(String),
+}

@@ -1,0 +1,113 @@
+//! The one-screen description `ssegate check` prints for a valid config:
+//! what will actually run, with every default and per-route override
+//! resolved, so a reader does not have to work them out from the file.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use super::duration::format_duration;
+use super::model::{Config, HostMatch, UpstreamProtocol};
+
+/// Renders `config` as plain text, one item per line.
+pub fn summary(config: &Config) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail; the results are ignored for that reason.
+    let _ = writeln!(out, "config {}: OK", config.source);
+    listeners(&mut out, config);
+    upstreams(&mut out, config);
+    routes(&mut out, config);
+    let s = &config.stream;
+    let _ = writeln!(
+        out,
+        "stream defaults: heartbeat {} ({:?}), idle timeout {}, cache-control {:?}, shutdown retry {} + up to {} jitter",
+        on_off(s.heartbeat),
+        s.heartbeat_text,
+        on_off(s.idle_timeout),
+        s.cache_control,
+        format_duration(s.shutdown_retry),
+        format_duration(s.shutdown_retry_jitter),
+    );
+    let t = &config.timeouts;
+    let _ = writeln!(
+        out,
+        "timeouts: connect {}, read {}, write {}, upstream keepalive {}",
+        format_duration(t.connect),
+        format_duration(t.read),
+        format_duration(t.write),
+        format_duration(t.upstream_keepalive),
+    );
+    let v = &config.server;
+    let _ = writeln!(
+        out,
+        "server: {} threads, grace period {}, shutdown timeout {}, pid file {}, upgrade socket {}, error log {}",
+        v.threads,
+        format_duration(v.grace_period),
+        format_duration(v.shutdown_timeout),
+        v.pid_file.display(),
+        v.upgrade_sock.display(),
+        v.error_log
+            .as_ref()
+            .map_or("stderr".to_string(), |p| p.display().to_string()),
+    );
+    out
+}
+
+fn listeners(out: &mut String, config: &Config) {
+    let _ = writeln!(out, "listeners:");
+    for l in &config.listeners {
+        let kind = match &l.tls {
+            None => "plain, HTTP/1.1 + h2c".to_string(),
+            Some(tls) => format!("TLS, ALPN h2 + http/1.1, cert {}", tls.cert.display()),
+        };
+        let _ = writeln!(
+            out,
+            "  {}  {kind}, h2 max streams {}",
+            l.address, l.h2_max_streams
+        );
+    }
+}
+
+fn upstreams(out: &mut String, config: &Config) {
+    let _ = writeln!(out, "upstreams:");
+    for u in &config.upstreams {
+        let protocol = match u.protocol {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2c => "h2c",
+        };
+        let servers: Vec<String> = u.servers.iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, "  {}  {protocol}  {}", u.name, servers.join(", "));
+    }
+}
+
+fn routes(out: &mut String, config: &Config) {
+    let _ = writeln!(out, "routes (in file order):");
+    for r in &config.routes {
+        let host = match &r.host {
+            None => "*".to_string(),
+            Some(HostMatch::Exact(h)) => h.clone(),
+            Some(HostMatch::Suffix(s)) => format!("*{s}"),
+        };
+        let upstream = config
+            .upstreams
+            .get(r.upstream)
+            .map_or("?", |u| u.name.as_str());
+        let heartbeat = r.heartbeat.unwrap_or(config.stream.heartbeat);
+        let idle = r.idle_timeout.unwrap_or(config.stream.idle_timeout);
+        let _ = writeln!(
+            out,
+            "  {host} {} -> {upstream}{}, heartbeat {}, idle timeout {}",
+            r.path,
+            if r.strip_prefix {
+                " (strip prefix)"
+            } else {
+                ""
+            },
+            on_off(heartbeat),
+            on_off(idle),
+        );
+    }
+}
+
+fn on_off(value: Option<Duration>) -> String {
+    value.map_or("off".to_string(), format_duration)
+}

@@ -1,0 +1,730 @@
+//! The validating conversion from the file schema (`config::file`) to the
+//! runtime model (`config::model`): every default, check and cross-reference
+//! lives here, and every problem is collected rather than stopping at the
+//! first, so one run of `ssegate check` lists all of them.
+//!
+//! Apart from reading TLS certificate and key files (a listener that cannot
+//! load them is as broken as a bad address, and it is better to learn that
+//! before any port is bound), this is pure.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::duration::{parse_duration, UNIT_HELP};
+use super::error::{ConfigError, ConfigErrors};
+use super::file::{self, DurationValue};
+use super::model::{
+    Config, HostMatch, Listener, Route, Server, StreamSettings, Timeouts, Tls, Upstream,
+    UpstreamProtocol,
+};
+
+// Defaults, as documented in `config::model` and `conf/ssegate.toml`.
+const THREADS: usize = 2;
+const PID_FILE: &str = "/tmp/ssegate.pid";
+const UPGRADE_SOCK: &str = "/tmp/ssegate_upgrade.sock";
+const GRACE_PERIOD: Duration = Duration::from_secs(10);
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+const H2_MAX_STREAMS: u32 = 1000;
+const H2_MAX_STREAMS_LIMIT: i64 = 1_000_000;
+const CONNECT: Duration = Duration::from_secs(5);
+const READ: Duration = Duration::from_secs(60);
+const WRITE: Duration = Duration::from_secs(60);
+const UPSTREAM_KEEPALIVE: Duration = Duration::from_secs(60);
+const HEARTBEAT: Duration = Duration::from_secs(15);
+const HEARTBEAT_TEXT: &str = ":\n\n";
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+const CACHE_CONTROL: &str = "no-cache";
+const SHUTDOWN_RETRY: Duration = Duration::from_secs(1);
+const SHUTDOWN_RETRY_JITTER: Duration = Duration::from_secs(1);
+
+/// A parsed file plus what validation needs to phrase its errors.
+pub struct Document<'a> {
+    pub schema: file::File,
+    /// The original text, to turn spans into line and column.
+    pub text: &'a str,
+    /// File name for messages.
+    pub source: &'a str,
+    /// Folder that relative certificate and key paths are resolved against.
+    pub base_dir: &'a Path,
+}
+
+impl TryFrom<Document<'_>> for Config {
+    type Error = ConfigErrors;
+
+    fn try_from(doc: Document<'_>) -> Result<Config, ConfigErrors> {
+        let mut check = Checker {
+            text: doc.text,
+            source: doc.source,
+            errors: Vec::new(),
+        };
+        let file = doc.schema;
+        let config = Config {
+            source: doc.source.to_string(),
+            server: check.server(&file.server),
+            listeners: check.listeners(&file.listener, doc.base_dir),
+            timeouts: check.timeouts(&file.timeouts),
+            stream: check.stream(&file.stream),
+            upstreams: check.upstreams(&file.upstream),
+            routes: check.routes(&file.route, &file.upstream),
+        };
+        check.finish(config)
+    }
+}
+
+/// What a duration key accepts besides a plain positive duration.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Accept {
+    /// Zero means "do not wait", which is a meaningful choice.
+    ZeroToo,
+    /// A timeout of zero would fail everything.
+    PositiveOnly,
+    /// `"off"` disables the feature; zero is rejected in favour of `"off"`.
+    PositiveOrOff,
+    /// Handed to pingora as whole seconds, so a fraction would be silently lost.
+    WholeSeconds,
+}
+
+/// Collects errors while building the model; on error, fields get a
+/// placeholder so the remaining checks can still run.
+struct Checker<'a> {
+    text: &'a str,
+    source: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) {
+        self.errors
+            .push(ConfigError::at(self.source, self.text, span, key, message));
+    }
+
+    fn finish(mut self, config: Config) -> Result<Config, ConfigErrors> {
+        if self.errors.is_empty() {
+            return Ok(config);
+        }
+        // File order reads best; errors without a place (a missing section) go last.
+        self.errors
+            .sort_by_key(|e| (e.line.is_none(), e.line, e.column));
+        Err(ConfigErrors(self.errors))
+    }
+
+    fn server(&mut self, s: &file::ServerSection) -> Server {
+        let threads = match &s.threads {
+            None => THREADS,
+            Some(t) => match usize::try_from(*t.get_ref()) {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    let message = format!("must be at least 1, got {}", t.get_ref());
+                    self.error(Some(t.span()), "server.threads", message);
+                    THREADS
+                }
+            },
+        };
+        let pid_file = self.path("server.pid_file", s.pid_file.as_ref());
+        let upgrade_sock = self.path("server.upgrade_sock", s.upgrade_sock.as_ref());
+        Server {
+            threads,
+            pid_file: pid_file.unwrap_or_else(|| PathBuf::from(PID_FILE)),
+            upgrade_sock: upgrade_sock.unwrap_or_else(|| PathBuf::from(UPGRADE_SOCK)),
+            error_log: self.path("server.error_log", s.error_log.as_ref()),
+            grace_period: self.duration(
+                "server.grace_period",
+                s.grace_period.as_ref(),
+                GRACE_PERIOD,
+                Accept::WholeSeconds,
+            ),
+            shutdown_timeout: self.duration(
+                "server.shutdown_timeout",
+                s.shutdown_timeout.as_ref(),
+                SHUTDOWN_TIMEOUT,
+                Accept::WholeSeconds,
+            ),
+        }
+    }
+
+    /// A file path setting; `None` when absent or invalid.
+    fn path(&mut self, key: &str, value: Option<&Spanned<String>>) -> Option<PathBuf> {
+        let value = value?;
+        if value.get_ref().is_empty() {
+            self.error(Some(value.span()), key, "must not be empty");
+            return None;
+        }
+        Some(PathBuf::from(value.get_ref()))
+    }
+
+    fn listeners(&mut self, entries: &[file::ListenerEntry], base_dir: &Path) -> Vec<Listener> {
+        if entries.is_empty() {
+            self.error(
+                None,
+                "listener",
+                "at least one [[listener]] is required, e.g. `[[listener]]` with `address = \"127.0.0.1:8080\"`",
+            );
+        }
+        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut listeners = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            let key = format!("listener[{i}]");
+            let address_key = format!("{key}.address");
+            let address = self.socket_addr(&address_key, &entry.address, "127.0.0.1:8080");
+            if let Some(address) = address {
+                if let Some(first) = seen.get(&address) {
+                    let message = format!("{address} is already used by listener[{first}]");
+                    self.error(Some(entry.address.span()), &address_key, message);
+                } else {
+                    seen.insert(address, i);
+                }
+            }
+            listeners.push(Listener {
+                address: address.unwrap_or_else(placeholder_addr),
+                tls: entry.tls.as_ref().map(|t| self.tls(&key, t, base_dir)),
+                h2_max_streams: self.h2_max_streams(&key, entry.h2_max_streams.as_ref()),
+            });
+        }
+        listeners
+    }
+
+    fn h2_max_streams(&mut self, listener: &str, value: Option<&Spanned<i64>>) -> u32 {
+        let Some(value) = value else {
+            return H2_MAX_STREAMS;
+        };
+        let n = *value.get_ref();
+        match u32::try_from(n) {
+            Ok(streams) if (1..=H2_MAX_STREAMS_LIMIT).contains(&n) => streams,
+            _ => {
+                let message = format!("must be between 1 and {H2_MAX_STREAMS_LIMIT}, got {n}");
+                self.error(
+                    Some(value.span()),
+                    &format!("{listener}.h2_max_streams"),
+                    message,
+                );
+                H2_MAX_STREAMS
+            }
+        }
+    }
+
+    fn socket_addr(
+        &mut self,
+        key: &str,
+        value: &Spanned<String>,
+        example: &str,
+    ) -> Option<SocketAddr> {
+        match value.get_ref().parse() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                let message = format!(
+                    "\"{}\" is not an IP:port address; write e.g. \"{example}\" (host names are not resolved)",
+                    value.get_ref()
+                );
+                self.error(Some(value.span()), key, message);
+                None
+            }
+        }
+    }
+
+    fn tls(&mut self, listener: &str, tls: &file::TlsEntry, base_dir: &Path) -> Tls {
+        Tls {
+            cert: self.pem_file(
+                &format!("{listener}.tls.cert"),
+                &tls.cert,
+                base_dir,
+                Pem::Cert,
+            ),
+            key: self.pem_file(&format!("{listener}.tls.key"), &tls.key, base_dir, Pem::Key),
+        }
+    }
+
+    /// Resolves a certificate or key path and checks that it reads as PEM of
+    /// the right kind (catches swapped or missing files before startup; rustls
+    /// still does the real parsing).
+    fn pem_file(
+        &mut self,
+        key: &str,
+        value: &Spanned<String>,
+        base_dir: &Path,
+        kind: Pem,
+    ) -> PathBuf {
+        let span = Some(value.span());
+        if value.get_ref().is_empty() {
+            self.error(
+                span,
+                key,
+                format!("must not be empty; give the path of a PEM {}", kind.what()),
+            );
+            return PathBuf::new();
+        }
+        // `join` keeps an absolute path as it is.
+        let path = base_dir.join(value.get_ref());
+        match std::fs::read(&path) {
+            Err(e) => {
+                let message = format!("cannot read {} file {}: {e}", kind.what(), path.display());
+                self.error(span, key, message);
+            }
+            Ok(bytes) if !kind.looks_like(&String::from_utf8_lossy(&bytes)) => {
+                let message = format!(
+                    "{} is not a PEM {}: no {} block found",
+                    path.display(),
+                    kind.what(),
+                    kind.marker()
+                );
+                self.error(span, key, message);
+            }
+            Ok(_) => {}
+        }
+        path
+    }
+
+    fn timeouts(&mut self, t: &file::TimeoutsSection) -> Timeouts {
+        use Accept::PositiveOnly;
+        Timeouts {
+            connect: self.duration(
+                "timeouts.connect",
+                t.connect.as_ref(),
+                CONNECT,
+                PositiveOnly,
+            ),
+            read: self.duration("timeouts.read", t.read.as_ref(), READ, PositiveOnly),
+            write: self.duration("timeouts.write", t.write.as_ref(), WRITE, PositiveOnly),
+            upstream_keepalive: self.duration(
+                "timeouts.upstream_keepalive",
+                t.upstream_keepalive.as_ref(),
+                UPSTREAM_KEEPALIVE,
+                PositiveOnly,
+            ),
+        }
+    }
+
+    fn stream(&mut self, s: &file::StreamSection) -> StreamSettings {
+        StreamSettings {
+            heartbeat: self.switch("stream.heartbeat", s.heartbeat.as_ref(), Some(HEARTBEAT)),
+            heartbeat_text: self.text_value(
+                "stream.heartbeat_text",
+                s.heartbeat_text.as_ref(),
+                HEARTBEAT_TEXT,
+                check_heartbeat_text,
+            ),
+            idle_timeout: self.switch(
+                "stream.idle_timeout",
+                s.idle_timeout.as_ref(),
+                Some(IDLE_TIMEOUT),
+            ),
+            cache_control: self.text_value(
+                "stream.cache_control",
+                s.cache_control.as_ref(),
+                CACHE_CONTROL,
+                check_cache_control,
+            ),
+            shutdown_retry: self.duration(
+                "stream.shutdown_retry",
+                s.shutdown_retry.as_ref(),
+                SHUTDOWN_RETRY,
+                Accept::ZeroToo,
+            ),
+            shutdown_retry_jitter: self.duration(
+                "stream.shutdown_retry_jitter",
+                s.shutdown_retry_jitter.as_ref(),
+                SHUTDOWN_RETRY_JITTER,
+                Accept::ZeroToo,
+            ),
+        }
+    }
+
+    /// A string setting with a default and a check returning the reason it is bad.
+    fn text_value(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+        default: &str,
+        check: fn(&str) -> Result<(), String>,
+    ) -> String {
+        let Some(value) = value else {
+            return default.to_string();
+        };
+        if let Err(reason) = check(value.get_ref()) {
+            self.error(Some(value.span()), key, reason);
+        }
+        value.get_ref().clone()
+    }
+
+    fn upstreams(&mut self, entries: &[file::UpstreamEntry]) -> Vec<Upstream> {
+        if entries.is_empty() {
+            self.error(
+                None,
+                "upstream",
+                "at least one [[upstream]] is required, e.g. `[[upstream]]` with `name = \"app\"` and `servers = [\"127.0.0.1:3000\"]`",
+            );
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut upstreams = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            let key = format!("upstream[{i}]");
+            let name = entry.name.get_ref();
+            let name_span = Some(entry.name.span());
+            if name.is_empty() {
+                self.error(name_span, &format!("{key}.name"), "must not be empty");
+            } else if let Some(first) = seen.get(name.as_str()) {
+                let message = format!(
+                    "duplicate upstream name \"{name}\" (already used by upstream[{first}])"
+                );
+                self.error(name_span, &format!("{key}.name"), message);
+            } else {
+                seen.insert(name, i);
+            }
+            upstreams.push(Upstream {
+                name: name.clone(),
+                servers: self.servers(&key, &entry.servers),
+                protocol: self.protocol(&key, entry.protocol.as_ref()),
+            });
+        }
+        upstreams
+    }
+
+    fn servers(
+        &mut self,
+        upstream: &str,
+        servers: &Spanned<Vec<Spanned<String>>>,
+    ) -> Vec<SocketAddr> {
+        if servers.get_ref().is_empty() {
+            let message = "at least one server is required, e.g. [\"127.0.0.1:3000\"]";
+            self.error(
+                Some(servers.span()),
+                &format!("{upstream}.servers"),
+                message,
+            );
+        }
+        let mut addresses = Vec::with_capacity(servers.get_ref().len());
+        for (j, server) in servers.get_ref().iter().enumerate() {
+            let key = format!("{upstream}.servers[{j}]");
+            if let Some(address) = self.socket_addr(&key, server, "127.0.0.1:3000") {
+                addresses.push(address);
+            }
+        }
+        addresses
+    }
+
+    fn protocol(&mut self, upstream: &str, value: Option<&Spanned<String>>) -> UpstreamProtocol {
+        match value.map(|v| v.get_ref().as_str()) {
+            None | Some("http1") => UpstreamProtocol::Http1,
+            Some("h2c") => UpstreamProtocol::H2c,
+            Some(other) => {
+                let message =
+                    format!("unknown protocol \"{other}\"; expected \"http1\" or \"h2c\"");
+                self.error(
+                    value.map(Spanned::span),
+                    &format!("{upstream}.protocol"),
+                    message,
+                );
+                UpstreamProtocol::Http1
+            }
+        }
+    }
+
+    fn routes(
+        &mut self,
+        entries: &[file::RouteEntry],
+        upstreams: &[file::UpstreamEntry],
+    ) -> Vec<Route> {
+        if entries.is_empty() {
+            self.error(
+                None,
+                "route",
+                "at least one [[route]] is required, e.g. `[[route]]` with `path = \"/\"` and `upstream = \"app\"`",
+            );
+        }
+        // Keyed on the lowercased host as written, so an invalid host still
+        // takes part and "*.A.com" collides with "*.a.com".
+        let mut seen: HashMap<(Option<String>, &str), usize> = HashMap::new();
+        let mut routes = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            let key = format!("route[{i}]");
+            let path = entry.path.get_ref();
+            if !path.starts_with('/') {
+                let message = format!("\"{path}\" must start with \"/\", e.g. \"/{path}\"");
+                self.error(Some(entry.path.span()), &format!("{key}.path"), message);
+            }
+            let host = entry.host.as_ref().map(|h| h.get_ref().to_lowercase());
+            if let Some(first) = seen.get(&(host.clone(), path.as_str())) {
+                let message = format!(
+                    "duplicate route: route[{first}] already has {} and path \"{path}\"",
+                    host.as_ref()
+                        .map_or("any host".to_string(), |h| format!("host \"{h}\""))
+                );
+                self.error(Some(entry.path.span()), &format!("{key}.path"), message);
+            } else {
+                seen.insert((host, path), i);
+            }
+            routes.push(self.route(&key, entry, upstreams));
+        }
+        routes
+    }
+
+    /// The per-route checks that need no other route.
+    fn route(
+        &mut self,
+        key: &str,
+        entry: &file::RouteEntry,
+        upstreams: &[file::UpstreamEntry],
+    ) -> Route {
+        let host = entry
+            .host
+            .as_ref()
+            .and_then(|h| match host_pattern(h.get_ref()) {
+                Ok(host) => Some(host),
+                Err(reason) => {
+                    let message = format!("invalid host pattern \"{}\": {reason}", h.get_ref());
+                    self.error(Some(h.span()), &format!("{key}.host"), message);
+                    None
+                }
+            });
+        let override_of = |check: &mut Self, name: &str, value: Option<&Spanned<DurationValue>>| {
+            value.and_then(|v| {
+                check.parse_duration(&format!("{key}.{name}"), v, Accept::PositiveOrOff)
+            })
+        };
+        Route {
+            host,
+            path: entry.path.get_ref().clone(),
+            upstream: self.upstream_index(key, &entry.upstream, upstreams),
+            strip_prefix: entry.strip_prefix.unwrap_or(false),
+            heartbeat: override_of(self, "heartbeat", entry.heartbeat.as_ref()),
+            idle_timeout: override_of(self, "idle_timeout", entry.idle_timeout.as_ref()),
+        }
+    }
+
+    fn upstream_index(
+        &mut self,
+        route: &str,
+        name: &Spanned<String>,
+        upstreams: &[file::UpstreamEntry],
+    ) -> usize {
+        if let Some(index) = upstreams
+            .iter()
+            .position(|u| u.name.get_ref() == name.get_ref())
+        {
+            return index;
+        }
+        let known = if upstreams.is_empty() {
+            "no [[upstream]] is defined".to_string()
+        } else {
+            let names: Vec<String> = upstreams
+                .iter()
+                .map(|u| format!("\"{}\"", u.name.get_ref()))
+                .collect();
+            format!("known upstreams: {}", names.join(", "))
+        };
+        let message = format!("unknown upstream \"{}\"; {known}", name.get_ref());
+        self.error(Some(name.span()), &format!("{route}.upstream"), message);
+        0
+    }
+
+    /// A duration that must be present in the model: absent or invalid gives the default.
+    fn duration(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<DurationValue>>,
+        default: Duration,
+        accept: Accept,
+    ) -> Duration {
+        value
+            .and_then(|v| self.parse_duration(key, v, accept))
+            .flatten()
+            .unwrap_or(default)
+    }
+
+    /// A duration that `"off"` can disable (`None`).
+    fn switch(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<DurationValue>>,
+        default: Option<Duration>,
+    ) -> Option<Duration> {
+        value
+            .and_then(|v| self.parse_duration(key, v, Accept::PositiveOrOff))
+            .unwrap_or(default)
+    }
+
+    /// `Some(None)` is "off", `None` an error (already recorded).
+    fn parse_duration(
+        &mut self,
+        key: &str,
+        value: &Spanned<DurationValue>,
+        accept: Accept,
+    ) -> Option<Option<Duration>> {
+        let span = Some(value.span());
+        let text = match value.get_ref() {
+            DurationValue::Text(text) => text,
+            DurationValue::Integer(n) if *n >= 0 => {
+                let message = format!("a duration is a string with a unit: write \"{n}s\" for {n} seconds ({UNIT_HELP})");
+                self.error(span, key, message);
+                return None;
+            }
+            DurationValue::Integer(_) | DurationValue::Float(_) => {
+                let message = format!(
+                    "a duration is a string with a unit, e.g. \"15s\" or \"1500ms\" ({UNIT_HELP})"
+                );
+                self.error(span, key, message);
+                return None;
+            }
+        };
+        if text == "off" {
+            if accept == Accept::PositiveOrOff {
+                return Some(None);
+            }
+            self.error(
+                span,
+                key,
+                "\"off\" is not allowed here; give a duration such as \"5s\"",
+            );
+            return None;
+        }
+        let duration = match parse_duration(text) {
+            Ok(duration) => duration,
+            Err(reason) => {
+                let or_off = if accept == Accept::PositiveOrOff {
+                    " or \"off\""
+                } else {
+                    ""
+                };
+                let message = format!("invalid duration \"{text}\": {reason}{or_off}");
+                self.error(span, key, message);
+                return None;
+            }
+        };
+        if let Err(reason) = accept.check(duration) {
+            self.error(span, key, reason);
+            return None;
+        }
+        Some(Some(duration))
+    }
+}
+
+impl Accept {
+    fn check(self, duration: Duration) -> Result<(), &'static str> {
+        match self {
+            Accept::PositiveOnly if duration.is_zero() => Err("must be greater than zero"),
+            Accept::PositiveOrOff if duration.is_zero() => {
+                Err("zero is not allowed; write \"off\" to disable it")
+            }
+            Accept::WholeSeconds if duration.subsec_nanos() != 0 => {
+                Err("must be whole seconds (pingora counts seconds), e.g. \"10s\"")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Stands in for an address that failed to parse; never reaches a `Config`.
+fn placeholder_addr() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+}
+
+#[derive(Clone, Copy)]
+enum Pem {
+    Cert,
+    Key,
+}
+
+impl Pem {
+    fn what(self) -> &'static str {
+        match self {
+            Pem::Cert => "certificate",
+            Pem::Key => "private key",
+        }
+    }
+
+    fn marker(self) -> &'static str {
+        match self {
+            Pem::Cert => "\"-----BEGIN CERTIFICATE-----\"",
+            Pem::Key => "\"-----BEGIN ... PRIVATE KEY-----\"",
+        }
+    }
+
+    fn looks_like(self, text: &str) -> bool {
+        match self {
+            Pem::Cert => {
+                text.contains("-----BEGIN CERTIFICATE-----")
+                    && text.contains("-----END CERTIFICATE-----")
+            }
+            // PKCS#8 ("PRIVATE KEY"), PKCS#1 ("RSA PRIVATE KEY") and SEC1 ("EC PRIVATE KEY").
+            Pem::Key => {
+                text.lines().any(|line| {
+                    let line = line.trim_end();
+                    line.starts_with("-----BEGIN ") && line.ends_with("PRIVATE KEY-----")
+                }) && text.contains("-----END ")
+            }
+        }
+    }
+}
+
+/// `example.com` -> `Exact`, `*.example.com` -> `Suffix(".example.com")`,
+/// lowercased because host names compare case-insensitively.
+pub(crate) fn host_pattern(raw: &str) -> Result<HostMatch, String> {
+    let host = raw.to_lowercase();
+    if host.is_empty() {
+        return Err("must not be empty; leave `host` out to match any host".into());
+    }
+    if host.chars().any(char::is_whitespace) {
+        return Err("must not contain whitespace".into());
+    }
+    if host.contains('/') {
+        return Err(
+            "must be a host name only, without scheme or path, e.g. \"example.com\"".into(),
+        );
+    }
+    if host.contains(':') {
+        return Err("must not contain a port (\":\"); routes match the host name only".into());
+    }
+    let wildcard = "\"*\" is only allowed as a leading \"*.\", e.g. \"*.example.com\"";
+    match host.strip_prefix("*.") {
+        Some("") => Err("\"*.\" must be followed by a domain, e.g. \"*.example.com\"".into()),
+        Some(rest) if rest.contains('*') => Err(wildcard.into()),
+        Some(rest) => Ok(HostMatch::Suffix(format!(".{rest}"))),
+        None if host.contains('*') => Err(wildcard.into()),
+        None => Ok(HostMatch::Exact(host)),
+    }
+}
+
+/// A heartbeat must be invisible to `EventSource`: comment lines only,
+/// terminated by a blank line so it cannot merge with the next event.
+pub(crate) fn check_heartbeat_text(text: &str) -> Result<(), String> {
+    if text.is_empty() {
+        return Err(
+            "must not be empty; to disable heartbeats set `stream.heartbeat = \"off\"`".into(),
+        );
+    }
+    if text.contains('\r') {
+        return Err("must not contain \"\\r\"; end lines with \"\\n\"".into());
+    }
+    let Some(body) = text.strip_suffix("\n\n") else {
+        return Err(format!(
+            "{text:?} must end with a blank line (\"\\n\\n\"), e.g. \":\\n\\n\""
+        ));
+    };
+    for (n, line) in body.split('\n').enumerate() {
+        if !line.starts_with(':') {
+            return Err(format!(
+                "line {} ({line:?}) is not an SSE comment; every line must start with \":\", e.g. \":\\n\\n\"",
+                n + 1
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Must be a valid header value; control characters would break the response head.
+pub(crate) fn check_cache_control(value: &str) -> Result<(), String> {
+    if value.trim().is_empty() {
+        return Err("must not be empty, e.g. \"no-cache\"".into());
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "must not contain control characters (found U+{:04X})",
+            u32::from(c)
+        ));
+    }
+    Ok(())
+}

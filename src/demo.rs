@@ -1,0 +1,182 @@
+//! The built-in demo: an SSE origin with three endpoints, and the embedded
+//! configuration that puts the proxy in front of it (`ssegate demo`).
+//!
+//! - `GET /ticks`: one named event a second with numeric `id:`s; honours
+//!   `Last-Event-ID` by resuming after it.
+//! - `GET /idle`: headers, then silence, to watch the proxy's heartbeats.
+//! - `POST /chat`: streams a reply token by token, as LLM APIs do.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::Method;
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_http::ResponseHeader;
+
+/// The demo SSE origin.
+pub struct DemoUpstream {
+    tick: Duration,
+    options: HttpServerOptions,
+}
+
+impl DemoUpstream {
+    pub fn new(tick: Duration) -> Self {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        DemoUpstream { tick, options }
+    }
+}
+
+const INDEX: &str = "ssegate demo upstream\n\
+GET  /ticks  a named event every second, numeric ids, Last-Event-ID honoured\n\
+GET  /idle   headers then silence (watch the proxy's heartbeats)\n\
+POST /chat   a reply streamed token by token\n";
+
+const REPLY: &str = "Server-Sent Events pass through ssegate one chunk at a time, \
+so every token reaches you the moment the upstream writes it.";
+
+/// The embedded configuration for `ssegate demo`; `{listen}` and `{upstream}` are filled in.
+pub fn config_text(listen: &str, upstream: &str) -> String {
+    format!(
+        r#"# ssegate demo configuration (embedded)
+[server]
+threads = 2
+grace_period = "2s"
+shutdown_timeout = "1s"
+
+[[listener]]
+address = "{listen}"
+
+[stream]
+heartbeat = "5s"
+
+[[upstream]]
+name = "demo"
+servers = ["{upstream}"]
+
+[[route]]
+path = "/"
+upstream = "demo"
+"#
+    )
+}
+
+fn event_stream_header(h2: bool) -> pingora_error::Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(200, Some(4))?;
+    resp.insert_header("content-type", "text/event-stream")?;
+    resp.insert_header("cache-control", "no-cache")?;
+    if !h2 {
+        resp.insert_header("transfer-encoding", "chunked")?;
+    }
+    Ok(resp)
+}
+
+fn unix_millis() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+impl DemoUpstream {
+    async fn serve(&self, s: &mut ServerSession) -> pingora_error::Result<()> {
+        let method = s.req_header().method.clone();
+        let path = s.req_header().uri.path().to_string();
+        let h2 = s.is_http2();
+        match (method, path.as_str()) {
+            (Method::GET, "/ticks") => {
+                let after: u64 = s
+                    .get_header("last-event-id")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                s.write_response_header(Box::new(event_stream_header(h2)?))
+                    .await?;
+                let mut id = after;
+                let mut interval = tokio::time::interval(self.tick);
+                loop {
+                    tokio::select! {
+                        _ = interval.tick() => {}
+                        _ = s.read_body_or_idle(true) => return Ok(()),
+                    }
+                    id += 1;
+                    let event = format!(
+                        "id: {id}\nevent: tick\ndata: {{\"n\":{id},\"unix_ms\":{}}}\n\n",
+                        unix_millis()
+                    );
+                    s.write_response_body(Bytes::from(event), false).await?;
+                }
+            }
+            (Method::GET, "/idle") => {
+                s.write_response_header(Box::new(event_stream_header(h2)?))
+                    .await?;
+                // Ends only when the client goes.
+                let _ = s.read_body_or_idle(true).await;
+                Ok(())
+            }
+            (Method::POST, "/chat") => {
+                let mut prompt_bytes = 0usize;
+                while let Some(chunk) = s.read_request_body().await? {
+                    prompt_bytes += chunk.len();
+                }
+                s.write_response_header(Box::new(event_stream_header(h2)?))
+                    .await?;
+                let intro = format!(": prompt of {prompt_bytes} bytes received\n\n");
+                s.write_response_body(Bytes::from(intro), false).await?;
+                for word in REPLY.split_inclusive(' ') {
+                    tokio::time::sleep(Duration::from_millis(80)).await;
+                    let token = word.replace('"', "\\\"");
+                    let event = format!("data: {{\"token\":\"{token}\"}}\n\n");
+                    s.write_response_body(Bytes::from(event), false).await?;
+                }
+                s.write_response_body(Bytes::from_static(b"data: [DONE]\n\n"), false)
+                    .await?;
+                s.finish_body().await
+            }
+            (_, "/") => {
+                let mut resp = ResponseHeader::build(200, Some(2))?;
+                resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+                resp.insert_header("content-length", INDEX.len().to_string())?;
+                s.write_response_header(Box::new(resp)).await?;
+                s.write_response_body(Bytes::from_static(INDEX.as_bytes()), true)
+                    .await?;
+                s.finish_body().await
+            }
+            _ => {
+                let body = "not found\n";
+                let mut resp = ResponseHeader::build(404, Some(2))?;
+                resp.insert_header("content-length", body.len().to_string())?;
+                s.write_response_header(Box::new(resp)).await?;
+                s.write_response_body(Bytes::from_static(body.as_bytes()), true)
+                    .await?;
+                s.finish_body().await
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for DemoUpstream {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            _ => return None,
+        }
+        if let Err(e) = self.serve(&mut session).await {
+            log::debug!("demo upstream: {e}");
+        }
+        session.shutdown().await;
+        None
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+}

@@ -1,0 +1,82 @@
+//! The `ssegate` binary: parse the command line, load the configuration,
+//! hand over to pingora. Everything else lives in the library.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use ssegate::cli::{Cli, Command};
+use ssegate::{config, demo, server};
+
+/// Exit code for an unusable configuration (EX_USAGE), as linkerd and others use.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(args) => match config::load(&args.config) {
+            Ok(cfg) => {
+                println!("{}: OK", args.config.display());
+                println!("{}", config::summary(&cfg));
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!("{}: {} error(s)", args.config.display(), errors.0.len());
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Run(args) => {
+            let cfg = match config::load(&args.config.config) {
+                Ok(cfg) => cfg,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let opts = server::ProcessOptions {
+                daemon: args.daemon,
+                upgrade: args.upgrade,
+            };
+            match server::build(cfg, opts) {
+                Ok(s) => s.run_forever(),
+                Err(e) => {
+                    eprintln!("ssegate: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
+        Command::Demo(args) => {
+            let text = demo::config_text(&args.listen, &args.upstream_listen);
+            let cfg = match config::parse(&text, "<demo>", std::path::Path::new(".")) {
+                Ok(cfg) => cfg,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let mut s = match server::build(cfg, server::ProcessOptions::default()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("ssegate: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let upstream = demo::DemoUpstream::new(Duration::from_millis(args.tick_ms));
+            server::add_service(&mut s, "demo upstream", &args.upstream_listen, upstream);
+            let base = format!("http://{}", args.listen);
+            println!(
+                "ssegate demo: proxy on {base}, demo upstream on http://{}",
+                args.upstream_listen
+            );
+            println!("  ticking stream:  curl -N {base}/ticks");
+            println!("  idle stream:     curl -N {base}/idle        (a heartbeat every 5 s)");
+            println!("  resume:          curl -N -H 'Last-Event-ID: 41' {base}/ticks");
+            println!("  LLM-style POST:  curl -N -X POST -H 'content-type: application/json' -d '{{\"prompt\":\"hi\"}}' {base}/chat");
+            println!("  HTTP/2 (h2c):    curl -N --http2-prior-knowledge {base}/ticks");
+            println!("Ctrl-C to stop.");
+            s.run_forever()
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! The request loop: one HTTP request from accept to finish.
+//!
+//! pingora-core's `HttpServerApp` hands us each request's `ServerSession`
+//! (HTTP/1.1, h2c or TLS h2 alike); everything after that is here, top to
+//! bottom:
+//!
+//! ```text
+//!  read request ─► route ──(none)──► 404
+//!                    │
+//!                    ▼
+//!  connect (round robin, skip refusing servers) ──(all fail)──► 502
+//!                    │
+//!  write request header + stream request body
+//!                    │
+//!  read response header ──(read timeout)──► 504, (error) ──► 502
+//!                    │
+//!        text/event-stream? ──yes──► stream phase (stream.rs): unbuffered,
+//!                    │                heartbeats, idle timeout, drain
+//!                    no
+//!                    ▼
+//!  ordinary pass-through: body chunks relayed, read timeout per read
+//!                    │
+//!  finish: upstream back to pool only if fully read; client kept alive if clean
+//! ```
+
+pub mod headers;
+pub mod stream;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::apps::{
+    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
+};
+use pingora_core::protocols::http::v2::server::H2Options;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_error::{ErrorType, Result};
+
+use crate::config::{Config, Route};
+use crate::router::{self, Router};
+use crate::upstream::{Connected, Pools};
+use headers::Forwarding;
+use stream::{StreamEnd, StreamPolicy};
+
+/// What every listener's app shares: routing, pools and the settings derived from config.
+pub struct Shared {
+    config: Config,
+    router: Router,
+    pools: Pools,
+    routes: Vec<RouteRuntime>,
+}
+
+/// A route's effective stream settings, computed once at startup.
+struct RouteRuntime {
+    policy: StreamPolicy,
+    /// Set once a compressed event stream has been logged for this route.
+    compressed_logged: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> std::io::Result<Arc<Self>> {
+        let router = Router::new(&config);
+        let pools = Pools::new(&config)?;
+        let s = &config.stream;
+        // Leave the last part of the grace period for the process's own exit.
+        let drain_limit = config
+            .server
+            .grace_period
+            .saturating_sub(Duration::from_millis(250));
+        let routes = config
+            .routes
+            .iter()
+            .map(|r: &Route| RouteRuntime {
+                policy: StreamPolicy {
+                    heartbeat: r.heartbeat.unwrap_or(s.heartbeat),
+                    heartbeat_text: Bytes::from(s.heartbeat_text.clone()),
+                    idle_timeout: r.idle_timeout.unwrap_or(s.idle_timeout),
+                    shutdown_retry: s.shutdown_retry,
+                    shutdown_retry_jitter: s.shutdown_retry_jitter,
+                    drain_limit,
+                },
+                compressed_logged: AtomicBool::new(false),
+            })
+            .collect();
+        Ok(Arc::new(Shared {
+            config,
+            router,
+            pools,
+            routes,
+        }))
+    }
+}
+
+/// The `HttpServerApp` for one listener.
+pub struct ProxyApp {
+    shared: Arc<Shared>,
+    tls: bool,
+    h2_max_streams: u32,
+    options: HttpServerOptions,
+}
+
+impl ProxyApp {
+    pub fn new(shared: Arc<Shared>, tls: bool, h2_max_streams: u32) -> Self {
+        let mut options = HttpServerOptions::default();
+        // pingora only looks for the h2c preface on plain connections.
+        options.h2c = true;
+        ProxyApp {
+            shared,
+            tls,
+            h2_max_streams,
+            options,
+        }
+    }
+}
+
+/// How a request ended, which decides whether the client connection can be reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The response was complete and the request body fully read.
+    Clean,
+    /// The connection must be closed (or the h2 stream reset).
+    Abort,
+}
+
+#[async_trait]
+impl HttpServerApp for ProxyApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let timeouts = &self.shared.config.timeouts;
+        match tokio::time::timeout(timeouts.read, session.read_request()).await {
+            Ok(Ok(true)) => {}
+            // A clean close between keep-alive requests.
+            Ok(Ok(false)) => return None,
+            Ok(Err(e)) => {
+                log::debug!("bad request: {e}");
+                if e.etype() != &ErrorType::ConnectionClosed {
+                    let _ = respond(&mut session, 400, "bad request\n").await;
+                }
+                return None;
+            }
+            Err(_) => {
+                log::debug!("request header not received within {:?}", timeouts.read);
+                return None;
+            }
+        }
+        session.set_read_timeout(Some(timeouts.read));
+        session.set_write_timeout(Some(timeouts.write));
+
+        let outcome = self.handle(&mut session, shutdown).await;
+
+        if outcome == Outcome::Clean && !*shutdown.borrow() && session.is_body_done() {
+            let settings = HttpPersistentSettings::for_session(&session);
+            match session.finish().await {
+                Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
+                _ => None,
+            }
+        } else {
+            if outcome == Outcome::Abort {
+                session.shutdown().await;
+            } else {
+                session.set_keepalive(None);
+                let _ = session.finish().await;
+            }
+            None
+        }
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        let mut builder = H2Options::new();
+        builder
+            .max_concurrent_streams(self.h2_max_streams)
+            // Bounded header lists, as pingora's defaults.
+            .max_header_list_size(64 * 1024)
+            .max_send_buffer_size(64 * 1024);
+        Some(builder)
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        if self.tls {
+            None
+        } else {
+            Some(&self.options)
+        }
+    }
+}
+
+impl ProxyApp {
+    /// Everything between a parsed request and the end of its response.
+    async fn handle(&self, session: &mut ServerSession, shutdown: &ShutdownWatch) -> Outcome {
+        let shared = &self.shared;
+        let has_body = !session.is_body_empty();
+        let req = session.req_header();
+        let host = headers::request_host(req);
+        let Some(route_index) = shared.router.find(host.as_deref(), req.uri.path()) else {
+            return respond_or_abort(session, 404, "no route for this request\n").await;
+        };
+        let route = &shared.config.routes[route_index];
+        let Some(pool) = shared.pools.get(route.upstream) else {
+            return respond_or_abort(session, 502, "upstream not configured\n").await;
+        };
+
+        // The request target in origin form; prefix stripping works on bytes so
+        // that a non-UTF-8 path passes through as sent.
+        let origin_form: Vec<u8> = if req.raw_path().starts_with(b"/") {
+            req.raw_path().to_vec()
+        } else {
+            req.uri
+                .path_and_query()
+                .map_or(b"/".to_vec(), |pq| pq.as_str().as_bytes().to_vec())
+        };
+        let target = if route.strip_prefix {
+            match std::str::from_utf8(&origin_form) {
+                Ok(text) => router::strip_prefix(text, &route.path).into_bytes(),
+                Err(_) => {
+                    let rest = origin_form
+                        .strip_prefix(route.path.as_bytes())
+                        .unwrap_or(&origin_form);
+                    let mut t = Vec::with_capacity(rest.len() + 1);
+                    if !rest.starts_with(b"/") {
+                        t.push(b'/');
+                    }
+                    t.extend_from_slice(rest);
+                    t
+                }
+            }
+        } else {
+            origin_form
+        };
+        let chunked_body = has_body && req.headers.get(http::header::CONTENT_LENGTH).is_none();
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        let fwd = Forwarding {
+            client_ip,
+            proto: if self.tls { "https" } else { "http" },
+            target: &target,
+            chunked_body,
+        };
+        let upstream_req = match headers::upstream_request(req, &fwd) {
+            Ok(r) => r,
+            Err(e) => {
+                log::info!("cannot forward request: {e}");
+                return respond_or_abort(session, 400, "bad request\n").await;
+            }
+        };
+        let method = upstream_req.method.clone();
+
+        let mut up = match pool.connect(&shared.pools.connector).await {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("upstream {}: no server reachable: {e}", pool.name);
+                return respond_or_abort(session, 502, "upstream unreachable\n").await;
+            }
+        };
+
+        if let Err(e) = send_request(session, &mut up, upstream_req, has_body).await {
+            let client_side = matches!(
+                e.etype(),
+                ErrorType::ReadError | ErrorType::ReadTimedout | ErrorType::ConnectionClosed
+            ) && e.esource() == &pingora_error::ErrorSource::Downstream;
+            shared.pools.release(up, false).await;
+            if client_side {
+                return Outcome::Abort;
+            }
+            log::warn!("upstream {}: sending request failed: {e}", pool.name);
+            return respond_or_abort(session, 502, "upstream request failed\n").await;
+        }
+
+        // Response header, skipping interim 1xx responses other than 101.
+        loop {
+            match up.session.read_response_header().await {
+                Ok(()) => {}
+                Err(e) => {
+                    shared.pools.release(up, false).await;
+                    if e.etype() == &ErrorType::ReadTimedout {
+                        log::warn!("upstream {}: no response header in time", pool.name);
+                        return respond_or_abort(session, 504, "upstream timed out\n").await;
+                    }
+                    log::warn!("upstream {}: bad or no response: {e}", pool.name);
+                    return respond_or_abort(session, 502, "bad upstream response\n").await;
+                }
+            }
+            let status = up.session.response_header().map(|h| h.status);
+            match status {
+                Some(s) if s.is_informational() && s.as_u16() != 101 => continue,
+                _ => break,
+            }
+        }
+        let Some(upstream_resp) = up.session.response_header().cloned() else {
+            shared.pools.release(up, false).await;
+            return respond_or_abort(session, 502, "bad upstream response\n").await;
+        };
+        let client_version = session.req_header().version;
+
+        if headers::is_event_stream(&upstream_resp) {
+            let runtime = &shared.routes[route_index];
+            let compressed = headers::is_compressed(&upstream_resp);
+            if compressed && !runtime.compressed_logged.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "route {}: upstream sends a compressed event stream; it is passed through without heartbeats or drain hints",
+                    route.path
+                );
+            }
+            let resp = match headers::stream_response(
+                &upstream_resp,
+                client_version,
+                &shared.config.stream.cache_control,
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    shared.pools.release(up, false).await;
+                    log::warn!("cannot build stream response: {e}");
+                    return respond_or_abort(session, 502, "bad upstream response\n").await;
+                }
+            };
+            // Streams are cut by their own idle timeout, never by the ordinary read timeout.
+            up.session.set_read_timeout(None);
+            if session.write_response_header(Box::new(resp)).await.is_err() {
+                shared.pools.release(up, false).await;
+                return Outcome::Abort;
+            }
+            let (end, st) = stream::relay(
+                session,
+                &mut up.session,
+                &runtime.policy,
+                compressed,
+                shutdown,
+            )
+            .await;
+            log::info!(
+                "stream end route={} upstream={} end={end:?} bytes={} events={} heartbeats={}",
+                route.path,
+                pool.name,
+                st.bytes,
+                st.events,
+                st.heartbeats
+            );
+            let upstream_done = end == StreamEnd::UpstreamDone && up.session.response_done();
+            shared.pools.release(up, upstream_done).await;
+            return if end.is_clean() {
+                Outcome::Clean
+            } else {
+                Outcome::Abort
+            };
+        }
+
+        let has_resp_body = headers::response_has_body(&method, upstream_resp.status);
+        let resp = match headers::ordinary_response(&upstream_resp, client_version, has_resp_body) {
+            Ok(r) => r,
+            Err(e) => {
+                shared.pools.release(up, false).await;
+                log::warn!("cannot build response: {e}");
+                return respond_or_abort(session, 502, "bad upstream response\n").await;
+            }
+        };
+        if session.write_response_header(Box::new(resp)).await.is_err() {
+            shared.pools.release(up, false).await;
+            return Outcome::Abort;
+        }
+        let outcome = if has_resp_body {
+            relay_body(session, &mut up).await
+        } else {
+            Outcome::Clean
+        };
+        let outcome = if outcome == Outcome::Clean && session.finish_body().await.is_err() {
+            Outcome::Abort
+        } else {
+            outcome
+        };
+        let reusable = outcome == Outcome::Clean && up.session.response_done();
+        shared.pools.release(up, reusable).await;
+        outcome
+    }
+}
+
+/// Writes the request header and streams the request body to the upstream.
+async fn send_request(
+    client: &mut ServerSession,
+    up: &mut Connected,
+    req: pingora_http::RequestHeader,
+    has_body: bool,
+) -> Result<()> {
+    up.session.write_request_header(Box::new(req)).await?;
+    if has_body {
+        while let Some(chunk) = client.read_request_body().await? {
+            if !chunk.is_empty() {
+                up.session.write_request_body(chunk, false).await?;
+            }
+        }
+    }
+    // Never an empty final body write on HTTP/1 (pingora #935): finish instead.
+    up.session.finish_request_body().await
+}
+
+/// Relays an ordinary response body, watching for the client going away.
+async fn relay_body(client: &mut ServerSession, up: &mut Connected) -> Outcome {
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            read = up.session.read_response_body() => read,
+            _ = client.read_body_or_idle(true) => return Outcome::Abort,
+        };
+        match chunk {
+            Ok(Some(data)) => {
+                if data.is_empty() {
+                    continue;
+                }
+                if client.write_response_body(data, false).await.is_err() {
+                    return Outcome::Abort;
+                }
+            }
+            Ok(None) => return Outcome::Clean,
+            Err(e) => {
+                log::info!("upstream body failed: {e}");
+                return Outcome::Abort;
+            }
+        }
+    }
+}
+
+/// Sends a small response made by the proxy itself.
+async fn respond(session: &mut ServerSession, status: u16, body: &'static str) -> Result<()> {
+    let resp = headers::error_response(status, body.len())?;
+    session.write_response_header(Box::new(resp)).await?;
+    session
+        .write_response_body(Bytes::from_static(body.as_bytes()), true)
+        .await?;
+    session.finish_body().await
+}
+
+/// Responds, and decides whether the connection survives: only if the response
+/// went out and the request body (if any) is fully read.
+async fn respond_or_abort(session: &mut ServerSession, status: u16, body: &'static str) -> Outcome {
+    match respond(session, status, body).await {
+        Ok(()) if session.is_body_done() => Outcome::Clean,
+        _ => Outcome::Abort,
+    }
+}

@@ -1,0 +1,139 @@
+//! Turns a validated `Config` into a running pingora `Server`: one
+//! listening service per `[[listener]]`, all sharing one router and one
+//! set of upstream pools.
+
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::{ListenerConfig, TcpSocketOptions};
+use pingora_core::protocols::l4::stream::L4BufferSettings;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::listening::Service;
+
+use crate::config::{Config, Listener};
+use crate::proxy::{ProxyApp, Shared};
+use crate::upstream::tcp_keepalive;
+
+/// pingora's process options that stay reachable from our command line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessOptions {
+    /// Fork into the background (pingora `--daemon`).
+    pub daemon: bool,
+    /// Take the listening sockets over from a running instance (pingora `--upgrade`).
+    pub upgrade: bool,
+}
+
+/// Why the server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("listener {address}: TLS certificate or key unusable: {reason}")]
+    Tls { address: String, reason: String },
+    #[error("upstream pools: {0}")]
+    Pools(#[from] std::io::Error),
+}
+
+/// The pingora server configuration derived from `[server]`.
+fn server_conf(config: &Config, opts: ProcessOptions) -> ServerConf {
+    let s = &config.server;
+    let mut conf = ServerConf {
+        daemon: opts.daemon,
+        threads: s.threads,
+        pid_file: s.pid_file.display().to_string(),
+        upgrade_sock: s.upgrade_sock.display().to_string(),
+        error_log: s.error_log.as_ref().map(|p| p.display().to_string()),
+        // pingora counts whole seconds; round up so a grace of 1.5 s is not cut to 1 s.
+        grace_period_seconds: Some(ceil_secs(s.grace_period)),
+        graceful_shutdown_timeout_seconds: Some(ceil_secs(s.shutdown_timeout)),
+        ..ServerConf::default()
+    };
+    conf.upstream_keepalive_pool_size = 1024;
+    conf
+}
+
+fn ceil_secs(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Checks that rustls accepts a listener's certificate and key, so that a bad
+/// pair is a clear startup error (pingora's own loader would panic).
+fn check_tls(listener: &Listener) -> Result<(), StartError> {
+    let Some(tls) = &listener.tls else {
+        return Ok(());
+    };
+    let err = |reason: String| StartError::Tls {
+        address: listener.address.to_string(),
+        reason,
+    };
+    let cert = tls.cert.display().to_string();
+    let key = tls.key.display().to_string();
+    let loaded =
+        pingora_rustls::load_certs_and_key_files(&cert, &key).map_err(|e| err(e.to_string()))?;
+    let Some((certs, key)) = loaded else {
+        return Err(err(format!("no certificate in {cert} or no key in {key}")));
+    };
+    pingora_rustls::install_default_crypto_provider();
+    pingora_rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+fn listener_config(listener: &Listener) -> Result<ListenerConfig, StartError> {
+    let address = listener.address.to_string();
+    let mut socket = TcpSocketOptions::default();
+    socket.tcp_keepalive = Some(tcp_keepalive());
+    // No L4 read buffer: HTTP parsing keeps its own, and an idle stream
+    // should not hold a 64 KiB buffer it never uses.
+    let mut config = ListenerConfig::tcp(address.clone())
+        .tcp_socket_options(socket)
+        .l4_buffer(L4BufferSettings::default().read(0));
+    if let Some(tls) = &listener.tls {
+        check_tls(listener)?;
+        let mut settings = TlsSettings::intermediate(
+            &tls.cert.display().to_string(),
+            &tls.key.display().to_string(),
+        )
+        .map_err(|e| StartError::Tls {
+            address: address.clone(),
+            reason: e.to_string(),
+        })?;
+        settings.enable_h2();
+        config = config.tls(settings);
+    }
+    Ok(config)
+}
+
+/// Builds (but does not run) the proxy server. `Server::run_forever` starts it.
+pub fn build(config: Config, opts: ProcessOptions) -> Result<Server, StartError> {
+    let conf = server_conf(&config, opts);
+    let listeners = config.listeners.clone();
+    let shared = Shared::new(config)?;
+    let pingora_opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(pingora_opt, conf);
+    for listener in &listeners {
+        let app = ProxyApp::new(
+            shared.clone(),
+            listener.tls.is_some(),
+            listener.h2_max_streams,
+        );
+        let mut service = Service::new(format!("ssegate {}", listener.address), app);
+        service.add_listener(listener_config(listener)?);
+        server.add_service(service);
+    }
+    server.bootstrap();
+    Ok(server)
+}
+
+/// Adds an extra service (the demo upstream) before running.
+pub fn add_service<A>(server: &mut Server, name: &str, address: &str, app: A)
+where
+    A: pingora_core::apps::ServerApp + Send + Sync + 'static,
+{
+    let mut service = Service::new(name.to_string(), app);
+    service.add_tcp(address);
+    server.add_service(service);
+}

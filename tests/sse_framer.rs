@@ -1,0 +1,413 @@
+//! Property tests of the SSE framer against a naive reference parser.
+//!
+//! The reference reads the whole input at once, straight from the WHATWG text
+//! ("Parsing an event stream", "Interpreting an event stream"), with unbounded
+//! buffers. Over random SSE-ish inputs (valid lines with every line ending,
+//! comments, BOMs, NULs, invalid UTF-8, ids and types around the size caps,
+//! junk) and random chunkings, the tests check that:
+//! 1. any chunking gives what feeding everything at once gives;
+//! 2. the framer agrees with the reference, up to its documented caps;
+//! 3. heartbeats `:\n\n` injected wherever `at_event_boundary()` says so change
+//!    nothing a client can observe, and can be removed to give the input back.
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+use ssegate::sse::{Framer, MAX_EVENT_TYPE_LEN, MAX_ID_LEN};
+
+const BOM: &[u8] = &[0xEF, 0xBB, 0xBF];
+const HEARTBEAT: &[u8] = b":\n\n";
+
+/// What the reference parser saw: dispatched events and the final state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Parsed {
+    events: Vec<RefEvent>,
+    /// The last event ID string; `None` until an `id` was dispatched.
+    last_id: Option<Vec<u8>>,
+    retry: Option<u64>,
+    comments: u64,
+    at_boundary: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RefEvent {
+    id: Vec<u8>,
+    event_type: Vec<u8>,
+    data: Vec<u8>,
+}
+
+/// Splits `body` into complete lines (CRLF, LF or CR) and the unterminated rest.
+fn split_lines(body: &[u8]) -> (Vec<&[u8]>, &[u8]) {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'\r' if body.get(i + 1) == Some(&b'\n') => {
+                lines.push(&body[start..i]);
+                i += 2;
+                start = i;
+            }
+            b'\r' | b'\n' => {
+                lines.push(&body[start..i]);
+                i += 1;
+                start = i;
+            }
+            _ => i += 1,
+        }
+    }
+    (lines, &body[start..])
+}
+
+/// The standard's algorithm over a whole stream, with unbounded buffers.
+fn reference(input: &[u8]) -> Parsed {
+    // Until three bytes have arrived, a BOM prefix may still become a BOM.
+    let bom_pending = input.len() < BOM.len() && BOM.starts_with(input);
+    let body = input.strip_prefix(BOM).unwrap_or(input);
+    let (lines, rest) = split_lines(body);
+    let mut out = Parsed {
+        events: Vec::new(),
+        last_id: None,
+        retry: None,
+        comments: 0,
+        at_boundary: false,
+    };
+    let (mut data, mut event_type) = (Vec::new(), Vec::new());
+    let mut id_buffer: Option<Vec<u8>> = None;
+    let mut in_event = false;
+    for line in lines {
+        if line.is_empty() {
+            in_event = false;
+            out.last_id.clone_from(&id_buffer);
+            if data.is_empty() {
+                event_type.clear();
+                continue;
+            }
+            data.pop();
+            out.events.push(RefEvent {
+                id: id_buffer.clone().unwrap_or_default(),
+                event_type: std::mem::take(&mut event_type),
+                data: std::mem::take(&mut data),
+            });
+            continue;
+        }
+        if line[0] == b':' {
+            out.comments += 1;
+            continue;
+        }
+        in_event = true;
+        let (name, value) = match line.iter().position(|&b| b == b':') {
+            Some(c) => {
+                let value = &line[c + 1..];
+                (&line[..c], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &b""[..]),
+        };
+        match name {
+            b"event" => event_type = value.to_vec(),
+            b"data" => {
+                data.extend_from_slice(value);
+                data.push(b'\n');
+            }
+            b"id" if !value.contains(&0) => id_buffer = Some(value.to_vec()),
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                let ms = value.iter().fold(0u64, |acc, &d| {
+                    acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+                });
+                out.retry = Some(ms);
+            }
+            _ => {}
+        }
+    }
+    out.at_boundary = !bom_pending && rest.is_empty() && !in_event;
+    out
+}
+
+/// One dispatched event as the framer reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    id: Vec<u8>,
+    event_type: Vec<u8>,
+    data: Vec<u8>,
+    data_truncated: bool,
+    data_len: u64,
+    event_type_truncated: bool,
+    id_too_long: bool,
+}
+
+/// Everything observable about a framer after some input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Snapshot {
+    events: Vec<Seen>,
+    last_id: Option<Vec<u8>>,
+    retry: Option<u64>,
+    count: u64,
+    comments: u64,
+    bytes: u64,
+    at_boundary: bool,
+}
+
+fn feed(framer: &mut Framer, chunk: &[u8], events: &mut Vec<Seen>) {
+    framer.feed_with(chunk, |e| {
+        events.push(Seen {
+            id: e.id.to_vec(),
+            event_type: e.event_type.to_vec(),
+            data: e.data.to_vec(),
+            data_truncated: e.data_truncated,
+            data_len: e.data_len,
+            event_type_truncated: e.event_type_truncated,
+            id_too_long: e.id_too_long,
+        })
+    });
+}
+
+fn snapshot(framer: &Framer, events: Vec<Seen>) -> Snapshot {
+    Snapshot {
+        events,
+        last_id: framer.last_event_id().map(<[u8]>::to_vec),
+        retry: framer.retry(),
+        count: framer.events(),
+        comments: framer.comments(),
+        bytes: framer.bytes(),
+        at_boundary: framer.at_event_boundary(),
+    }
+}
+
+fn run(mut framer: Framer, chunks: &[&[u8]]) -> Snapshot {
+    let mut events = Vec::new();
+    for chunk in chunks {
+        feed(&mut framer, chunk, &mut events);
+    }
+    snapshot(&framer, events)
+}
+
+/// Cuts `input` at the given points; repeated points make empty chunks.
+fn chunk<'a>(input: &'a [u8], cuts: &[Index]) -> Vec<&'a [u8]> {
+    let mut at: Vec<usize> = cuts.iter().map(|c| c.index(input.len() + 1)).collect();
+    at.sort_unstable();
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for cut in at {
+        chunks.push(&input[start..cut]);
+        start = cut;
+    }
+    chunks.push(&input[start..]);
+    chunks
+}
+
+/// What the framer must report for a reference event, given its caps.
+fn expected(event: &RefEvent, max_data: usize) -> Seen {
+    let id_too_long = event.id.len() > MAX_ID_LEN;
+    Seen {
+        id: if id_too_long {
+            Vec::new()
+        } else {
+            event.id.clone()
+        },
+        event_type: event.event_type[..event.event_type.len().min(MAX_EVENT_TYPE_LEN)].to_vec(),
+        data: event.data[..event.data.len().min(max_data)].to_vec(),
+        data_truncated: event.data.len() > max_data,
+        data_len: event.data.len() as u64,
+        event_type_truncated: event.event_type.len() > MAX_EVENT_TYPE_LEN,
+        id_too_long,
+    }
+}
+
+fn line_end() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        Just(b"\n".to_vec()),
+        Just(b"\r".to_vec()),
+        Just(b"\r\n".to_vec())
+    ]
+}
+
+/// Value bytes: mostly plain, with the troublemakers (NUL, colon, space,
+/// digits, bytes of a BOM, invalid UTF-8) well represented. No CR/LF here;
+/// the junk pieces bring those.
+fn value() -> impl Strategy<Value = Vec<u8>> {
+    let byte = prop::sample::select(&b"ab0159: \x00\xEF\xBB\xBF\xFF\xC3\x80\t-"[..]);
+    prop_oneof![
+        4 => prop::collection::vec(byte, 0..12),
+        2 => prop::collection::vec(prop::sample::select(&b"0123456789"[..]), 0..24),
+        // Around the id and event type caps.
+        1 => (MAX_ID_LEN - 2..MAX_ID_LEN + 3, any::<bool>())
+            .prop_map(|(n, nul)| {
+                let mut v = vec![b'i'; n];
+                if nul { v[n / 2] = 0; }
+                v
+            }),
+        1 => (MAX_EVENT_TYPE_LEN - 2..MAX_EVENT_TYPE_LEN + 3).prop_map(|n| vec![b't'; n]),
+    ]
+}
+
+fn field_line() -> impl Strategy<Value = Vec<u8>> {
+    let name = prop::sample::select(vec![
+        &b"data"[..],
+        b"data",
+        b"data",
+        b"event",
+        b"id",
+        b"id",
+        b"retry",
+        b"dat",
+        b"datas",
+        b"Data",
+        b"",
+        b" data",
+        b"ids",
+        b"\xEF\xBB\xBFdata",
+    ]);
+    let sep = prop::sample::select(vec![&b""[..], b":", b": ", b": ", b":  ", b"::"]);
+    (name, sep, value(), line_end())
+        .prop_map(|(name, sep, value, end)| [name, sep, &value, &end].concat())
+}
+
+fn piece() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        8 => field_line(),
+        2 => (value(), line_end()).prop_map(|(v, end)| [&b":"[..], &v, &end].concat()),
+        6 => line_end(),
+        1 => Just(BOM.to_vec()),
+        1 => prop::collection::vec(any::<u8>(), 0..6),
+        1 => prop::collection::vec(prop::sample::select(&b"\r\n:ad"[..]), 0..6),
+    ]
+}
+
+fn stream() -> impl Strategy<Value = Vec<u8>> {
+    (any::<bool>(), prop::collection::vec(piece(), 0..40))
+        .prop_map(|(bom, pieces)| [if bom { BOM } else { &b""[..] }, &pieces.concat()].concat())
+}
+
+fn cuts() -> impl Strategy<Value = Vec<Index>> {
+    prop::collection::vec(any::<Index>(), 0..24)
+}
+
+/// Feeds `chunks` and inserts a heartbeat after every chunk (and before the
+/// first) that leaves the framer at an event boundary; returns the output and
+/// where each heartbeat went.
+fn inject(chunks: &[&[u8]]) -> (Vec<u8>, Vec<usize>) {
+    let mut framer = Framer::new();
+    let mut out = Vec::new();
+    let mut at = Vec::new();
+    if framer.at_event_boundary() {
+        at.push(out.len());
+        out.extend_from_slice(HEARTBEAT);
+    }
+    for chunk in chunks {
+        framer.feed(chunk);
+        out.extend_from_slice(chunk);
+        if framer.at_event_boundary() {
+            at.push(out.len());
+            out.extend_from_slice(HEARTBEAT);
+        }
+    }
+    (out, at)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 384, ..ProptestConfig::default() })]
+
+    #[test]
+    fn chunking_does_not_matter(input in stream(), cuts in cuts()) {
+        let chunks = chunk(&input, &cuts);
+        for make in [Framer::new as fn() -> Framer, || Framer::with_data_capture(5)] {
+            prop_assert_eq!(run(make(), &chunks), run(make(), &[&input]));
+        }
+        // The boundary answer after every chunk is the reference's for that prefix.
+        let mut framer = Framer::new();
+        let mut fed = 0;
+        for chunk in &chunks {
+            framer.feed(chunk);
+            fed += chunk.len();
+            prop_assert_eq!(framer.at_event_boundary(), reference(&input[..fed]).at_boundary);
+        }
+    }
+
+    #[test]
+    fn agrees_with_reference(input in stream(), cuts in cuts(), max_data in 0usize..8) {
+        let want = reference(&input);
+        let chunks = chunk(&input, &cuts);
+        for max in [usize::MAX, max_data] {
+            let got = run(Framer::with_data_capture(max), &chunks);
+            let events: Vec<Seen> = want.events.iter().map(|e| expected(e, max)).collect();
+            prop_assert_eq!(&got.events, &events);
+            prop_assert_eq!(got.count, want.events.len() as u64);
+            let last_id = want.last_id.clone().filter(|id| id.len() <= MAX_ID_LEN);
+            prop_assert_eq!(&got.last_id, &last_id);
+            prop_assert_eq!(got.retry, want.retry);
+            prop_assert_eq!(got.comments, want.comments);
+            prop_assert_eq!(got.at_boundary, want.at_boundary);
+            prop_assert_eq!(got.bytes, input.len() as u64);
+        }
+    }
+
+    #[test]
+    fn heartbeats_at_boundaries_change_nothing(input in stream(), cuts in cuts()) {
+        let chunks = chunk(&input, &cuts);
+        let (output, at) = inject(&chunks);
+        let (before, after) = (reference(&input), reference(&output));
+        prop_assert_eq!(&after.events, &before.events);
+        prop_assert_eq!(&after.last_id, &before.last_id);
+        prop_assert_eq!(after.retry, before.retry);
+        // Taking the heartbeats out gives the upstream's bytes back exactly.
+        let mut restored = Vec::with_capacity(input.len());
+        let mut from = 0;
+        for &offset in &at {
+            prop_assert_eq!(&output[offset..offset + HEARTBEAT.len()], HEARTBEAT);
+            restored.extend_from_slice(&output[from..offset]);
+            from = offset + HEARTBEAT.len();
+        }
+        restored.extend_from_slice(&output[from..]);
+        prop_assert_eq!(restored, input);
+    }
+}
+
+#[test]
+fn heartbeat_between_cr_and_lf() {
+    // The upstream's CRLF straddles two chunks; the heartbeat lands between
+    // the CR and the LF, which then reads as one more (harmless) blank line.
+    let chunks: [&[u8]; 2] = [b"id: 1\ndata: a\r\n\r", b"\ndata: b\r\n\r\n"];
+    let (output, at) = inject(&chunks);
+    assert_eq!(output, b"id: 1\ndata: a\r\n\r:\n\n\ndata: b\r\n\r\n:\n\n");
+    assert_eq!(at, [16, 31]);
+    let (before, after) = (reference(&chunks.concat()), reference(&output));
+    assert_eq!(before.events.len(), 2);
+    assert_eq!(
+        (after.events, after.last_id),
+        (before.events, before.last_id)
+    );
+}
+
+#[test]
+fn no_heartbeat_before_a_possible_bom() {
+    // Why the framer says "no" before the first byte: a heartbeat there would
+    // move the upstream's BOM off the stream start and cost the first event.
+    let upstream = [BOM, b"data: x\n\n"].concat();
+    assert_eq!(reference(&upstream).events.len(), 1);
+    assert!(reference(&[HEARTBEAT, &upstream].concat())
+        .events
+        .is_empty());
+    let mut framer = Framer::new();
+    assert!(!framer.at_event_boundary());
+    framer.feed(&BOM[..2]);
+    assert!(!framer.at_event_boundary());
+    framer.feed(&BOM[2..]);
+    assert!(framer.at_event_boundary());
+}
+
+#[test]
+fn reference_sanity() {
+    let parsed = reference(b"\xEF\xBB\xBFid: 1\r\ndata: a\rdata\n\n: c\nretry: 7\nid: 2\n");
+    assert_eq!(
+        parsed.events,
+        [RefEvent {
+            id: b"1".to_vec(),
+            event_type: Vec::new(),
+            data: b"a\n".to_vec()
+        }]
+    );
+    assert_eq!(
+        (parsed.last_id, parsed.retry, parsed.comments),
+        (Some(b"1".to_vec()), Some(7), 1)
+    );
+    assert!(!parsed.at_boundary);
+}
