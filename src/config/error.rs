@@ -60,22 +60,16 @@ impl ConfigError {
         let Some(span) = err.span() else {
             return ConfigError::at(file, text, None, "", message);
         };
-        match KeyIndex::of(text) {
-            // The text does not even parse as TOML: a syntax error.
-            None => ConfigError::at(
-                file,
-                text,
-                Some(span),
-                "",
-                format!("invalid TOML: {message}"),
-            ),
-            Some(index) => {
-                let key = index
-                    .key_for(text, &span, missing_field(&message))
-                    .unwrap_or_default();
-                ConfigError::at(file, text, Some(span), key, message)
-            }
+        if text.parse::<toml::Table>().is_err() {
+            // Not even valid TOML: a syntax error, not about any one key.
+            let message = format!("invalid TOML: {message}");
+            return ConfigError::at(file, text, Some(span), "", message);
         }
+        // Valid TOML that does not fit the schema.
+        let key = KeyIndex::of(text)
+            .and_then(|index| index.key_for(text, &span, missing_field(&message)))
+            .unwrap_or_default();
+        ConfigError::at(file, text, Some(span), key, message)
     }
 }
 
@@ -203,6 +197,31 @@ mod tests {
         let e = |m: &str| ConfigError::at("f", "", None, "k", m);
         let all = ConfigErrors(vec![e("one\ntwo"), e("three")]);
         assert_eq!(all.to_string(), "f: `k`: one; two\nf: `k`: three");
+    }
+
+    fn from_toml(text: &str) -> ConfigError {
+        let err = toml::from_str::<crate::config::file::File>(text).expect_err(text);
+        ConfigError::from_toml(&err, text, "f.toml")
+    }
+
+    #[test]
+    fn toml_errors_get_position_and_key() {
+        let e = from_toml("[server]\nthreads = 1\nthreads = 2\n");
+        assert_eq!((e.line, e.column, e.key.as_str()), (Some(3), Some(1), ""));
+        assert!(
+            e.message
+                .starts_with("invalid TOML: duplicate key `threads`"),
+            "{e}"
+        );
+
+        // A datetime defeats the key index, but is still a schema error with a place.
+        let e = from_toml("[server]\nthreads = 1979-05-27\n");
+        assert_eq!((e.line, e.column), (Some(2), Some(11)));
+        assert!(!e.message.starts_with("invalid TOML"), "{e}");
+        assert!(e.message.contains("expected an integer"), "{e}");
+
+        let e = from_toml("[[listener]]\naddress = \"a\"\ntls = {}\n");
+        assert_eq!((e.line, e.key.as_str()), (Some(3), "listener[0].tls.cert"));
     }
 
     #[test]

@@ -45,11 +45,7 @@ impl KeyIndex {
         // The error is about a key itself (unknown field), or about a value,
         // which follows its key: either way the last key starting at or
         // before the offset.
-        self.entries
-            .iter()
-            .take_while(|(_, key_span)| key_span.start <= span.start)
-            .last()
-            .map(|(path, _)| path.clone())
+        self.key_before(span.start)
     }
 
     /// Path of the table spanning `span` (a `[header]` plus body, or an
@@ -57,20 +53,51 @@ impl KeyIndex {
     /// own keys are skipped because for `[[array]]` headers they do not carry
     /// the element index.
     fn table_at(&self, text: &str, span: &Range<usize>) -> Option<String> {
-        let body_start = if text.get(span.start..)?.starts_with('[') {
-            // A header occupies the rest of its line.
-            text.get(span.start..)?
-                .find('\n')
-                .map_or(span.end, |n| span.start + n)
+        let at = text.get(span.start..)?;
+        let inline = at.starts_with('{');
+        // A header occupies the rest of its line; the body follows.
+        let header_len = if inline {
+            0
         } else {
-            span.start
+            at.find('\n').unwrap_or(at.len())
         };
-        let (first, _) = self
+        let body_start = span.start + header_len;
+        let first_body_key = self
             .entries
             .iter()
-            .find(|(_, s)| s.start > body_start && s.start < span.end)?;
-        Some(parent(first).to_string())
+            .find(|(_, s)| s.start > body_start && s.start < span.end);
+        match first_body_key {
+            Some((first, _)) => Some(parent(first).to_string()),
+            // An empty inline table is the value of the key just before it.
+            None if inline => self.key_before(span.start),
+            None => header_path(text, span.start, &at[..header_len]),
+        }
     }
+
+    fn key_before(&self, offset: usize) -> Option<String> {
+        self.entries
+            .iter()
+            .take_while(|(_, key_span)| key_span.start <= offset)
+            .last()
+            .map(|(path, _)| path.clone())
+    }
+}
+
+/// The path of a table header with no keys under it, read from its text:
+/// `[server]` -> `server`, the third `[[route]]` -> `route[2]`.
+fn header_path(text: &str, start: usize, header: &str) -> Option<String> {
+    let header = header.split('#').next()?.trim();
+    if let Some(name) = header.strip_prefix("[[").and_then(|h| h.strip_suffix("]]")) {
+        let same_header = |line: &str| line.split('#').next().map(str::trim) == Some(header);
+        let index = text
+            .get(..start)?
+            .lines()
+            .filter(|l| same_header(l))
+            .count();
+        return Some(format!("{}[{index}]", name.trim()));
+    }
+    let name = header.strip_prefix('[')?.strip_suffix(']')?;
+    Some(name.trim().to_string())
 }
 
 /// `a.b[2].c` -> `a.b[2]`; `a[0]` stays whole because indexes are not keys.
@@ -203,6 +230,28 @@ mod tests {
                 .key_for(text, &(start..text.len() - 1), Some("key"))
                 .as_deref(),
             Some("listener[0].tls.key")
+        );
+    }
+
+    #[test]
+    fn missing_field_in_an_empty_table() {
+        let text = "[[route]]\npath = \"/\"\n[[route]] # empty\n[[route]]\npath = \"/b\"\n";
+        let start = text.find("[[route]] #").expect("header");
+        let index = KeyIndex::of(text).expect("valid");
+        let span = start..start + "[[route]] # empty".len();
+        assert_eq!(
+            index.key_for(text, &span, Some("path")).as_deref(),
+            Some("route[1].path")
+        );
+
+        let text = "[[listener]]\naddress = \"a\"\ntls = {}\n";
+        let start = text.find('{').expect("brace");
+        let index = KeyIndex::of(text).expect("valid");
+        assert_eq!(
+            index
+                .key_for(text, &(start..start + 2), Some("cert"))
+                .as_deref(),
+            Some("listener[0].tls.cert")
         );
     }
 

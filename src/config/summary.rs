@@ -8,11 +8,11 @@ use std::time::Duration;
 use super::duration::format_duration;
 use super::model::{Config, HostMatch, UpstreamProtocol};
 
-/// Renders `config` as plain text, one item per line.
+/// Renders `config` as plain text, one item per line, without a trailing newline.
+/// It does not repeat the file name: the caller prints that with its verdict.
 pub fn summary(config: &Config) -> String {
+    // Writing to a String cannot fail, so `writeln!` results are ignored below.
     let mut out = String::new();
-    // Writing to a String cannot fail; the results are ignored for that reason.
-    let _ = writeln!(out, "config {}: OK", config.source);
     listeners(&mut out, config);
     upstreams(&mut out, config);
     routes(&mut out, config);
@@ -49,6 +49,8 @@ pub fn summary(config: &Config) -> String {
             .as_ref()
             .map_or("stderr".to_string(), |p| p.display().to_string()),
     );
+    // Callers print it with `println!`.
+    out.truncate(out.trim_end().len());
     out
 }
 

@@ -728,3 +728,263 @@ pub(crate) fn check_cache_control(value: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    const REST: &str = "[[listener]]\naddress = \"127.0.0.1:8080\"\n\
+        [[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:3000\"]\n\
+        [[upstream]]\nname = \"push\"\nservers = [\"127.0.0.1:3100\"]\nprotocol = \"h2c\"\n\
+        [[route]]\npath = \"/\"\nupstream = \"app\"\n";
+
+    fn config(head: &str) -> Config {
+        let text = format!("{head}\n{REST}");
+        match parse(&text, "t.toml", Path::new(".")) {
+            Ok(config) => config,
+            Err(e) => panic!("should be valid:\n{text}\n{e}"),
+        }
+    }
+
+    /// The keys and messages of all errors for `head` + a valid rest.
+    fn errors(head: &str) -> Vec<(String, String)> {
+        let text = format!("{head}\n{REST}");
+        match parse(&text, "t.toml", Path::new(".")) {
+            Ok(_) => panic!("should be invalid:\n{text}"),
+            Err(e) => e.0.into_iter().map(|e| (e.key, e.message)).collect(),
+        }
+    }
+
+    fn assert_one_error(head: &str, key: &str, fragment: &str) {
+        let errors = errors(head);
+        assert_eq!(errors.len(), 1, "{head}: {errors:?}");
+        assert_eq!(errors[0].0, key, "{head}");
+        assert!(
+            errors[0].1.contains(fragment),
+            "{head}: {:?} lacks {fragment:?}",
+            errors[0].1
+        );
+    }
+
+    #[test]
+    fn defaults_fill_everything_left_out() {
+        let c = config("");
+        assert_eq!(c.source, "t.toml");
+        assert_eq!(c.server.threads, 2);
+        assert_eq!(c.server.pid_file, PathBuf::from("/tmp/ssegate.pid"));
+        assert_eq!(
+            c.server.upgrade_sock,
+            PathBuf::from("/tmp/ssegate_upgrade.sock")
+        );
+        assert_eq!(c.server.error_log, None);
+        assert_eq!(c.server.grace_period, Duration::from_secs(10));
+        assert_eq!(c.server.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(c.listeners[0].h2_max_streams, 1000);
+        assert!(c.listeners[0].tls.is_none());
+        assert_eq!(c.timeouts.connect, Duration::from_secs(5));
+        assert_eq!(c.timeouts.read, Duration::from_secs(60));
+        assert_eq!(c.timeouts.write, Duration::from_secs(60));
+        assert_eq!(c.timeouts.upstream_keepalive, Duration::from_secs(60));
+        assert_eq!(c.stream.heartbeat, Some(Duration::from_secs(15)));
+        assert_eq!(c.stream.heartbeat_text, ":\n\n");
+        assert_eq!(c.stream.idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(c.stream.cache_control, "no-cache");
+        assert_eq!(c.stream.shutdown_retry, Duration::from_secs(1));
+        assert_eq!(c.stream.shutdown_retry_jitter, Duration::from_secs(1));
+        assert_eq!(c.upstreams[0].protocol, UpstreamProtocol::Http1);
+        assert_eq!(c.upstreams[1].protocol, UpstreamProtocol::H2c);
+        let r = &c.routes[0];
+        assert_eq!(
+            (r.host.clone(), r.path.as_str(), r.upstream),
+            (None, "/", 0)
+        );
+        assert!(!r.strip_prefix);
+        assert_eq!((r.heartbeat, r.idle_timeout), (None, None));
+    }
+
+    #[test]
+    fn explicit_values_are_kept() {
+        let c = config(
+            "[server]\nthreads = 8\nerror_log = \"/var/log/s.log\"\ngrace_period = \"0s\"\n\
+             [stream]\nheartbeat = \"off\"\nidle_timeout = \"1h30m\"\nheartbeat_text = \": ping\\n\\n\"\n\
+             shutdown_retry = \"0s\"\nshutdown_retry_jitter = \"250ms\"\ncache_control = \"no-store\"\n\
+             [timeouts]\nconnect = \"500ms\"\n\
+             [[route]]\nhost = \"*.Example.COM\"\npath = \"/e/\"\nupstream = \"push\"\nstrip_prefix = true\n\
+             heartbeat = \"5s\"\nidle_timeout = \"off\"\n",
+        );
+        assert_eq!(c.server.threads, 8);
+        assert_eq!(c.server.error_log, Some(PathBuf::from("/var/log/s.log")));
+        assert_eq!(c.server.grace_period, Duration::ZERO);
+        assert_eq!(c.stream.heartbeat, None);
+        assert_eq!(c.stream.idle_timeout, Some(Duration::from_secs(5400)));
+        assert_eq!(c.stream.heartbeat_text, ": ping\n\n");
+        assert_eq!(c.stream.shutdown_retry, Duration::ZERO);
+        assert_eq!(c.stream.shutdown_retry_jitter, Duration::from_millis(250));
+        assert_eq!(c.stream.cache_control, "no-store");
+        assert_eq!(c.timeouts.connect, Duration::from_millis(500));
+        let r = &c.routes[0];
+        assert_eq!(r.host, Some(HostMatch::Suffix(".example.com".into())));
+        assert_eq!(r.upstream, 1);
+        assert!(r.strip_prefix);
+        assert_eq!(r.heartbeat, Some(Some(Duration::from_secs(5))));
+        assert_eq!(r.idle_timeout, Some(None));
+    }
+
+    #[test]
+    fn duration_rules_depend_on_the_key() {
+        assert_one_error(
+            "[timeouts]\nread = \"0s\"",
+            "timeouts.read",
+            "greater than zero",
+        );
+        assert_one_error(
+            "[timeouts]\nread = \"off\"",
+            "timeouts.read",
+            "\"off\" is not allowed",
+        );
+        assert_one_error(
+            "[stream]\nheartbeat = \"0s\"",
+            "stream.heartbeat",
+            "write \"off\"",
+        );
+        assert_one_error(
+            "[stream]\nidle_timeout = \"0ms\"",
+            "stream.idle_timeout",
+            "write \"off\"",
+        );
+        assert_one_error(
+            "[stream]\nheartbeat = 15",
+            "stream.heartbeat",
+            "write \"15s\"",
+        );
+        assert_one_error(
+            "[stream]\nheartbeat = 1.5",
+            "stream.heartbeat",
+            "\"1500ms\"",
+        );
+        assert_one_error(
+            "[stream]\nheartbeat = -3",
+            "stream.heartbeat",
+            "string with a unit",
+        );
+        assert_one_error(
+            "[stream]\nheartbeat = \"15\"",
+            "stream.heartbeat",
+            "missing unit",
+        );
+        assert_one_error(
+            "[stream]\nheartbeat = \"soon\"",
+            "stream.heartbeat",
+            "or \"off\"",
+        );
+        assert_one_error(
+            "[stream]\nshutdown_retry = \"off\"",
+            "stream.shutdown_retry",
+            "not allowed",
+        );
+        assert_one_error(
+            "[server]\ngrace_period = \"1500ms\"",
+            "server.grace_period",
+            "whole seconds",
+        );
+        assert_one_error(
+            "[server]\nshutdown_timeout = \"2x\"",
+            "server.shutdown_timeout",
+            "unknown unit",
+        );
+        assert_one_error(
+            "[[route]]\npath = \"/a\"\nupstream = \"app\"\nheartbeat = \"0s\"",
+            "route[0].heartbeat",
+            "write \"off\"",
+        );
+    }
+
+    #[test]
+    fn server_checks() {
+        assert_one_error(
+            "[server]\nthreads = 0",
+            "server.threads",
+            "at least 1, got 0",
+        );
+        assert_one_error(
+            "[server]\nthreads = -1",
+            "server.threads",
+            "at least 1, got -1",
+        );
+        assert_one_error(
+            "[server]\npid_file = \"\"",
+            "server.pid_file",
+            "must not be empty",
+        );
+    }
+
+    #[test]
+    fn host_patterns() {
+        let exact = |h: &str| Ok(HostMatch::Exact(h.to_string()));
+        assert_eq!(host_pattern("Example.COM"), exact("example.com"));
+        assert_eq!(host_pattern("*.a.b"), Ok(HostMatch::Suffix(".a.b".into())));
+        let reason = |h: &str| host_pattern(h).expect_err(h);
+        assert!(reason("").contains("must not be empty"));
+        assert!(reason("a b.com").contains("whitespace"));
+        assert!(reason("a.com/x").contains("without scheme or path"));
+        assert!(reason("https://a.com").contains("without scheme or path"));
+        assert!(reason("a.com:8080").contains("port"));
+        assert!(reason("*").contains("only allowed as a leading"));
+        assert!(reason("*.").contains("must be followed by a domain"));
+        assert!(reason("a.*.com").contains("only allowed as a leading"));
+        assert!(reason("*a.com").contains("only allowed as a leading"));
+        assert!(reason("*.*.com").contains("only allowed as a leading"));
+    }
+
+    #[test]
+    fn heartbeat_text_must_be_comments_ending_in_a_blank_line() {
+        assert_eq!(check_heartbeat_text(":\n\n"), Ok(()));
+        assert_eq!(check_heartbeat_text(": keep-alive\n:x\n\n"), Ok(()));
+        let reason = |t: &str| check_heartbeat_text(t).expect_err(t);
+        assert!(reason("").contains("`stream.heartbeat = \"off\"`"));
+        assert!(reason(":\r\n\r\n").contains("\\r"));
+        assert!(reason(":\n").contains("blank line"));
+        assert!(reason("\n\n").contains("line 1"));
+        assert!(reason(":a\ndata: x\n\n").contains("line 2 (\"data: x\")"));
+        assert!(reason(":a\n\n\n").contains("line 2"));
+    }
+
+    #[test]
+    fn cache_control_must_be_a_plain_header_value() {
+        assert_eq!(check_cache_control("no-cache, no-transform"), Ok(()));
+        assert!(check_cache_control("").is_err());
+        assert!(check_cache_control("  ").is_err());
+        let reason = check_cache_control("no-cache\nX-Evil: 1").expect_err("newline");
+        assert!(reason.contains("U+000A"), "{reason}");
+        assert!(check_cache_control("a\u{7f}").is_err());
+    }
+
+    #[test]
+    fn pem_kinds_are_told_apart() {
+        let cert = "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n";
+        let key = "-----BEGIN EC PRIVATE KEY-----\nAA==\n-----END EC PRIVATE KEY-----\n";
+        assert!(Pem::Cert.looks_like(cert));
+        assert!(!Pem::Cert.looks_like(key));
+        assert!(Pem::Key.looks_like(key));
+        assert!(Pem::Key.looks_like(&key.replace("EC ", "")));
+        assert!(!Pem::Key.looks_like(cert));
+        assert!(!Pem::Key.looks_like("not pem"));
+    }
+
+    #[test]
+    fn tls_paths_resolve_against_base_dir() {
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:8443\"\ntls = {{ cert = \"certs/cert.pem\", key = \"certs/key.pem\" }}\n{}",
+            REST.replace("8080", "8081")
+        );
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+        let config = match parse(&text, "t.toml", &base) {
+            Ok(config) => config,
+            Err(e) => panic!("{e}"),
+        };
+        let tls = config.listeners[0].tls.as_ref().expect("tls");
+        assert_eq!(tls.cert, base.join("certs/cert.pem"));
+        assert_eq!(tls.key, base.join("certs/key.pem"));
+    }
+}

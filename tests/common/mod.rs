@@ -73,8 +73,8 @@ pub struct TestCert {
 }
 
 pub fn make_cert(dir: &TempDir) -> TestCert {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
     let cert_pem = ck.cert.pem();
     let cert_path = dir.0.join("cert.pem");
     let key_path = dir.0.join("key.pem");
@@ -117,6 +117,11 @@ impl ProxyConfig {
 /// The usual test config: one upstream `app` at `upstream`, one route `/`,
 /// short timeouts and a 200 ms heartbeat; `extra` is appended to `[stream]`.
 pub fn basic_config(upstream: SocketAddr, stream_extra: &str) -> String {
+    let heartbeat = if stream_extra.contains("heartbeat =") {
+        ""
+    } else {
+        "heartbeat = \"200ms\""
+    };
     format!(
         r#"
 [server]
@@ -130,7 +135,7 @@ read = "2s"
 write = "5s"
 
 [stream]
-heartbeat = "200ms"
+{heartbeat}
 {stream_extra}
 
 [[upstream]]
@@ -191,7 +196,10 @@ impl Proxy {
             .arg("run")
             .arg("-c")
             .arg(&path)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
@@ -495,6 +503,16 @@ impl H1Client<TcpStream> {
     }
 }
 
+impl<S> H1Client<S> {
+    /// A client over an already connected stream.
+    pub fn over(stream: S) -> Self {
+        H1Client {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> H1Client<S> {
     pub async fn send(&mut self, raw: &[u8]) {
         self.stream.write_all(raw).await.unwrap();
@@ -619,7 +637,11 @@ pub async fn h2c_connect(addr: SocketAddr) -> H2Sender {
 /// A TLS connection negotiating `h2` through ALPN, trusting `cert_pem`.
 pub async fn h2_tls_connect(addr: SocketAddr, cert_pem: &str) -> H2Sender {
     let tls = tls_connect(addr, cert_pem, &[b"h2"]).await;
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "ALPN h2 not selected");
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "ALPN h2 not selected"
+    );
     let (send, conn) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
@@ -649,10 +671,7 @@ pub async fn tls_connect(
 
 fn rustls_pemfile_cert(pem: &str) -> tokio_rustls::rustls::pki_types::CertificateDer<'static> {
     // A single certificate: base64 between the armour lines.
-    let b64: String = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect();
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     tokio_rustls::rustls::pki_types::CertificateDer::from(base64_decode(&b64))
 }
 
