@@ -94,12 +94,16 @@ impl Pool {
             // Boxed so the connect future's state is freed once connected,
             // rather than living inside the request future for the whole stream.
             match Box::pin(connector.get_http_session(&peer)).await {
-                Ok((session, reused)) => {
+                Ok((mut session, reused)) => {
+                    // The connector does not carry the peer's read/write
+                    // timeouts over to the session; the proxy sets them.
+                    session.set_read_timeout(Some(self.timeouts.read));
+                    session.set_write_timeout(Some(self.timeouts.write));
                     return Ok(Connected {
                         session,
                         peer,
                         reused,
-                    })
+                    });
                 }
                 Err(e) => {
                     log::warn!("upstream {}: connect to {addr} failed: {e}", self.name);

@@ -117,7 +117,13 @@ pub async fn relay(
     }
 
     let end = loop {
-        let at_boundary = !compressed && framer.at_event_boundary();
+        // Before the first upstream byte the framer cannot rule out a BOM to
+        // come, so it answers "no"; but a stream whose upstream sends headers
+        // and then nothing is exactly the one that needs heartbeats to survive
+        // idle-cutting middleboxes. We inject there and accept that an upstream
+        // that starts its body with a BOM only after a whole heartbeat interval
+        // of silence loses that BOM's meaning (documented in README.md).
+        let at_boundary = !compressed && (framer.at_event_boundary() || framer.bytes() == 0);
         if drain_deadline.is_some() && at_boundary {
             let retry = retry_hint(policy.shutdown_retry, policy.shutdown_retry_jitter);
             if client.write_response_body(retry, false).await.is_err() {

@@ -9,7 +9,8 @@
 //! the network delivers, never rewrites them, owns no socket and no clock, and
 //! keeps *state*, not bytes: a field name needs at most five bytes of memory, a
 //! 100 MB line without a newline costs nothing, and the only buffers are the id
-//! (at most [`MAX_ID_LEN`] bytes, twice over) and, when asked for, a capped
+//! (at most [`MAX_ID_LEN`] bytes, three times over: the line being read,
+//! the buffer and the committed string) and, when asked for, a capped
 //! prefix of each event's data and type. It has two users:
 //!
 //! - the proxy ([`Framer::new`]) asks [`Framer::at_event_boundary`] before it
@@ -278,7 +279,10 @@ impl Framer {
     /// False before the first byte, and while the first bytes are still a
     /// possible BOM: clients drop a BOM only at the very start of the stream,
     /// so a heartbeat sent ahead of it would turn it into part of the first
-    /// field's name (`\u{FEFF}data`) and lose the first event.
+    /// field's name (`\u{FEFF}data`) and lose the first event. The same holds
+    /// for any injected bytes, `retry:` included. A proxy that would rather
+    /// keep a silent new stream alive can test `bytes() == 0` itself, taking
+    /// that risk knowingly.
     pub fn at_event_boundary(&self) -> bool {
         self.bom_decided && self.line == Line::Start && !self.in_event
     }

@@ -316,6 +316,16 @@ impl UpConn {
         self.write(b"0\r\n\r\n").await;
     }
 
+    /// Reads the next request on this (kept-alive) connection into `self.req`.
+    pub async fn next_request(&mut self) {
+        self.req = within(
+            "a request on a reused upstream connection",
+            read_request(&mut self.stream),
+        )
+        .await
+        .expect("upstream connection closed instead of carrying a request");
+    }
+
     /// Resolves when the proxy closes this connection (EOF or reset).
     pub async fn closed(&mut self) {
         let mut buf = [0u8; 1024];
