@@ -126,13 +126,25 @@ pub fn response_has_body(method: &Method, status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED)
 }
 
+/// A copy of the upstream's response header in the client's HTTP version:
+/// an h2c upstream answers in HTTP/2, which an HTTP/1.1 status line cannot say.
+fn for_client(upstream: &ResponseHeader, client_version: Version) -> ResponseHeader {
+    let mut resp = upstream.clone();
+    resp.set_version(if client_version == Version::HTTP_2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    });
+    resp
+}
+
 /// The response header for an ordinary (non-stream) response.
 pub fn ordinary_response(
     upstream: &ResponseHeader,
     client_version: Version,
     has_body: bool,
 ) -> Result<ResponseHeader> {
-    let mut resp = upstream.clone();
+    let mut resp = for_client(upstream, client_version);
     for name in hop_by_hop_names(&upstream.headers) {
         resp.remove_header(&name);
     }
@@ -162,7 +174,7 @@ pub fn stream_response(
     client_version: Version,
     cache_control: &str,
 ) -> Result<ResponseHeader> {
-    let mut resp = upstream.clone();
+    let mut resp = for_client(upstream, client_version);
     for name in hop_by_hop_names(&upstream.headers) {
         resp.remove_header(&name);
     }

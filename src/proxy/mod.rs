@@ -323,7 +323,8 @@ impl ProxyApp {
             };
             // Streams are cut by their own idle timeout, never by the ordinary read timeout.
             up.session.set_read_timeout(None);
-            if session.write_response_header(Box::new(resp)).await.is_err() {
+            if let Err(e) = session.write_response_header(Box::new(resp)).await {
+                log::info!("writing the response header to the client failed: {e}");
                 shared.pools.release(up, false).await;
                 return Outcome::Abort;
             }
@@ -361,7 +362,8 @@ impl ProxyApp {
                 return respond_or_abort(session, 502, "bad upstream response\n").await;
             }
         };
-        if session.write_response_header(Box::new(resp)).await.is_err() {
+        if let Err(e) = session.write_response_header(Box::new(resp)).await {
+            log::info!("writing the response header to the client failed: {e}");
             shared.pools.release(up, false).await;
             return Outcome::Abort;
         }
