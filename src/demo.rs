@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::Method;
-use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::apps::{
+    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
+};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
@@ -171,9 +173,15 @@ impl HttpServerApp for DemoUpstream {
         }
         if let Err(e) = self.serve(&mut session).await {
             log::debug!("demo upstream: {e}");
+            session.shutdown().await;
+            return None;
         }
-        session.shutdown().await;
-        None
+        // Keep-alive, as a real origin would.
+        let settings = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
+            _ => None,
+        }
     }
 
     fn server_options(&self) -> Option<&HttpServerOptions> {

@@ -56,15 +56,24 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let mut s = match server::build(cfg, server::ProcessOptions::default()) {
+            let upstream = demo::DemoUpstream::new(Duration::from_millis(args.tick_ms));
+            let upstream_listen = args.upstream_listen.clone();
+            let add_upstream = move |s: &mut pingora_core::server::Server| {
+                vec![server::add_service(
+                    s,
+                    "demo upstream",
+                    &upstream_listen,
+                    upstream,
+                )]
+            };
+            let opts = server::ProcessOptions::default();
+            let s = match server::build_after(cfg, opts, add_upstream) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("ssegate: {e}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let upstream = demo::DemoUpstream::new(Duration::from_millis(args.tick_ms));
-            server::add_service(&mut s, "demo upstream", &args.upstream_listen, upstream);
             let base = format!("http://{}", args.listen);
             println!(
                 "ssegate demo: proxy on {base}, demo upstream on http://{}",

@@ -8,6 +8,7 @@ use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::listening::Service;
+use pingora_core::services::ServiceHandle;
 
 use crate::config::{Config, Listener};
 use crate::proxy::{ProxyApp, Shared};
@@ -105,6 +106,16 @@ fn listener_config(listener: &Listener) -> Result<ListenerConfig, StartError> {
 
 /// Builds (but does not run) the proxy server. `Server::run_forever` starts it.
 pub fn build(config: Config, opts: ProcessOptions) -> Result<Server, StartError> {
+    build_after(config, opts, |_| Vec::new())
+}
+
+/// Like `build`, but `first` adds services (the demo upstream) that the proxy
+/// listeners wait for: they start accepting only once those are listening.
+pub fn build_after(
+    config: Config,
+    opts: ProcessOptions,
+    first: impl FnOnce(&mut Server) -> Vec<ServiceHandle>,
+) -> Result<Server, StartError> {
     let conf = server_conf(&config, opts);
     let listeners = config.listeners.clone();
     let shared = Shared::new(config)?;
@@ -114,6 +125,8 @@ pub fn build(config: Config, opts: ProcessOptions) -> Result<Server, StartError>
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(pingora_opt, conf);
+    server.bootstrap();
+    let prerequisites = first(&mut server);
     for listener in &listeners {
         let app = ProxyApp::new(
             shared.clone(),
@@ -122,18 +135,17 @@ pub fn build(config: Config, opts: ProcessOptions) -> Result<Server, StartError>
         );
         let mut service = Service::new(format!("ssegate {}", listener.address), app);
         service.add_listener(listener_config(listener)?);
-        server.add_service(service);
+        server.add_service(service).add_dependencies(&prerequisites);
     }
-    server.bootstrap();
     Ok(server)
 }
 
-/// Adds an extra service (the demo upstream) before running.
-pub fn add_service<A>(server: &mut Server, name: &str, address: &str, app: A)
+/// Adds a plain TCP listening service (the demo upstream) to `server`.
+pub fn add_service<A>(server: &mut Server, name: &str, address: &str, app: A) -> ServiceHandle
 where
     A: pingora_core::apps::ServerApp + Send + Sync + 'static,
 {
     let mut service = Service::new(name.to_string(), app);
     service.add_tcp(address);
-    server.add_service(service);
+    server.add_service(service)
 }

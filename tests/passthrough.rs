@@ -691,3 +691,59 @@ async fn head_returns_headers_only_and_keeps_the_connection() {
     assert_eq!(resp.status, 200);
     assert_eq!(&client.body(&resp).await[..], b"hello world");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_on_a_pooled_connection_the_upstream_dropped_is_retried() {
+    let mut up = Upstream::start().await;
+    let proxy = Proxy::start(ProxyConfig::new(basic_config(up.addr, ""))).await;
+    let mut client = H1Client::connect(proxy.addr).await;
+    client.get("/one", &[]).await;
+    let mut first = up.next().await;
+    first
+        .write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none")
+        .await;
+    let head = client.response_head().await;
+    assert_eq!(&client.body(&head).await[..], b"one");
+
+    // The second request goes out on the pooled connection; the upstream
+    // reads it and closes without answering, as a keep-alive race does.
+    client.get("/two", &[]).await;
+    first.next_request().await;
+    assert_eq!(first.req.target, "/two");
+    drop(first);
+
+    // The proxy sends it again on a fresh connection: the client never sees the race.
+    let mut second = up.next().await;
+    assert_eq!(second.req.target, "/two");
+    second
+        .write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\ntwo")
+        .await;
+    let head = client.response_head().await;
+    assert_eq!(head.status, 200);
+    assert_eq!(&client.body(&head).await[..], b"two");
+    assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_with_a_body_is_never_replayed() {
+    let mut up = Upstream::start().await;
+    let proxy = Proxy::start(ProxyConfig::new(basic_config(up.addr, ""))).await;
+    let mut client = H1Client::connect(proxy.addr).await;
+    client.get("/one", &[]).await;
+    let mut first = up.next().await;
+    first
+        .write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\none")
+        .await;
+    let head = client.response_head().await;
+    assert_eq!(&client.body(&head).await[..], b"one");
+
+    client
+        .send(b"POST /pay HTTP/1.1\r\nhost: test\r\ncontent-length: 5\r\n\r\nhello")
+        .await;
+    first.next_request().await;
+    assert_eq!(&first.req.body[..], b"hello");
+    drop(first);
+    let head = client.response_head().await;
+    assert_eq!(head.status, 502, "a POST must not be sent twice");
+    assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

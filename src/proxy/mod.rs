@@ -253,47 +253,43 @@ impl ProxyApp {
         };
         let method = upstream_req.method.clone();
 
-        let mut up = match pool.connect(&shared.pools.connector).await {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!("upstream {}: no server reachable: {e}", pool.name);
-                return respond_or_abort(session, 502, "upstream unreachable\n").await;
-            }
-        };
-
-        if let Err(e) = send_request(session, &mut up, upstream_req, has_body).await {
-            let client_side = matches!(
-                e.etype(),
-                ErrorType::ReadError | ErrorType::ReadTimedout | ErrorType::ConnectionClosed
-            ) && e.esource() == &pingora_error::ErrorSource::Downstream;
-            shared.pools.release(up, false).await;
-            if client_side {
-                return Outcome::Abort;
-            }
-            log::warn!("upstream {}: sending request failed: {e}", pool.name);
-            return respond_or_abort(session, 502, "upstream request failed\n").await;
-        }
-
-        // Response header, skipping interim 1xx responses other than 101.
-        loop {
-            match up.session.read_response_header().await {
-                Ok(()) => {}
+        // A pooled connection the upstream has just closed fails before any
+        // response byte; such a request is sent once more on a fresh
+        // connection, as long as no request body has been consumed.
+        let mut retried = false;
+        let mut up = loop {
+            let mut up = match pool.connect(&shared.pools.connector).await {
+                Ok(c) => c,
                 Err(e) => {
-                    shared.pools.release(up, false).await;
-                    if e.etype() == &ErrorType::ReadTimedout {
-                        log::warn!("upstream {}: no response header in time", pool.name);
-                        return respond_or_abort(session, 504, "upstream timed out\n").await;
-                    }
-                    log::warn!("upstream {}: bad or no response: {e}", pool.name);
+                    log::warn!("upstream {}: no server reachable: {e}", pool.name);
+                    return respond_or_abort(session, 502, "upstream unreachable\n").await;
+                }
+            };
+            let failure = match exchange(session, &mut up, upstream_req.clone(), has_body).await {
+                Ok(()) => break up,
+                Err(f) => f,
+            };
+            let reused = up.reused;
+            shared.pools.release(up, false).await;
+            match failure {
+                Failure::Client => return Outcome::Abort,
+                Failure::Timeout => {
+                    log::warn!("upstream {}: no response header in time", pool.name);
+                    return respond_or_abort(session, 504, "upstream timed out\n").await;
+                }
+                Failure::Upstream(e) if reused && !has_body && !retried => {
+                    log::debug!(
+                        "upstream {}: reused connection failed ({e}); retrying",
+                        pool.name
+                    );
+                    retried = true;
+                }
+                Failure::Upstream(e) => {
+                    log::warn!("upstream {}: request failed: {e}", pool.name);
                     return respond_or_abort(session, 502, "bad upstream response\n").await;
                 }
             }
-            let status = up.session.response_header().map(|h| h.status);
-            match status {
-                Some(s) if s.is_informational() && s.as_u16() != 101 => continue,
-                _ => break,
-            }
-        }
+        };
         let Some(upstream_resp) = up.session.response_header().cloned() else {
             shared.pools.release(up, false).await;
             return respond_or_abort(session, 502, "bad upstream response\n").await;
@@ -383,6 +379,47 @@ impl ProxyApp {
     }
 }
 
+/// Why an upstream exchange produced no response header.
+enum Failure {
+    /// The client failed while its request body was being read.
+    Client,
+    /// No response header within the read timeout.
+    Timeout,
+    /// The upstream refused, reset, closed or answered garbage.
+    Upstream(Box<pingora_error::Error>),
+}
+
+/// Sends the request and reads the response header, skipping interim 1xx
+/// responses other than 101.
+async fn exchange(
+    client: &mut ServerSession,
+    up: &mut Connected,
+    req: pingora_http::RequestHeader,
+    has_body: bool,
+) -> std::result::Result<(), Failure> {
+    if let Err(e) = send_request(client, up, req, has_body).await {
+        let client_side = e.esource() == &pingora_error::ErrorSource::Downstream;
+        return Err(if client_side {
+            Failure::Client
+        } else {
+            Failure::Upstream(e)
+        });
+    }
+    loop {
+        if let Err(e) = up.session.read_response_header().await {
+            return Err(if e.etype() == &ErrorType::ReadTimedout {
+                Failure::Timeout
+            } else {
+                Failure::Upstream(e)
+            });
+        }
+        match up.session.response_header().map(|h| h.status) {
+            Some(s) if s.is_informational() && s.as_u16() != 101 => continue,
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// Writes the request header and streams the request body to the upstream.
 async fn send_request(
     client: &mut ServerSession,
@@ -390,16 +427,31 @@ async fn send_request(
     req: pingora_http::RequestHeader,
     has_body: bool,
 ) -> Result<()> {
-    up.session.write_request_header(Box::new(req)).await?;
+    // Errors are tagged with their side so the caller can tell a client that
+    // went away from an upstream that failed.
+    up.session
+        .write_request_header(Box::new(req))
+        .await
+        .map_err(|e| e.into_up())?;
     if has_body {
-        while let Some(chunk) = client.read_request_body().await? {
+        while let Some(chunk) = client
+            .read_request_body()
+            .await
+            .map_err(|e| e.into_down())?
+        {
             if !chunk.is_empty() {
-                up.session.write_request_body(chunk, false).await?;
+                up.session
+                    .write_request_body(chunk, false)
+                    .await
+                    .map_err(|e| e.into_up())?;
             }
         }
     }
     // Never an empty final body write on HTTP/1 (pingora #935): finish instead.
-    up.session.finish_request_body().await
+    up.session
+        .finish_request_body()
+        .await
+        .map_err(|e| e.into_up())
 }
 
 /// Relays an ordinary response body, watching for the client going away.
