@@ -668,3 +668,84 @@ async fn graceful_shutdown_sends_retry_and_ends_streams_at_a_boundary() {
     let status = proxy.wait_exit().await;
     assert!(status.success() || status.code().is_none(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_heartbeat_overrides_the_stream_default() {
+    let mut up = Upstream::start().await;
+    let cfg = basic_config(up.addr, "heartbeat = \"off\"").replace(
+        "[[route]]\npath = \"/\"",
+        "[[route]]\npath = \"/fast/\"\nupstream = \"app\"\nheartbeat = \"100ms\"\n\n[[route]]\npath = \"/\"",
+    );
+    assert!(cfg.contains("/fast/"));
+    let proxy = Proxy::start(ProxyConfig::new(cfg)).await;
+    // A stream on the default route: heartbeats off.
+    let mut quiet = H1Client::connect(proxy.addr).await;
+    quiet.get("/quiet", &[]).await;
+    let mut quiet_up = up.next().await;
+    quiet_up.head_chunked(SSE, &[]).await;
+    quiet.response_head().await;
+    // A stream on the overriding route: heartbeats every 100 ms.
+    let mut fast = H1Client::connect(proxy.addr).await;
+    fast.get("/fast/x", &[]).await;
+    let mut fast_up = up.next().await;
+    fast_up.head_chunked(SSE, &[]).await;
+    fast.response_head().await;
+    for _ in 0..3 {
+        assert_eq!(fast.next_chunk().await.as_deref(), Some(&b":\n\n"[..]));
+    }
+    // Meanwhile the quiet stream got nothing: its next bytes are the event.
+    quiet_up.chunk(b"data: q\n\n").await;
+    assert_eq!(
+        quiet.next_chunk().await.as_deref(),
+        Some(&b"data: q\n\n"[..])
+    );
+    drop(fast_up);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_post_body_reaches_the_upstream_chunked_and_streams_back() {
+    let mut up = Upstream::start().await;
+    let proxy = proxy_for(&up, "heartbeat = \"off\"").await;
+    let send = h2c_connect(proxy.addr).await;
+    let mut conns = std::mem::replace(&mut up.conns, tokio::sync::mpsc::channel(1).1);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://test/v1/chat")
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let mut ready = within("h2 ready", send.ready()).await.unwrap();
+    let (resp, mut body_tx) = ready.send_request(req, false).unwrap();
+    body_tx
+        .send_data(bytes::Bytes::from_static(b"{\"prompt\":"), false)
+        .unwrap();
+    body_tx
+        .send_data(bytes::Bytes::from_static(b"\"hi\"}"), true)
+        .unwrap();
+    let mut conn = within("upstream request", conns.recv()).await.unwrap();
+    assert_eq!(conn.req.method, "POST");
+    assert_eq!(conn.req.target, "/v1/chat");
+    assert_eq!(conn.req.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(conn.req.header("host"), Some("test"));
+    assert_eq!(&conn.req.body[..], b"{\"prompt\":\"hi\"}");
+    conn.head_chunked(SSE, &[]).await;
+    let resp = within("h2 response", resp).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    for token in ["a", "b", "c"] {
+        let event = format!("data: {token}\n\n");
+        conn.chunk(event.as_bytes()).await;
+        h2_read_until(&mut body, &mut got, event.as_bytes()).await;
+    }
+    conn.end_chunks().await;
+    // The end: END_STREAM (possibly on an empty DATA frame), not a reset.
+    within("h2 end", async {
+        while let Some(frame) = body.data().await {
+            let data = frame.expect("stream reset instead of ended");
+            assert!(data.is_empty(), "unexpected data {data:?}");
+        }
+    })
+    .await;
+    assert_eq!(got, b"data: a\n\ndata: b\n\ndata: c\n\n");
+}
