@@ -13,6 +13,21 @@ async fn proxy_for(up: &Upstream, stream_extra: &str) -> Proxy {
     Proxy::start(ProxyConfig::new(basic_config(up.addr, stream_extra))).await
 }
 
+/// Opens an event stream through the proxy: the client's GET, the upstream's
+/// `text/event-stream` head, and the head received by the client.
+async fn open_stream(
+    proxy: &Proxy,
+    up: &mut Upstream,
+    path: &str,
+) -> (H1Client<tokio::net::TcpStream>, UpConn) {
+    let mut client = H1Client::connect(proxy.addr).await;
+    client.get(path, &[]).await;
+    let mut conn = up.next().await;
+    conn.head_chunked(SSE, &[]).await;
+    assert_eq!(client.response_head().await.status, 200);
+    (client, conn)
+}
+
 fn count(hay: &[u8], needle: &[u8]) -> usize {
     hay.windows(needle.len()).filter(|w| *w == needle).count()
 }
@@ -153,11 +168,7 @@ last-modified: Sat, 21 Nov 2026 00:00:00 GMT\r\nx-app: kept\r\n\r\n",
 async fn idle_upstream_gets_heartbeat_comments() {
     let mut up = Upstream::start().await;
     let proxy = proxy_for(&up, "").await;
-    let mut client = H1Client::connect(proxy.addr).await;
-    client.get("/idle", &[]).await;
-    let mut conn = up.next().await;
-    conn.head_chunked(SSE, &[]).await;
-    client.response_head().await;
+    let (mut client, mut conn) = open_stream(&proxy, &mut up, "/idle").await;
     for _ in 0..3 {
         assert_eq!(client.next_chunk().await.as_deref(), Some(&b":\n\n"[..]));
     }
@@ -178,11 +189,7 @@ async fn idle_upstream_gets_heartbeat_comments() {
 async fn custom_heartbeat_text_is_used() {
     let mut up = Upstream::start().await;
     let proxy = proxy_for(&up, "heartbeat_text = \": ping\\n\\n\"").await;
-    let mut client = H1Client::connect(proxy.addr).await;
-    client.get("/idle", &[]).await;
-    let mut conn = up.next().await;
-    conn.head_chunked(SSE, &[]).await;
-    client.response_head().await;
+    let (mut client, conn) = open_stream(&proxy, &mut up, "/idle").await;
     assert_eq!(
         client.next_chunk().await.as_deref(),
         Some(&b": ping\n\n"[..])
@@ -196,18 +203,10 @@ async fn no_heartbeat_while_upstream_pauses_mid_event() {
     let proxy = proxy_for(&up, "").await;
 
     // Stream A is idle: its heartbeats are the clock of this test.
-    let mut a = H1Client::connect(proxy.addr).await;
-    a.get("/a", &[]).await;
-    let mut a_up = up.next().await;
-    a_up.head_chunked(SSE, &[]).await;
-    a.response_head().await;
+    let (mut a, a_up) = open_stream(&proxy, &mut up, "/a").await;
 
     // Stream B stalls in the middle of an event.
-    let mut b = H1Client::connect(proxy.addr).await;
-    b.get("/b", &[]).await;
-    let mut b_up = up.next().await;
-    b_up.head_chunked(SSE, &[]).await;
-    b.response_head().await;
+    let (mut b, mut b_up) = open_stream(&proxy, &mut up, "/b").await;
     b_up.chunk(b"id: 7\ndata: partial\n").await;
 
     // Once A has had three heartbeats, B has been silent mid-event for longer
@@ -348,11 +347,7 @@ async fn stream_outlives_the_ordinary_read_timeout() {
     let cfg =
         basic_config(up.addr, "heartbeat = \"100ms\"").replace("read = \"2s\"", "read = \"300ms\"");
     let proxy = Proxy::start(ProxyConfig::new(cfg)).await;
-    let mut client = H1Client::connect(proxy.addr).await;
-    client.get("/s", &[]).await;
-    let mut conn = up.next().await;
-    conn.head_chunked(SSE, &[]).await;
-    client.response_head().await;
+    let (mut client, mut conn) = open_stream(&proxy, &mut up, "/s").await;
     let start = Instant::now();
     // Eight heartbeats: at least 800 ms of upstream silence, over twice the read timeout.
     for _ in 0..8 {
@@ -368,11 +363,7 @@ async fn stream_outlives_the_ordinary_read_timeout() {
 async fn idle_timeout_ends_a_silent_stream_cleanly() {
     let mut up = Upstream::start().await;
     let proxy = proxy_for(&up, "heartbeat = \"off\"\nidle_timeout = \"300ms\"").await;
-    let mut client = H1Client::connect(proxy.addr).await;
-    client.get("/s", &[]).await;
-    let mut conn = up.next().await;
-    conn.head_chunked(SSE, &[]).await;
-    client.response_head().await;
+    let (mut client, mut conn) = open_stream(&proxy, &mut up, "/s").await;
     conn.chunk(b"data: one\n\n").await;
     assert_eq!(
         client.next_chunk().await.as_deref(),
@@ -478,11 +469,7 @@ async fn post_with_json_body_streams_reply_token_by_token() {
 async fn client_disconnect_closes_the_upstream_within_a_second() {
     let mut up = Upstream::start().await;
     let proxy = proxy_for(&up, "heartbeat = \"off\"").await;
-    let mut client = H1Client::connect(proxy.addr).await;
-    client.get("/s", &[]).await;
-    let mut conn = up.next().await;
-    conn.head_chunked(SSE, &[]).await;
-    client.response_head().await;
+    let (mut client, mut conn) = open_stream(&proxy, &mut up, "/s").await;
     conn.chunk(b"data: one\n\n").await;
     assert!(client.next_chunk().await.is_some());
     drop(client);
@@ -522,11 +509,7 @@ async fn h2_client_reset_closes_the_upstream() {
 async fn upstream_end_ends_the_client_stream_cleanly() {
     let mut up = Upstream::start().await;
     let proxy = proxy_for(&up, "heartbeat = \"off\"").await;
-    let mut client = H1Client::connect(proxy.addr).await;
-    client.get("/s", &[]).await;
-    let mut conn = up.next().await;
-    conn.head_chunked(SSE, &[]).await;
-    client.response_head().await;
+    let (mut client, mut conn) = open_stream(&proxy, &mut up, "/s").await;
     conn.chunk(b"data: last\n\n").await;
     conn.end_chunks().await;
     assert_eq!(
@@ -550,11 +533,7 @@ async fn upstream_end_ends_the_client_stream_cleanly() {
 async fn upstream_failure_mid_stream_is_not_a_clean_end() {
     let mut up = Upstream::start().await;
     let proxy = proxy_for(&up, "heartbeat = \"off\"").await;
-    let mut client = H1Client::connect(proxy.addr).await;
-    client.get("/s", &[]).await;
-    let mut conn = up.next().await;
-    conn.head_chunked(SSE, &[]).await;
-    client.response_head().await;
+    let (mut client, mut conn) = open_stream(&proxy, &mut up, "/s").await;
     conn.chunk(b"data: one\n\n").await;
     assert_eq!(
         client.next_chunk().await.as_deref(),
@@ -576,11 +555,7 @@ async fn compressed_stream_passes_through_without_heartbeats() {
     let mut up = Upstream::start().await;
     let proxy = proxy_for(&up, "").await;
     // A: an idle plain stream, the clock.
-    let mut a = H1Client::connect(proxy.addr).await;
-    a.get("/a", &[]).await;
-    let mut a_up = up.next().await;
-    a_up.head_chunked(SSE, &[]).await;
-    a.response_head().await;
+    let (mut a, a_up) = open_stream(&proxy, &mut up, "/a").await;
     // B: a gzip-encoded stream (the bytes are opaque to the proxy).
     let mut b = H1Client::connect(proxy.addr).await;
     b.get("/b", &[("accept-encoding", "gzip")]).await;
@@ -623,22 +598,14 @@ async fn graceful_shutdown_sends_retry_and_ends_streams_at_a_boundary() {
     )
     .await;
     // A: at an event boundary.
-    let mut a = H1Client::connect(proxy.addr).await;
-    a.get("/a", &[]).await;
-    let mut a_up = up.next().await;
-    a_up.head_chunked(SSE, &[]).await;
-    a.response_head().await;
+    let (mut a, mut a_up) = open_stream(&proxy, &mut up, "/a").await;
     a_up.chunk(b"id: 1\ndata: a\n\n").await;
     assert_eq!(
         a.next_chunk().await.as_deref(),
         Some(&b"id: 1\ndata: a\n\n"[..])
     );
     // B: in the middle of an event.
-    let mut b = H1Client::connect(proxy.addr).await;
-    b.get("/b", &[]).await;
-    let mut b_up = up.next().await;
-    b_up.head_chunked(SSE, &[]).await;
-    b.response_head().await;
+    let (mut b, mut b_up) = open_stream(&proxy, &mut up, "/b").await;
     b_up.chunk(b"id: 2\ndata: b").await;
     let mut b_got = Vec::new();
     b.read_until(&mut b_got, b"data: b").await;
@@ -679,17 +646,9 @@ async fn route_heartbeat_overrides_the_stream_default() {
     assert!(cfg.contains("/fast/"));
     let proxy = Proxy::start(ProxyConfig::new(cfg)).await;
     // A stream on the default route: heartbeats off.
-    let mut quiet = H1Client::connect(proxy.addr).await;
-    quiet.get("/quiet", &[]).await;
-    let mut quiet_up = up.next().await;
-    quiet_up.head_chunked(SSE, &[]).await;
-    quiet.response_head().await;
+    let (mut quiet, mut quiet_up) = open_stream(&proxy, &mut up, "/quiet").await;
     // A stream on the overriding route: heartbeats every 100 ms.
-    let mut fast = H1Client::connect(proxy.addr).await;
-    fast.get("/fast/x", &[]).await;
-    let mut fast_up = up.next().await;
-    fast_up.head_chunked(SSE, &[]).await;
-    fast.response_head().await;
+    let (mut fast, fast_up) = open_stream(&proxy, &mut up, "/fast/x").await;
     for _ in 0..3 {
         assert_eq!(fast.next_chunk().await.as_deref(), Some(&b":\n\n"[..]));
     }
