@@ -634,10 +634,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H1Client<S> {
 
 pub type H2Sender = h2::client::SendRequest<Bytes>;
 
+/// The h2 client settings the tests use. h2 limits how many small DATA frames
+/// may sit unread per connection (100 by default) and answers more with
+/// GOAWAY; a test reading 200 event streams from one connection on a busy
+/// machine can exceed that, so the budget is raised like a real multiplexing
+/// SSE client would.
+fn h2_client_builder() -> h2::client::Builder {
+    let mut b = h2::client::Builder::new();
+    b.data_frame_budget(256 * 10_000);
+    b
+}
+
 /// An h2c (prior knowledge) connection.
 pub async fn h2c_connect(addr: SocketAddr) -> H2Sender {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let (send, conn) = h2_client_builder().handshake(tcp).await.unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -652,7 +663,7 @@ pub async fn h2_tls_connect(addr: SocketAddr, cert_pem: &str) -> H2Sender {
         Some(&b"h2"[..]),
         "ALPN h2 not selected"
     );
-    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    let (send, conn) = h2_client_builder().handshake(tls).await.unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
     });
