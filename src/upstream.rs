@@ -66,8 +66,6 @@ impl Pool {
         let o = &mut peer.options;
         o.connection_timeout = Some(self.timeouts.connect);
         o.total_connection_timeout = Some(self.timeouts.connect);
-        o.read_timeout = Some(self.timeouts.read);
-        o.write_timeout = Some(self.timeouts.write);
         o.idle_timeout = Some(self.timeouts.upstream_keepalive);
         o.tcp_keepalive = Some(tcp_keepalive());
         if self.protocol == UpstreamProtocol::H2c {
