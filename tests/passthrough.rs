@@ -82,24 +82,7 @@ fn get_with_host(path: &str, host: &str) -> Vec<u8> {
 
 /// A full config with the given read timeout and upstream/route sections.
 fn config(read: &str, sections: &str) -> String {
-    format!(
-        r#"
-[server]
-threads = 2
-grace_period = "2s"
-shutdown_timeout = "1s"
-
-[timeouts]
-connect = "2s"
-read = "{read}"
-write = "5s"
-
-[stream]
-heartbeat = "200ms"
-
-{sections}
-"#
-    )
+    common::config_with(read, "", sections)
 }
 
 /// An address nothing listens on: a port that was just bound and released.

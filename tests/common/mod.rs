@@ -114,9 +114,11 @@ impl ProxyConfig {
     }
 }
 
-/// The usual test config: one upstream `app` at `upstream`, one route `/`,
-/// short timeouts and a 200 ms heartbeat; `extra` is appended to `[stream]`.
-pub fn basic_config(upstream: SocketAddr, stream_extra: &str) -> String {
+/// A test config without listeners (the harness adds those): short timeouts,
+/// `read` as the ordinary read timeout, a 200 ms heartbeat unless
+/// `stream_extra` sets one, `stream_extra` appended to `[stream]`, then the
+/// upstream and route `sections`.
+pub fn config_with(read: &str, stream_extra: &str, sections: &str) -> String {
     let heartbeat = if stream_extra.contains("heartbeat =") {
         ""
     } else {
@@ -131,21 +133,27 @@ shutdown_timeout = "1s"
 
 [timeouts]
 connect = "2s"
-read = "2s"
+read = "{read}"
 write = "5s"
 
 [stream]
 {heartbeat}
 {stream_extra}
 
-[[upstream]]
-name = "app"
-servers = ["{upstream}"]
-
-[[route]]
-path = "/"
-upstream = "app"
+{sections}
 "#
+    )
+}
+
+/// The usual test config: one upstream `app` at `upstream`, one route `/`;
+/// `stream_extra` is appended to `[stream]`.
+pub fn basic_config(upstream: SocketAddr, stream_extra: &str) -> String {
+    config_with(
+        "2s",
+        stream_extra,
+        &format!(
+            "[[upstream]]\nname = \"app\"\nservers = [\"{upstream}\"]\n\n[[route]]\npath = \"/\"\nupstream = \"app\"\n"
+        ),
     )
 }
 
