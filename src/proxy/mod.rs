@@ -23,6 +23,7 @@
 //!  finish: upstream back to pool only if fully read; client kept alive if clean
 //! ```
 
+pub mod downstream;
 pub mod headers;
 pub mod stream;
 
@@ -30,19 +31,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::apps::{
-    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
+    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp,
 };
 use pingora_core::protocols::http::v2::server::H2Options;
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_error::{ErrorType, Result};
 
 use crate::config::{Config, Route};
 use crate::router::{self, Router};
 use crate::upstream::{Connected, Pools};
+use downstream::{Downstream, H1Client};
 use headers::Forwarding;
 use stream::{StreamEnd, StreamPolicy};
 
@@ -126,6 +131,30 @@ enum Outcome {
     Abort,
 }
 
+/// What `handle` leaves to do once it returns.
+enum Handled {
+    /// The response is complete (or failed); `Outcome` says whether the
+    /// client connection survives.
+    Done(Outcome),
+    /// An event stream whose response header is on the client's socket; its
+    /// relay runs as a task of its own (see `ProxyApp::run_stream`).
+    Stream(Box<StreamJob>),
+}
+
+impl From<Outcome> for Handled {
+    fn from(o: Outcome) -> Self {
+        Handled::Done(o)
+    }
+}
+
+/// Everything an event stream needs after its response header went out.
+struct StreamJob {
+    up: Connected,
+    route: usize,
+    compressed: bool,
+    started: Instant,
+}
+
 #[async_trait]
 impl HttpServerApp for ProxyApp {
     async fn process_new_http(
@@ -153,7 +182,22 @@ impl HttpServerApp for ProxyApp {
         session.set_read_timeout(Some(timeouts.read));
         session.set_write_timeout(Some(timeouts.write));
 
-        let outcome = self.handle(&mut session, shutdown).await;
+        let outcome = match self.handle(&mut session).await {
+            Handled::Done(outcome) => outcome,
+            Handled::Stream(job) => {
+                // The stream outlives this call: everything pingora holds for
+                // the request (its session, buffers and this future) is freed
+                // now, and the stream keeps only the two connections.
+                let client = match session {
+                    ServerSession::H1(s) => {
+                        Downstream::H1(H1Client::new(s.into_inner(), timeouts.write))
+                    }
+                    other => Downstream::Session(Box::new(other)),
+                };
+                tokio::spawn(self.clone().run_stream(client, job, shutdown.clone()));
+                return None;
+            }
+        };
 
         if outcome == Outcome::Clean && !*shutdown.borrow() && session.is_body_done() {
             let settings = HttpPersistentSettings::for_session(&session);
@@ -192,18 +236,89 @@ impl HttpServerApp for ProxyApp {
 }
 
 impl ProxyApp {
+    /// The stream phase of one event stream, as its own task. While the
+    /// stream lives, the task holds the relay's state and nothing else: the
+    /// job stays boxed, and what happens after the relay is a boxed future
+    /// of its own.
+    async fn run_stream(
+        self: Arc<Self>,
+        mut client: Downstream,
+        mut job: Box<StreamJob>,
+        shutdown: ShutdownWatch,
+    ) {
+        let runtime = &self.shared.routes[job.route];
+        let (end, st) = stream::relay(
+            &mut client,
+            &mut job.up.session,
+            &runtime.policy,
+            job.compressed,
+            &shutdown,
+        )
+        .await;
+        Box::pin(self.end_stream(client, job, end, st, shutdown)).await;
+    }
+
+    /// Logs a finished stream, releases its upstream, and either closes the
+    /// client connection or returns it to the keep-alive loop.
+    async fn end_stream(
+        self: &Arc<Self>,
+        mut client: Downstream,
+        mut job: Box<StreamJob>,
+        end: StreamEnd,
+        st: stream::StreamStats,
+        shutdown: ShutdownWatch,
+    ) {
+        let shared = &self.shared;
+        let route_cfg = &shared.config.routes[job.route];
+        let pool_name = shared.pools.get(route_cfg.upstream).map_or("", |p| &p.name);
+        log::info!(
+            "stream end route={} upstream={} end={end:?} duration_ms={} bytes={} events={} heartbeats={}",
+            route_cfg.path,
+            pool_name,
+            job.started.elapsed().as_millis(),
+            st.bytes,
+            st.events,
+            st.heartbeats
+        );
+        let upstream_done = end == StreamEnd::UpstreamDone && job.up.session.response_done();
+        let StreamJob { up, .. } = *job;
+        shared.pools.release(up, upstream_done).await;
+        if !end.is_clean() {
+            client.abort().await;
+            return;
+        }
+        // A finished HTTP/1 stream leaves a connection that can carry the
+        // client's next request: back to the keep-alive loop with it.
+        if let Downstream::H1(c) = client {
+            if let Some(stream) = c.into_reusable() {
+                if !*shutdown.borrow() {
+                    self.serve_next(stream, &shutdown).await;
+                }
+            }
+        }
+    }
+
+    /// Serves further requests on a kept-alive client connection.
+    async fn serve_next(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        let _ = ServerApp::process_new(self, stream, shutdown).await;
+    }
+
     /// Everything between a parsed request and the end of its response.
-    async fn handle(&self, session: &mut ServerSession, shutdown: &ShutdownWatch) -> Outcome {
+    async fn handle(&self, session: &mut ServerSession) -> Handled {
         let shared = &self.shared;
         let has_body = !session.is_body_empty();
         let req = session.req_header();
         let host = headers::request_host(req);
         let Some(route_index) = shared.router.find(host.as_deref(), req.uri.path()) else {
-            return respond_or_abort(session, 404, "no route for this request\n").await;
+            return respond_or_abort(session, 404, "no route for this request\n")
+                .await
+                .into();
         };
         let route = &shared.config.routes[route_index];
         let Some(pool) = shared.pools.get(route.upstream) else {
-            return respond_or_abort(session, 502, "upstream not configured\n").await;
+            return respond_or_abort(session, 502, "upstream not configured\n")
+                .await
+                .into();
         };
 
         // The request target in origin form; prefix stripping works on bytes so
@@ -248,7 +363,7 @@ impl ProxyApp {
             Ok(r) => r,
             Err(e) => {
                 log::info!("cannot forward request: {e}");
-                return respond_or_abort(session, 400, "bad request\n").await;
+                return respond_or_abort(session, 400, "bad request\n").await.into();
             }
         };
         let method = upstream_req.method.clone();
@@ -262,7 +377,9 @@ impl ProxyApp {
                 Ok(c) => c,
                 Err(e) => {
                     log::warn!("upstream {}: no server reachable: {e}", pool.name);
-                    return respond_or_abort(session, 502, "upstream unreachable\n").await;
+                    return respond_or_abort(session, 502, "upstream unreachable\n")
+                        .await
+                        .into();
                 }
             };
             let failure = match exchange(session, &mut up, upstream_req.clone(), has_body).await {
@@ -272,10 +389,12 @@ impl ProxyApp {
             let reused = up.reused;
             shared.pools.release(up, false).await;
             match failure {
-                Failure::Client => return Outcome::Abort,
+                Failure::Client => return Outcome::Abort.into(),
                 Failure::Timeout => {
                     log::warn!("upstream {}: no response header in time", pool.name);
-                    return respond_or_abort(session, 504, "upstream timed out\n").await;
+                    return respond_or_abort(session, 504, "upstream timed out\n")
+                        .await
+                        .into();
                 }
                 Failure::Upstream(e) if reused && !has_body && !retried => {
                     log::debug!(
@@ -286,13 +405,17 @@ impl ProxyApp {
                 }
                 Failure::Upstream(e) => {
                     log::warn!("upstream {}: request failed: {e}", pool.name);
-                    return respond_or_abort(session, 502, "bad upstream response\n").await;
+                    return respond_or_abort(session, 502, "bad upstream response\n")
+                        .await
+                        .into();
                 }
             }
         };
         let Some(upstream_resp) = up.session.response_header().cloned() else {
             shared.pools.release(up, false).await;
-            return respond_or_abort(session, 502, "bad upstream response\n").await;
+            return respond_or_abort(session, 502, "bad upstream response\n")
+                .await
+                .into();
         };
         let client_version = session.req_header().version;
 
@@ -314,7 +437,9 @@ impl ProxyApp {
                 Err(e) => {
                     shared.pools.release(up, false).await;
                     log::warn!("cannot build stream response: {e}");
-                    return respond_or_abort(session, 502, "bad upstream response\n").await;
+                    return respond_or_abort(session, 502, "bad upstream response\n")
+                        .await
+                        .into();
                 }
             };
             // Streams are cut by their own idle timeout, never by the ordinary read timeout.
@@ -322,31 +447,14 @@ impl ProxyApp {
             if let Err(e) = session.write_response_header(Box::new(resp)).await {
                 log::info!("writing the response header to the client failed: {e}");
                 shared.pools.release(up, false).await;
-                return Outcome::Abort;
+                return Outcome::Abort.into();
             }
-            let (end, st) = stream::relay(
-                session,
-                &mut up.session,
-                &runtime.policy,
+            return Handled::Stream(Box::new(StreamJob {
+                up,
+                route: route_index,
                 compressed,
-                shutdown,
-            )
-            .await;
-            log::info!(
-                "stream end route={} upstream={} end={end:?} bytes={} events={} heartbeats={}",
-                route.path,
-                pool.name,
-                st.bytes,
-                st.events,
-                st.heartbeats
-            );
-            let upstream_done = end == StreamEnd::UpstreamDone && up.session.response_done();
-            shared.pools.release(up, upstream_done).await;
-            return if end.is_clean() {
-                Outcome::Clean
-            } else {
-                Outcome::Abort
-            };
+                started: Instant::now(),
+            }));
         }
 
         let has_resp_body = headers::response_has_body(&method, upstream_resp.status);
@@ -355,13 +463,15 @@ impl ProxyApp {
             Err(e) => {
                 shared.pools.release(up, false).await;
                 log::warn!("cannot build response: {e}");
-                return respond_or_abort(session, 502, "bad upstream response\n").await;
+                return respond_or_abort(session, 502, "bad upstream response\n")
+                    .await
+                    .into();
             }
         };
         if let Err(e) = session.write_response_header(Box::new(resp)).await {
             log::info!("writing the response header to the client failed: {e}");
             shared.pools.release(up, false).await;
-            return Outcome::Abort;
+            return Outcome::Abort.into();
         }
         let outcome = if has_resp_body {
             relay_body(session, &mut up).await
@@ -375,7 +485,7 @@ impl ProxyApp {
         };
         let reusable = outcome == Outcome::Clean && up.session.response_done();
         shared.pools.release(up, reusable).await;
-        outcome
+        outcome.into()
     }
 }
 

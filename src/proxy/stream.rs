@@ -24,11 +24,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pingora_core::protocols::http::client::HttpSession;
-use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use rand::Rng;
 use tokio::time::{sleep_until, Instant};
 
+use super::downstream::Downstream;
 use crate::sse::Framer;
 
 /// The settings one stream runs with (the route's, over `[stream]`).
@@ -99,7 +99,7 @@ pub struct StreamStats {
 /// see event boundaries; the bytes pass through untouched and no heartbeat
 /// or `retry:` is ever injected.
 pub async fn relay(
-    client: &mut ServerSession,
+    client: &mut Downstream,
     upstream: &mut HttpSession,
     policy: &StreamPolicy,
     compressed: bool,
@@ -126,13 +126,19 @@ pub async fn relay(
         let at_boundary = !compressed && (framer.at_event_boundary() || framer.bytes() == 0);
         if drain_deadline.is_some() && at_boundary {
             let retry = retry_hint(policy.shutdown_retry, policy.shutdown_retry_jitter);
-            if client.write_response_body(retry, false).await.is_err() {
+            if client.write(retry).await.is_err() {
                 break StreamEnd::ClientWriteError;
             }
             break StreamEnd::Shutdown;
         }
         let heartbeat_at = heartbeat.map(|h| last_upstream.max(last_heartbeat) + h);
         let idle_at = policy.idle_timeout.map(|t| last_upstream + t);
+        // One timer for whichever deadline comes first, so an idle stream
+        // holds a single sleep.
+        let next_deadline = [heartbeat_at, idle_at, drain_deadline]
+            .into_iter()
+            .flatten()
+            .min();
 
         let turn = tokio::select! {
             biased;
@@ -141,16 +147,23 @@ pub async fn relay(
                 Ok(None) => Turn::UpstreamDone,
                 Err(e) => Turn::UpstreamError(e),
             },
-            _ = client.read_body_or_idle(true) => Turn::ClientGone,
-            _ = sleep_until(heartbeat_at.unwrap_or_else(far_future)), if heartbeat_at.is_some() => Turn::HeartbeatDue,
-            _ = sleep_until(idle_at.unwrap_or_else(far_future)), if idle_at.is_some() => Turn::IdleDue,
+            _ = client.closed() => Turn::ClientGone,
+            _ = sleep_until(next_deadline.unwrap_or_else(far_future)), if next_deadline.is_some() => {
+                let now = Instant::now();
+                if drain_deadline.is_some_and(|d| d <= now) {
+                    Turn::DrainExpired
+                } else if idle_at.is_some_and(|d| d <= now) {
+                    Turn::IdleDue
+                } else {
+                    Turn::HeartbeatDue
+                }
+            }
             changed = shutdown.changed(), if drain_deadline.is_none() => match changed {
                 Ok(()) if *shutdown.borrow() => Turn::ShutdownStarted,
                 // The sender is gone only when the server is being torn down.
                 Err(_) => Turn::ShutdownStarted,
                 Ok(()) => continue,
             },
-            _ = sleep_until(drain_deadline.unwrap_or_else(far_future)), if drain_deadline.is_some() => Turn::DrainExpired,
         };
 
         match turn {
@@ -163,7 +176,7 @@ pub async fn relay(
                     framer.feed(&chunk);
                 }
                 stats.bytes += chunk.len() as u64;
-                if client.write_response_body(chunk, false).await.is_err() {
+                if client.write(chunk).await.is_err() {
                     break StreamEnd::ClientWriteError;
                 }
             }
@@ -179,11 +192,7 @@ pub async fn relay(
                 last_heartbeat = Instant::now();
                 if at_boundary {
                     stats.heartbeats += 1;
-                    if client
-                        .write_response_body(policy.heartbeat_text.clone(), false)
-                        .await
-                        .is_err()
-                    {
+                    if client.write(policy.heartbeat_text.clone()).await.is_err() {
                         break StreamEnd::ClientWriteError;
                     }
                 }
@@ -196,7 +205,7 @@ pub async fn relay(
         }
     };
     stats.events = framer.events();
-    if end.is_clean() && client.finish_body().await.is_err() {
+    if end.is_clean() && client.finish().await.is_err() {
         return (StreamEnd::ClientWriteError, stats);
     }
     (end, stats)
