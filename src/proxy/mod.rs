@@ -373,7 +373,7 @@ impl ProxyApp {
         // connection, as long as no request body has been consumed.
         let mut retried = false;
         let mut up = loop {
-            let mut up = match pool.connect(&shared.pools.connector).await {
+            let mut up = match pool.connect(&shared.pools.connectors).await {
                 Ok(c) => c,
                 Err(e) => {
                     log::warn!("upstream {}: no server reachable: {e}", pool.name);
@@ -551,7 +551,7 @@ async fn send_request(
         {
             if !chunk.is_empty() {
                 up.session
-                    .write_request_body(chunk, false)
+                    .write_request_body(chunk)
                     .await
                     .map_err(|e| e.into_up())?;
             }

@@ -23,13 +23,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::server::ShutdownWatch;
 use rand::Rng;
 use tokio::time::{sleep_until, Instant};
 
 use super::downstream::Downstream;
 use crate::sse::Framer;
+use crate::upstream::UpstreamSession;
 
 /// The settings one stream runs with (the route's, over `[stream]`).
 #[derive(Debug, Clone)]
@@ -100,7 +100,7 @@ pub struct StreamStats {
 /// or `retry:` is ever injected.
 pub async fn relay(
     client: &mut Downstream,
-    upstream: &mut HttpSession,
+    upstream: &mut UpstreamSession,
     policy: &StreamPolicy,
     compressed: bool,
     shutdown: &ShutdownWatch,

@@ -1,0 +1,316 @@
+//! An incremental decoder for HTTP/1.1 chunked bodies (RFC 9112 §7.1):
+//! pure, no I/O, fed whatever bytes a read returned.
+//!
+//! It keeps a few words of state between calls, never the bytes: data is
+//! copied out as it is decoded, so a stream that is silent between reads
+//! holds nothing. It is strict where leniency would let two parsers
+//! disagree about where a body ends: CRLF line ends, hex sizes that fit in
+//! 64 bits, bounded extensions and trailers.
+
+use bytes::BytesMut;
+
+/// Longest chunk extension (the part after `;` on a size line) accepted.
+const MAX_EXTENSION: usize = 4096;
+/// Most bytes of trailer fields accepted after the last chunk.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading hex digits of a chunk size; `digits` seen so far.
+    Size { size: u64, digits: u8 },
+    /// Inside a chunk extension, up to the CR that ends the size line.
+    Extension { size: u64, len: usize },
+    /// After the CR of a size line.
+    SizeLf { size: u64 },
+    /// Inside chunk data.
+    Data { remaining: u64 },
+    /// Expecting the CR after chunk data.
+    DataCr,
+    /// Expecting the LF after chunk data.
+    DataLf,
+    /// After the last chunk: at the start of a trailer line (or the final CRLF).
+    TrailerLineStart { total: usize },
+    /// Inside a trailer field line.
+    TrailerLine { total: usize },
+    /// After the CR of a trailer line; `empty` if the line was empty (the end).
+    TrailerLf { total: usize, empty: bool },
+    /// The body is complete.
+    Done,
+}
+
+/// Why a chunked body is malformed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    #[error("chunk size is not a hexadecimal number")]
+    BadSize,
+    #[error("chunk size does not fit in 64 bits")]
+    SizeOverflow,
+    #[error("chunk extension too long")]
+    ExtensionTooLong,
+    #[error("chunk data not followed by CRLF")]
+    MissingCrlf,
+    #[error("bare CR or LF in a chunk size line")]
+    BadLineEnd,
+    #[error("trailer section too large")]
+    TrailersTooLarge,
+}
+
+/// What one `decode` call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Input bytes consumed; less than the input only when the body ended
+    /// inside it (the rest belongs to no body: the connection is not reusable).
+    pub consumed: usize,
+    /// The last chunk and trailers are complete.
+    pub done: bool,
+}
+
+/// Incremental chunked-body decoder.
+#[derive(Debug, Clone)]
+pub struct ChunkedDecoder {
+    state: State,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkedDecoder {
+    pub fn new() -> Self {
+        ChunkedDecoder {
+            state: State::Size { size: 0, digits: 0 },
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Decodes `input`, appending chunk data to `out`.
+    pub fn decode(&mut self, input: &[u8], out: &mut BytesMut) -> Result<Progress, ChunkError> {
+        let mut i = 0;
+        while i < input.len() {
+            if let State::Data { remaining } = self.state {
+                let take = (input.len() - i).min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                out.extend_from_slice(&input[i..i + take]);
+                i += take;
+                let remaining = remaining - take as u64;
+                self.state = if remaining == 0 {
+                    State::DataCr
+                } else {
+                    State::Data { remaining }
+                };
+                continue;
+            }
+            if self.state == State::Done {
+                break;
+            }
+            self.state = self.step(input[i])?;
+            i += 1;
+        }
+        Ok(Progress {
+            consumed: i,
+            done: self.state == State::Done,
+        })
+    }
+
+    /// One byte outside chunk data.
+    fn step(&self, b: u8) -> Result<State, ChunkError> {
+        Ok(match self.state {
+            State::Size { size, digits } => match b {
+                b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                    if digits >= 16 {
+                        return Err(ChunkError::SizeOverflow);
+                    }
+                    let v = (b as char).to_digit(16).unwrap_or(0) as u64;
+                    State::Size {
+                        size: size << 4 | v,
+                        digits: digits + 1,
+                    }
+                }
+                _ if digits == 0 => return Err(ChunkError::BadSize),
+                b'\r' => State::SizeLf { size },
+                // Extensions, with optional whitespace before the `;`.
+                b';' | b' ' | b'\t' => State::Extension { size, len: 1 },
+                b'\n' => return Err(ChunkError::BadLineEnd),
+                _ => return Err(ChunkError::BadSize),
+            },
+            State::Extension { size, len } => match b {
+                b'\r' => State::SizeLf { size },
+                b'\n' => return Err(ChunkError::BadLineEnd),
+                _ if len >= MAX_EXTENSION => return Err(ChunkError::ExtensionTooLong),
+                _ => State::Extension { size, len: len + 1 },
+            },
+            State::SizeLf { size } => match b {
+                b'\n' if size == 0 => State::TrailerLineStart { total: 0 },
+                b'\n' => State::Data { remaining: size },
+                _ => return Err(ChunkError::BadLineEnd),
+            },
+            State::Data { .. } | State::Done => self.state,
+            State::DataCr => match b {
+                b'\r' => State::DataLf,
+                _ => return Err(ChunkError::MissingCrlf),
+            },
+            State::DataLf => match b {
+                b'\n' => State::Size { size: 0, digits: 0 },
+                _ => return Err(ChunkError::MissingCrlf),
+            },
+            State::TrailerLineStart { total } => match b {
+                b'\r' => State::TrailerLf { total, empty: true },
+                b'\n' => return Err(ChunkError::BadLineEnd),
+                _ => State::TrailerLine {
+                    total: trailer_total(total)?,
+                },
+            },
+            State::TrailerLine { total } => match b {
+                b'\r' => State::TrailerLf {
+                    total,
+                    empty: false,
+                },
+                b'\n' => return Err(ChunkError::BadLineEnd),
+                _ => State::TrailerLine {
+                    total: trailer_total(total)?,
+                },
+            },
+            State::TrailerLf { total, empty } => match b {
+                b'\n' if empty => State::Done,
+                b'\n' => State::TrailerLineStart {
+                    total: trailer_total(total)?,
+                },
+                _ => return Err(ChunkError::BadLineEnd),
+            },
+        })
+    }
+}
+
+fn trailer_total(total: usize) -> Result<usize, ChunkError> {
+    if total >= MAX_TRAILERS {
+        Err(ChunkError::TrailersTooLarge)
+    } else {
+        Ok(total + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode_all(parts: &[&[u8]]) -> Result<(Vec<u8>, bool, usize), ChunkError> {
+        let mut d = ChunkedDecoder::new();
+        let mut out = BytesMut::new();
+        let mut leftover = 0;
+        let mut done = false;
+        for p in parts {
+            let pr = d.decode(p, &mut out)?;
+            leftover += p.len() - pr.consumed;
+            done = pr.done;
+        }
+        Ok((out.to_vec(), done, leftover))
+    }
+
+    #[test]
+    fn simple_body() {
+        let (out, done, left) = decode_all(&[b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"]).unwrap();
+        assert_eq!(out, b"hello world");
+        assert!(done);
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn extensions_and_trailers() {
+        let (out, done, _) =
+            decode_all(&[b"5;name=value\r\nhello\r\n0\r\nX-T: 1\r\nY: 2\r\n\r\n"]).unwrap();
+        assert_eq!(out, b"hello");
+        assert!(done);
+    }
+
+    #[test]
+    fn bytes_after_the_end_are_not_consumed() {
+        let (_, done, left) = decode_all(&[b"0\r\n\r\nHTTP/1.1"]).unwrap();
+        assert!(done);
+        assert_eq!(left, 8);
+    }
+
+    #[test]
+    fn incomplete_is_not_done() {
+        let (out, done, _) = decode_all(&[b"a\r\n01234"]).unwrap();
+        assert_eq!(out, b"01234");
+        assert!(!done);
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors() {
+        let cases: &[(&[u8], ChunkError)] = &[
+            (b"zz\r\n", ChunkError::BadSize),
+            (b"\r\n", ChunkError::BadSize),
+            (b"5\nhello", ChunkError::BadLineEnd),
+            (b"5\r\nhelloXX", ChunkError::MissingCrlf),
+            (b"5\r\nhello\rX", ChunkError::MissingCrlf),
+            (b"11111111111111111\r\n", ChunkError::SizeOverflow),
+            (b"0\r\nX: 1\n", ChunkError::BadLineEnd),
+            (b"-1\r\n", ChunkError::BadSize),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                decode_all(&[input]).unwrap_err(),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let long_ext = [b"1;".as_slice(), &[b'x'; MAX_EXTENSION + 1]].concat();
+        assert_eq!(
+            decode_all(&[&long_ext]).unwrap_err(),
+            ChunkError::ExtensionTooLong
+        );
+        let trailers = [b"0\r\n".as_slice(), &[b'x'; MAX_TRAILERS + 1]].concat();
+        assert_eq!(
+            decode_all(&[&trailers]).unwrap_err(),
+            ChunkError::TrailersTooLarge
+        );
+    }
+
+    fn encode(chunks: &[Vec<u8>]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for c in chunks.iter().filter(|c| !c.is_empty()) {
+            v.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+            v.extend_from_slice(c);
+            v.extend_from_slice(b"\r\n");
+        }
+        v.extend_from_slice(b"0\r\n\r\n");
+        v
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_decodes_the_same(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..8),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let wire = encode(&chunks);
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
+            points.push(0);
+            points.push(wire.len());
+            points.sort_unstable();
+            points.dedup();
+            let parts: Vec<&[u8]> = points.windows(2).map(|w| &wire[w[0]..w[1]]).collect();
+            let (out, done, left) = decode_all(&parts).unwrap();
+            prop_assert_eq!(out, chunks.concat());
+            prop_assert!(done);
+            prop_assert_eq!(left, 0);
+        }
+
+        #[test]
+        fn garbage_never_panics(input in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut d = ChunkedDecoder::new();
+            let mut out = BytesMut::new();
+            if let Ok(p) = d.decode(&input, &mut out) {
+                prop_assert!(p.consumed <= input.len());
+                prop_assert!(out.len() <= input.len());
+            }
+        }
+    }
+}

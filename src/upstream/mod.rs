@@ -1,0 +1,270 @@
+//! Upstream pools: server selection (round robin through
+//! pingora-load-balancing), the peer settings each connection uses, and
+//! connecting with a fall-through past servers that refuse.
+//!
+//! HTTP/1.1 upstreams are spoken by our own client (`h1`) over sockets from
+//! pingora's `TransportConnector`, which also keeps their keep-alive pool;
+//! h2c upstreams go through pingora's HTTP `Connector`. `UpstreamSession`
+//! gives the proxy one interface to both.
+
+pub mod chunked;
+pub mod h1;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pingora_core::connectors::http::Connector;
+use pingora_core::connectors::{ConnectorOptions, TransportConnector};
+use pingora_core::protocols::http::client::HttpSession;
+use pingora_core::protocols::l4::ext::TcpKeepalive;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::upstreams::peer::Peer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_load_balancing::selection::RoundRobin;
+use pingora_load_balancing::LoadBalancer;
+
+use crate::config::{Config, Timeouts, Upstream, UpstreamProtocol};
+use h1::H1Conn;
+
+/// TCP keepalive on upstream connections, so a silent but dead peer is noticed.
+pub fn tcp_keepalive() -> TcpKeepalive {
+    TcpKeepalive {
+        idle: Duration::from_secs(60),
+        interval: Duration::from_secs(10),
+        count: 6,
+        #[cfg(target_os = "linux")]
+        user_timeout: Duration::ZERO,
+    }
+}
+
+/// One upstream pool, ready to hand out peers.
+pub struct Pool {
+    pub name: String,
+    balancer: LoadBalancer<RoundRobin>,
+    protocol: UpstreamProtocol,
+    timeouts: Timeouts,
+    servers: usize,
+}
+
+/// An upstream connection and where it goes.
+pub struct Connected {
+    pub session: UpstreamSession,
+    pub peer: HttpPeer,
+    pub reused: bool,
+}
+
+/// One exchange on an upstream connection, HTTP/1.1 or h2c.
+pub enum UpstreamSession {
+    H1(Box<H1Conn>),
+    H2(Box<HttpSession>),
+}
+
+impl UpstreamSession {
+    pub fn set_read_timeout(&mut self, t: Option<Duration>) {
+        match self {
+            UpstreamSession::H1(c) => c.set_read_timeout(t),
+            UpstreamSession::H2(s) => s.set_read_timeout(t),
+        }
+    }
+
+    pub async fn write_request_header(&mut self, req: Box<RequestHeader>) -> Result<()> {
+        match self {
+            UpstreamSession::H1(c) => c.write_request_header(&req).await,
+            UpstreamSession::H2(s) => s.write_request_header(req).await,
+        }
+    }
+
+    pub async fn write_request_body(&mut self, data: Bytes) -> Result<()> {
+        match self {
+            UpstreamSession::H1(c) => c.write_request_body(&data).await,
+            UpstreamSession::H2(s) => s.write_request_body(data, false).await,
+        }
+    }
+
+    pub async fn finish_request_body(&mut self) -> Result<()> {
+        match self {
+            UpstreamSession::H1(c) => c.finish_request_body().await,
+            UpstreamSession::H2(s) => s.finish_request_body().await,
+        }
+    }
+
+    pub async fn read_response_header(&mut self) -> Result<()> {
+        match self {
+            UpstreamSession::H1(c) => c.read_response_header().await,
+            UpstreamSession::H2(s) => s.read_response_header().await,
+        }
+    }
+
+    pub fn response_header(&self) -> Option<&ResponseHeader> {
+        match self {
+            UpstreamSession::H1(c) => c.response_header(),
+            UpstreamSession::H2(s) => s.response_header(),
+        }
+    }
+
+    pub async fn read_response_body(&mut self) -> Result<Option<Bytes>> {
+        match self {
+            UpstreamSession::H1(c) => c.read_response_body().await,
+            UpstreamSession::H2(s) => s.read_response_body().await,
+        }
+    }
+
+    pub fn response_done(&mut self) -> bool {
+        match self {
+            UpstreamSession::H1(c) => c.response_done(),
+            UpstreamSession::H2(s) => s.response_done(),
+        }
+    }
+}
+
+impl Pool {
+    fn new(upstream: &Upstream, timeouts: &Timeouts) -> std::io::Result<Self> {
+        let balancer = LoadBalancer::<RoundRobin>::try_from_iter(
+            upstream.servers.iter().map(|s| s.to_string()),
+        )?;
+        Ok(Pool {
+            name: upstream.name.clone(),
+            balancer,
+            protocol: upstream.protocol,
+            timeouts: timeouts.clone(),
+            servers: upstream.servers.len(),
+        })
+    }
+
+    fn peer(&self, addr: SocketAddr) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.timeouts.connect);
+        o.total_connection_timeout = Some(self.timeouts.connect);
+        o.idle_timeout = Some(self.timeouts.upstream_keepalive);
+        o.tcp_keepalive = Some(tcp_keepalive());
+        if self.protocol == UpstreamProtocol::H2c {
+            o.set_http_version(2, 2);
+        }
+        peer
+    }
+
+    /// Connects to the next server in round-robin order. A server that
+    /// refuses or cannot be reached is skipped and the next one tried, each
+    /// server at most once per call. The error is that of the last attempt.
+    pub async fn connect(&self, connectors: &Connectors) -> Result<Connected> {
+        let mut tried: Vec<SocketAddr> = Vec::with_capacity(self.servers);
+        let mut last_error = None;
+        while tried.len() < self.servers {
+            let backend = self.balancer.select_with(b"", self.servers * 2, |b, _| {
+                b.addr.as_inet().is_some_and(|a| !tried.contains(a))
+            });
+            let Some(addr) = backend.and_then(|b| b.addr.as_inet().copied()) else {
+                break;
+            };
+            tried.push(addr);
+            let peer = self.peer(addr);
+            // Boxed so the connect future's state is freed once connected,
+            // rather than living inside the request future for the whole stream.
+            match self.connect_to(connectors, &peer).await {
+                Ok((session, reused)) => {
+                    return Ok(Connected {
+                        session,
+                        peer,
+                        reused,
+                    });
+                }
+                Err(e) => {
+                    log::warn!("upstream {}: connect to {addr} failed: {e}", self.name);
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            Error::explain(ErrorType::ConnectNoRoute, "no upstream server to try")
+        }))
+    }
+
+    /// One connection to `peer`, pooled if one is idle. The connect futures
+    /// are boxed so their state is freed once connected, rather than living
+    /// inside the request future for the whole stream.
+    async fn connect_to(
+        &self,
+        connectors: &Connectors,
+        peer: &HttpPeer,
+    ) -> Result<(UpstreamSession, bool)> {
+        // The connectors do not carry the peer's read/write timeouts over to
+        // the session; the proxy sets them.
+        let (read, write) = (Some(self.timeouts.read), Some(self.timeouts.write));
+        if self.protocol == UpstreamProtocol::H2c {
+            let (mut session, reused) = Box::pin(connectors.h2.get_http_session(peer)).await?;
+            session.set_read_timeout(read);
+            session.set_write_timeout(write);
+            return Ok((UpstreamSession::H2(Box::new(session)), reused));
+        }
+        let (stream, reused) = Box::pin(connectors.h1.get_stream(peer)).await?;
+        let mut conn = H1Conn::new(stream);
+        conn.set_read_timeout(read);
+        conn.set_write_timeout(write);
+        Ok((UpstreamSession::H1(Box::new(conn)), reused))
+    }
+}
+
+/// The connectors (and so the keep-alive pools) all pools share.
+pub struct Connectors {
+    /// Sockets for HTTP/1.1 upstreams, and their keep-alive pool.
+    h1: TransportConnector,
+    /// h2c upstreams.
+    h2: Connector,
+}
+
+/// Every pool of a configuration, indexed like `Config::upstreams`, and the shared connectors.
+pub struct Pools {
+    pools: Vec<Pool>,
+    pub connectors: Arc<Connectors>,
+}
+
+impl Pools {
+    pub fn new(config: &Config) -> std::io::Result<Self> {
+        let pools = config
+            .upstreams
+            .iter()
+            .map(|u| Pool::new(u, &config.timeouts))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let connectors = Arc::new(Connectors {
+            h1: TransportConnector::new(Some(ConnectorOptions::new(1024))),
+            h2: Connector::new(Some(ConnectorOptions::new(1024))),
+        });
+        Ok(Pools { pools, connectors })
+    }
+
+    pub fn get(&self, index: usize) -> Option<&Pool> {
+        self.pools.get(index)
+    }
+
+    /// Returns a finished upstream session to the keep-alive pool, or closes it.
+    pub async fn release(&self, connected: Connected, reusable: bool) {
+        let Connected { session, peer, .. } = connected;
+        let idle = peer.options.idle_timeout;
+        match session {
+            UpstreamSession::H1(mut conn) => {
+                if reusable && conn.reusable() {
+                    let stream = conn.into_stream();
+                    self.connectors
+                        .h1
+                        .release_stream(stream, peer.reuse_hash(), idle);
+                } else {
+                    conn.shutdown().await;
+                }
+            }
+            UpstreamSession::H2(mut session) => {
+                if reusable {
+                    self.connectors
+                        .h2
+                        .release_http_session(*session, &peer, idle)
+                        .await;
+                } else {
+                    session.shutdown().await;
+                }
+            }
+        }
+    }
+}
