@@ -41,40 +41,55 @@ use pingora_core::server::ShutdownWatch;
 use pingora_error::{ErrorType, Result};
 
 use crate::config::{Config, Route};
+use crate::metrics::{self, Metrics, RouteMetrics};
 use crate::router::{self, Router};
+use crate::server::StartError;
 use crate::upstream::{Connected, Pools};
 use headers::Forwarding;
 use stream::{StreamEnd, StreamPolicy};
 
-/// What every listener's app shares: routing, pools and the settings derived from config.
+/// What every listener's app shares: routing, pools, metrics and the settings derived from config.
 pub struct Shared {
     config: Config,
     router: Router,
     pools: Pools,
     routes: Vec<RouteRuntime>,
+    metrics: Arc<Metrics>,
 }
 
-/// A route's effective stream settings, computed once at startup.
+/// A route's effective stream settings and metric handles, computed once at startup.
 struct RouteRuntime {
     policy: StreamPolicy,
     /// Set once a compressed event stream has been logged for this route.
     compressed_logged: AtomicBool,
+    metrics: RouteMetrics,
 }
 
 impl Shared {
-    pub fn new(config: Config) -> std::io::Result<Arc<Self>> {
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Self>, StartError> {
         let router = Router::new(&config);
-        let pools = Pools::new(&config)?;
+        let upstream_metrics = config
+            .upstreams
+            .iter()
+            .map(|u| metrics.upstream(&u.name))
+            .collect::<prometheus::Result<Vec<_>>>()?;
+        let pools = Pools::new(&config, upstream_metrics)?;
         let s = &config.stream;
         // Leave the last part of the grace period for the process's own exit.
         let drain_limit = config
             .server
             .grace_period
             .saturating_sub(Duration::from_millis(250));
+        let route_metrics = config
+            .routes
+            .iter()
+            .map(|r| metrics.route(&metrics::route_label(r)))
+            .collect::<prometheus::Result<Vec<_>>>()?;
         let routes = config
             .routes
             .iter()
-            .map(|r: &Route| RouteRuntime {
+            .zip(route_metrics)
+            .map(|(r, m): (&Route, RouteMetrics)| RouteRuntime {
                 policy: StreamPolicy {
                     heartbeat: r.heartbeat.unwrap_or(s.heartbeat),
                     heartbeat_text: Bytes::from(s.heartbeat_text.clone()),
@@ -84,6 +99,7 @@ impl Shared {
                     drain_limit,
                 },
                 compressed_logged: AtomicBool::new(false),
+                metrics: m,
             })
             .collect();
         Ok(Arc::new(Shared {
@@ -91,7 +107,26 @@ impl Shared {
             router,
             pools,
             routes,
+            metrics,
         }))
+    }
+
+    /// The index of the route serving this request, if any.
+    fn route_for(&self, session: &ServerSession) -> Option<usize> {
+        let req = session.req_header();
+        let host = headers::request_host(req);
+        self.router.find(host.as_deref(), req.uri.path())
+    }
+
+    /// Counts the response written on `session`, if one was, under its route.
+    fn count_response(&self, session: &ServerSession, route: Option<usize>) {
+        let Some(head) = session.response_written() else {
+            return;
+        };
+        match route.and_then(|i| self.routes.get(i)) {
+            Some(r) => r.metrics.responses().record(head.status),
+            None => self.metrics.unrouted().record(head.status),
+        }
     }
 }
 
@@ -142,6 +177,7 @@ impl HttpServerApp for ProxyApp {
                 log::debug!("bad request: {e}");
                 if e.etype() != &ErrorType::ConnectionClosed {
                     let _ = respond(&mut session, 400, "bad request\n").await;
+                    self.shared.count_response(&session, None);
                 }
                 return None;
             }
@@ -153,7 +189,9 @@ impl HttpServerApp for ProxyApp {
         session.set_read_timeout(Some(timeouts.read));
         session.set_write_timeout(Some(timeouts.write));
 
-        let outcome = self.handle(&mut session, shutdown).await;
+        let route = self.shared.route_for(&session);
+        let outcome = self.handle(&mut session, route, shutdown).await;
+        self.shared.count_response(&session, route);
 
         if outcome == Outcome::Clean && !*shutdown.borrow() && session.is_body_done() {
             let settings = HttpPersistentSettings::for_session(&session);
@@ -193,12 +231,17 @@ impl HttpServerApp for ProxyApp {
 
 impl ProxyApp {
     /// Everything between a parsed request and the end of its response.
-    async fn handle(&self, session: &mut ServerSession, shutdown: &ShutdownWatch) -> Outcome {
+    /// `route` is the index of the matching route (`Shared::route_for`).
+    async fn handle(
+        &self,
+        session: &mut ServerSession,
+        route: Option<usize>,
+        shutdown: &ShutdownWatch,
+    ) -> Outcome {
         let shared = &self.shared;
         let has_body = !session.is_body_empty();
         let req = session.req_header();
-        let host = headers::request_host(req);
-        let Some(route_index) = shared.router.find(host.as_deref(), req.uri.path()) else {
+        let Some(route_index) = route else {
             return respond_or_abort(session, 404, "no route for this request\n").await;
         };
         let route = &shared.config.routes[route_index];
@@ -274,6 +317,7 @@ impl ProxyApp {
             match failure {
                 Failure::Client => return Outcome::Abort,
                 Failure::Timeout => {
+                    pool.metrics.timed_out();
                     log::warn!("upstream {}: no response header in time", pool.name);
                     return respond_or_abort(session, 504, "upstream timed out\n").await;
                 }
@@ -319,6 +363,8 @@ impl ProxyApp {
             };
             // Streams are cut by their own idle timeout, never by the ordinary read timeout.
             up.session.set_read_timeout(None);
+            // Open from before the header goes out, so a client holding it is counted.
+            let tally = runtime.metrics.stream_started();
             if let Err(e) = session.write_response_header(Box::new(resp)).await {
                 log::info!("writing the response header to the client failed: {e}");
                 shared.pools.release(up, false).await;
@@ -330,16 +376,12 @@ impl ProxyApp {
                 &runtime.policy,
                 compressed,
                 shutdown,
+                runtime.metrics.relay(),
             )
             .await;
-            log::info!(
-                "stream end route={} upstream={} end={end:?} bytes={} events={} heartbeats={}",
-                route.path,
-                pool.name,
-                st.bytes,
-                st.events,
-                st.heartbeats
-            );
+            // Metrics and the access-log line; `streams_open` drops with `tally`.
+            let client = session.client_addr().map(|a| a as &dyn std::fmt::Display);
+            tally.finish(end, &st, &pool.name, client);
             let upstream_done = end == StreamEnd::UpstreamDone && up.session.response_done();
             shared.pools.release(up, upstream_done).await;
             return if end.is_clean() {
