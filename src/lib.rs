@@ -1,9 +1,11 @@
 //! ssegate: a reverse proxy for Server-Sent Events, built on pingora.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -1,6 +1,9 @@
 //! Turns a validated `Config` into a running pingora `Server`: one
-//! listening service per `[[listener]]`, all sharing one router and one
-//! set of upstream pools.
+//! listening service per `[[listener]]`, all sharing one router, one set of
+//! upstream pools and one metrics registry, plus the admin listener when
+//! `[admin]` is configured.
+
+use std::sync::Arc;
 
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::{ListenerConfig, TcpSocketOptions};
@@ -10,7 +13,9 @@ use pingora_core::server::Server;
 use pingora_core::services::listening::Service;
 use pingora_core::services::ServiceHandle;
 
+use crate::admin::AdminApp;
 use crate::config::{Config, Listener};
+use crate::metrics::Metrics;
 use crate::proxy::{ProxyApp, Shared};
 use crate::upstream::tcp_keepalive;
 
@@ -30,6 +35,8 @@ pub enum StartError {
     Tls { address: String, reason: String },
     #[error("upstream pools: {0}")]
     Pools(#[from] std::io::Error),
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// The pingora server configuration derived from `[server]`.
@@ -118,7 +125,9 @@ pub fn build_after(
 ) -> Result<Server, StartError> {
     let conf = server_conf(&config, opts);
     let listeners = config.listeners.clone();
-    let shared = Shared::new(config)?;
+    let admin = config.admin.clone();
+    let metrics = Arc::new(Metrics::new()?);
+    let shared = Shared::new(config, metrics.clone())?;
     let pingora_opt = Opt {
         upgrade: opts.upgrade,
         daemon: opts.daemon,
@@ -136,6 +145,16 @@ pub fn build_after(
         let mut service = Service::new(format!("ssegate {}", listener.address), app);
         service.add_listener(listener_config(listener)?);
         server.add_service(service).add_dependencies(&prerequisites);
+    }
+    if let Some(admin) = admin {
+        // Binds exactly the configured address; plain HTTP/1.1, no TLS.
+        let address = admin.address.to_string();
+        add_service(
+            &mut server,
+            &format!("ssegate admin {address}"),
+            &address,
+            AdminApp::new(metrics),
+        );
     }
     Ok(server)
 }

@@ -350,6 +350,82 @@ fn tls_files_that_are_not_pem() {
     );
 }
 
+// ---- [admin] ---------------------------------------------------------------
+
+#[test]
+fn admin_section_is_optional_and_kept() {
+    let none =
+        config::parse(&doc(""), "test.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(none.admin.is_none());
+    let text = doc("[admin]\naddress = \"127.0.0.1:9090\"\n");
+    let some = config::parse(&text, "test.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+    let admin = some.admin.expect("admin");
+    assert_eq!(admin.address.to_string(), "127.0.0.1:9090");
+}
+
+#[test]
+fn bad_admin_address() {
+    assert_error(
+        &doc("[admin]\naddress = \"localhost:9090\"\n"),
+        2,
+        11,
+        "admin.address",
+        "\"localhost:9090\" is not an IP:port address; write e.g. \"127.0.0.1:9090\"",
+    );
+    assert_error(
+        &doc("[admin]\naddress = \"127.0.0.1:0\"\n"),
+        2,
+        11,
+        "admin.address",
+        "port 0",
+    );
+}
+
+#[test]
+fn admin_address_of_a_listener() {
+    let head =
+        "[[listener]]\naddress = \"127.0.0.1:8080\"\n[[listener]]\naddress = \"127.0.0.1:9090\"\n\
+                [admin]\naddress = \"127.0.0.1:9090\"\n";
+    assert_error(
+        &doc(head),
+        6,
+        11,
+        "admin.address",
+        "127.0.0.1:9090 is already used by listener[1]; the admin listener needs a port of its own",
+    );
+    // A wildcard on either side takes the port on every address.
+    let head = "[admin]\naddress = \"0.0.0.0:8080\"\n[[listener]]\naddress = \"127.0.0.1:8080\"\n";
+    assert_error(
+        &doc(head),
+        2,
+        11,
+        "admin.address",
+        "0.0.0.0:8080 overlaps listener[0] (127.0.0.1:8080)",
+    );
+}
+
+#[test]
+fn admin_without_address() {
+    assert_error(
+        &doc("[admin]\n"),
+        1,
+        1,
+        "admin.address",
+        "missing field `address`",
+    );
+}
+
+#[test]
+fn unknown_key_in_admin() {
+    assert_error(
+        &doc("[admin]\naddress = \"127.0.0.1:9090\"\nport = 9090\n"),
+        3,
+        1,
+        "admin.port",
+        "unknown field `port`, expected `address`",
+    );
+}
+
 // ---- [[upstream]] --------------------------------------------------------
 
 #[test]
@@ -668,6 +744,7 @@ fn reference_config_summary() {
         "* /events/ -> app (strip prefix), heartbeat 15s, idle timeout off",
         "stream defaults: heartbeat 15s (\":\\n\\n\"), idle timeout 1h",
         "timeouts: connect 5s, read 1m, write 1m, upstream keepalive 1m",
+        "admin: 127.0.0.1:9090  GET /metrics",
     ] {
         assert!(
             summary.contains(fragment),

@@ -19,6 +19,7 @@ use toml::Spanned;
 
 /// The whole file. Only `[[listener]]`, `[[upstream]]` and `[[route]]` are
 /// required, and even their absence is reported by validation, not here.
+/// `[admin]` is optional as a whole: absent, no admin listener is started.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct File {
@@ -34,6 +35,7 @@ pub struct File {
     pub upstream: Vec<UpstreamEntry>,
     #[serde(default)]
     pub route: Vec<RouteEntry>,
+    pub admin: Option<AdminSection>,
 }
 
 /// `[server]`
@@ -109,6 +111,13 @@ pub struct RouteEntry {
     pub strip_prefix: Option<bool>,
     pub heartbeat: Option<Spanned<DurationValue>>,
     pub idle_timeout: Option<Spanned<DurationValue>>,
+}
+
+/// `[admin]`: the listener for `/metrics` and `/healthz`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub address: Spanned<String>,
 }
 
 /// A duration as written: normally a string (`"15s"`, `"off"`), but numbers
@@ -189,6 +198,7 @@ mod tests {
             "[stream]\nbogus = 1",
             "[[upstream]]\nname = \"a\"\nservers = []\nbogus = 1",
             "[[route]]\npath = \"/\"\nupstream = \"a\"\nbogus = 1",
+            "[admin]\naddress = \"127.0.0.1:9090\"\nbogus = 1",
         ] {
             let err = toml::from_str::<File>(text).expect_err(text);
             assert!(err.message().contains("unknown field `bogus`"), "{text}: {err}");

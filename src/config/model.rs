@@ -20,6 +20,8 @@ pub struct Config {
     pub stream: StreamSettings,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
+    /// `[admin]`; `None` (the section is absent): no admin listener.
+    pub admin: Option<Admin>,
 }
 
 /// `[server]`: process-wide settings, mostly handed to pingora.
@@ -49,6 +51,13 @@ pub struct Listener {
     pub tls: Option<Tls>,
     /// SETTINGS_MAX_CONCURRENT_STREAMS for HTTP/2 connections. Default 1000.
     pub h2_max_streams: u32,
+}
+
+/// `[admin]`: a plain HTTP/1.1 listener serving `GET /metrics` and `GET /healthz`.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Bound exactly as written; never shares a port with a `[[listener]]`.
+    pub address: SocketAddr,
 }
 
 /// Certificate chain and key, both PEM, paths resolved against the config file's folder.

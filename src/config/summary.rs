@@ -14,6 +14,14 @@ pub fn summary(config: &Config) -> String {
     // Writing to a String cannot fail, so `writeln!` results are ignored below.
     let mut out = String::new();
     listeners(&mut out, config);
+    let _ = match &config.admin {
+        Some(admin) => writeln!(
+            out,
+            "admin: {}  GET /metrics (Prometheus), GET /healthz",
+            admin.address
+        ),
+        None => writeln!(out, "admin: off (no [admin] section)"),
+    };
     upstreams(&mut out, config);
     routes(&mut out, config);
     let s = &config.stream;

@@ -8,7 +8,7 @@
 //! before any port is bound), this is pure.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,7 +19,7 @@ use super::duration::{parse_duration, UNIT_HELP};
 use super::error::{ConfigError, ConfigErrors};
 use super::file::{self, DurationValue};
 use super::model::{
-    Config, HostMatch, Listener, Route, Server, StreamSettings, Timeouts, Tls, Upstream,
+    Admin, Config, HostMatch, Listener, Route, Server, StreamSettings, Timeouts, Tls, Upstream,
     UpstreamProtocol,
 };
 
@@ -63,10 +63,12 @@ impl TryFrom<Document<'_>> for Config {
             errors: Vec::new(),
         };
         let file = doc.schema;
+        let listeners = check.listeners(&file.listener, doc.base_dir);
         let config = Config {
             source: doc.source.to_string(),
             server: check.server(&file.server),
-            listeners: check.listeners(&file.listener, doc.base_dir),
+            admin: file.admin.as_ref().and_then(|a| check.admin(a, &listeners)),
+            listeners,
             timeouts: check.timeouts(&file.timeouts),
             stream: check.stream(&file.stream),
             upstreams: check.upstreams(&file.upstream),
@@ -186,6 +188,36 @@ impl Checker<'_> {
             });
         }
         listeners
+    }
+
+    /// `[admin]`: `None` when its address is unusable (the error is recorded).
+    /// A listener whose own address did not parse holds a port-0 placeholder,
+    /// which cannot clash because port 0 is refused here.
+    fn admin(&mut self, section: &file::AdminSection, listeners: &[Listener]) -> Option<Admin> {
+        let key = "admin.address";
+        let address = self.socket_addr(key, &section.address, "127.0.0.1:9090")?;
+        let span = Some(section.address.span());
+        if address.port() == 0 {
+            let message = "port 0 would bind a random port nobody can scrape; give a fixed one, e.g. \"127.0.0.1:9090\"";
+            self.error(span, key, message);
+            return None;
+        }
+        let clash = listeners
+            .iter()
+            .position(|l| bind_conflict(l.address, address));
+        if let Some(i) = clash {
+            let message = if listeners[i].address == address {
+                format!("{address} is already used by listener[{i}]; the admin listener needs a port of its own")
+            } else {
+                format!(
+                    "{address} overlaps listener[{i}] ({}): same port, and one of them binds every address; the admin listener needs a port of its own",
+                    listeners[i].address
+                )
+            };
+            self.error(span, key, message);
+            return None;
+        }
+        Some(Admin { address })
     }
 
     fn h2_max_streams(&mut self, listener: &str, value: Option<&Spanned<i64>>) -> u32 {
@@ -617,6 +649,15 @@ impl Accept {
     }
 }
 
+/// Would binding both fail? Same port, and the same IP or a wildcard that
+/// covers the other: `0.0.0.0:P` covers every IPv4 `:P`, and `[::]:P` every
+/// `:P` because pingora leaves sockets dual-stack (the Linux default).
+fn bind_conflict(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers =
+        |wild: IpAddr, other: IpAddr| wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4());
+    a.port() == b.port() && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+}
+
 /// Stands in for an address that failed to parse; never reaches a `Config`.
 fn placeholder_addr() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
@@ -801,6 +842,53 @@ mod tests {
         );
         assert!(!r.strip_prefix);
         assert_eq!((r.heartbeat, r.idle_timeout), (None, None));
+        assert!(c.admin.is_none(), "no [admin]: no admin listener");
+    }
+
+    #[test]
+    fn admin_section() {
+        let c = config("[admin]\naddress = \"127.0.0.1:9090\"");
+        let admin = c.admin.expect("[admin] kept");
+        assert_eq!(admin.address, "127.0.0.1:9090".parse().expect("addr"));
+        assert_one_error(
+            "[admin]\naddress = \"127.0.0.1:8080\"",
+            "admin.address",
+            "already used by listener[0]",
+        );
+        assert_one_error(
+            "[admin]\naddress = \"0.0.0.0:8080\"",
+            "admin.address",
+            "overlaps listener[0] (127.0.0.1:8080)",
+        );
+        assert_one_error(
+            "[admin]\naddress = \"127.0.0.1:0\"",
+            "admin.address",
+            "port 0",
+        );
+        assert_one_error(
+            "[admin]\naddress = \":9090\"",
+            "admin.address",
+            "e.g. \"127.0.0.1:9090\"",
+        );
+    }
+
+    #[test]
+    fn bind_conflicts() {
+        let conflict = |a: &str, b: &str| {
+            let (a, b) = (a.parse().expect(a), b.parse().expect(b));
+            assert_eq!(bind_conflict(a, b), bind_conflict(b, a), "{a} {b}");
+            bind_conflict(a, b)
+        };
+        assert!(conflict("127.0.0.1:80", "127.0.0.1:80"));
+        assert!(conflict("0.0.0.0:80", "127.0.0.1:80"));
+        assert!(conflict("[::]:80", "127.0.0.1:80"), "dual-stack wildcard");
+        assert!(conflict("[::]:80", "[::1]:80"));
+        assert!(!conflict("127.0.0.1:80", "127.0.0.1:81"));
+        assert!(!conflict("127.0.0.1:80", "127.0.0.2:80"));
+        assert!(
+            !conflict("0.0.0.0:80", "[::1]:80"),
+            "IPv4 wildcard leaves IPv6 alone"
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use crate::metrics::StreamTally;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -45,41 +45,56 @@ use pingora_core::server::ShutdownWatch;
 use pingora_error::{ErrorType, Result};
 
 use crate::config::{Config, Route};
+use crate::metrics::{self, Metrics, RouteMetrics};
 use crate::router::{self, Router};
+use crate::server::StartError;
 use crate::upstream::{Connected, Pools};
 use downstream::{Downstream, H1Client};
 use headers::Forwarding;
 use stream::{StreamEnd, StreamPolicy};
 
-/// What every listener's app shares: routing, pools and the settings derived from config.
+/// What every listener's app shares: routing, pools, metrics and the settings derived from config.
 pub struct Shared {
     config: Config,
     router: Router,
     pools: Pools,
     routes: Vec<RouteRuntime>,
+    metrics: Arc<Metrics>,
 }
 
-/// A route's effective stream settings, computed once at startup.
+/// A route's effective stream settings and metric handles, computed once at startup.
 struct RouteRuntime {
     policy: StreamPolicy,
     /// Set once a compressed event stream has been logged for this route.
     compressed_logged: AtomicBool,
+    metrics: RouteMetrics,
 }
 
 impl Shared {
-    pub fn new(config: Config) -> std::io::Result<Arc<Self>> {
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Self>, StartError> {
         let router = Router::new(&config);
-        let pools = Pools::new(&config)?;
+        let upstream_metrics = config
+            .upstreams
+            .iter()
+            .map(|u| metrics.upstream(&u.name))
+            .collect::<prometheus::Result<Vec<_>>>()?;
+        let pools = Pools::new(&config, upstream_metrics)?;
         let s = &config.stream;
         // Leave the last part of the grace period for the process's own exit.
         let drain_limit = config
             .server
             .grace_period
             .saturating_sub(Duration::from_millis(250));
+        let route_metrics = config
+            .routes
+            .iter()
+            .map(|r| metrics.route(&metrics::route_label(r)))
+            .collect::<prometheus::Result<Vec<_>>>()?;
         let routes = config
             .routes
             .iter()
-            .map(|r: &Route| RouteRuntime {
+            .zip(route_metrics)
+            .map(|(r, m): (&Route, RouteMetrics)| RouteRuntime {
                 policy: StreamPolicy {
                     heartbeat: r.heartbeat.unwrap_or(s.heartbeat),
                     heartbeat_text: Bytes::from(s.heartbeat_text.clone()),
@@ -89,6 +104,7 @@ impl Shared {
                     drain_limit,
                 },
                 compressed_logged: AtomicBool::new(false),
+                metrics: m,
             })
             .collect();
         Ok(Arc::new(Shared {
@@ -96,7 +112,26 @@ impl Shared {
             router,
             pools,
             routes,
+            metrics,
         }))
+    }
+
+    /// The index of the route serving this request, if any.
+    fn route_for(&self, session: &ServerSession) -> Option<usize> {
+        let req = session.req_header();
+        let host = headers::request_host(req);
+        self.router.find(host.as_deref(), req.uri.path())
+    }
+
+    /// Counts the response written on `session`, if one was, under its route.
+    fn count_response(&self, session: &ServerSession, route: Option<usize>) {
+        let Some(head) = session.response_written() else {
+            return;
+        };
+        match route.and_then(|i| self.routes.get(i)) {
+            Some(r) => r.metrics.responses().record(head.status),
+            None => self.metrics.unrouted().record(head.status),
+        }
     }
 }
 
@@ -152,7 +187,9 @@ struct StreamJob {
     up: Connected,
     route: usize,
     compressed: bool,
-    started: Instant,
+    /// Holds the route's open-streams gauge up until the stream is done.
+    tally: StreamTally,
+    client: Option<std::net::SocketAddr>,
 }
 
 #[async_trait]
@@ -171,6 +208,7 @@ impl HttpServerApp for ProxyApp {
                 log::debug!("bad request: {e}");
                 if e.etype() != &ErrorType::ConnectionClosed {
                     let _ = respond(&mut session, 400, "bad request\n").await;
+                    self.shared.count_response(&session, None);
                 }
                 return None;
             }
@@ -182,7 +220,10 @@ impl HttpServerApp for ProxyApp {
         session.set_read_timeout(Some(timeouts.read));
         session.set_write_timeout(Some(timeouts.write));
 
-        let outcome = match self.handle(&mut session).await {
+        let route = self.shared.route_for(&session);
+        let handled = self.handle(&mut session, route).await;
+        self.shared.count_response(&session, route);
+        let outcome = match handled {
             Handled::Done(outcome) => outcome,
             Handled::Stream(job) => {
                 // The stream outlives this call: everything pingora holds for
@@ -253,6 +294,7 @@ impl ProxyApp {
             &runtime.policy,
             job.compressed,
             &shutdown,
+            runtime.metrics.relay(),
         )
         .await;
         Box::pin(self.end_stream(client, job, end, st, shutdown)).await;
@@ -269,19 +311,19 @@ impl ProxyApp {
         shutdown: ShutdownWatch,
     ) {
         let shared = &self.shared;
-        let route_cfg = &shared.config.routes[job.route];
-        let pool_name = shared.pools.get(route_cfg.upstream).map_or("", |p| &p.name);
-        log::info!(
-            "stream end route={} upstream={} end={end:?} duration_ms={} bytes={} events={} heartbeats={}",
-            route_cfg.path,
-            pool_name,
-            job.started.elapsed().as_millis(),
-            st.bytes,
-            st.events,
-            st.heartbeats
-        );
         let upstream_done = end == StreamEnd::UpstreamDone && job.up.session.response_done();
-        let StreamJob { up, .. } = *job;
+        let StreamJob {
+            up,
+            route,
+            tally,
+            client: addr,
+            ..
+        } = *job;
+        let route_cfg = &shared.config.routes[route];
+        let pool_name = shared.pools.get(route_cfg.upstream).map_or("", |p| &p.name);
+        // Metrics and the access-log line; `streams_open` drops with `tally`.
+        let addr = addr.as_ref().map(|a| a as &dyn std::fmt::Display);
+        tally.finish(&shared.routes[route].metrics, end, &st, pool_name, addr);
         shared.pools.release(up, upstream_done).await;
         if !end.is_clean() {
             client.abort().await;
@@ -304,12 +346,12 @@ impl ProxyApp {
     }
 
     /// Everything between a parsed request and the end of its response.
-    async fn handle(&self, session: &mut ServerSession) -> Handled {
+    /// `route` is the index of the matching route (`Shared::route_for`).
+    async fn handle(&self, session: &mut ServerSession, route: Option<usize>) -> Handled {
         let shared = &self.shared;
         let has_body = !session.is_body_empty();
         let req = session.req_header();
-        let host = headers::request_host(req);
-        let Some(route_index) = shared.router.find(host.as_deref(), req.uri.path()) else {
+        let Some(route_index) = route else {
             return respond_or_abort(session, 404, "no route for this request\n")
                 .await
                 .into();
@@ -391,6 +433,7 @@ impl ProxyApp {
             match failure {
                 Failure::Client => return Outcome::Abort.into(),
                 Failure::Timeout => {
+                    pool.metrics.timed_out();
                     log::warn!("upstream {}: no response header in time", pool.name);
                     return respond_or_abort(session, 504, "upstream timed out\n")
                         .await
@@ -444,6 +487,8 @@ impl ProxyApp {
             };
             // Streams are cut by their own idle timeout, never by the ordinary read timeout.
             up.session.set_read_timeout(None);
+            // Open from before the header goes out, so a client holding it is counted.
+            let tally = runtime.metrics.stream_started();
             if let Err(e) = session.write_response_header(Box::new(resp)).await {
                 log::info!("writing the response header to the client failed: {e}");
                 shared.pools.release(up, false).await;
@@ -453,7 +498,8 @@ impl ProxyApp {
                 up,
                 route: route_index,
                 compressed,
-                started: Instant::now(),
+                tally,
+                client: session.client_addr().and_then(|a| a.as_inet()).copied(),
             }));
         }
 

@@ -28,6 +28,7 @@ use rand::Rng;
 use tokio::time::{sleep_until, Instant};
 
 use super::downstream::Downstream;
+use crate::metrics::RelayProbe;
 use crate::sse::Framer;
 use crate::upstream::UpstreamSession;
 
@@ -43,7 +44,7 @@ pub struct StreamPolicy {
     pub drain_limit: Duration,
 }
 
-/// How a stream ended, for logs (and later, metrics).
+/// How a stream ended, for the access log and metrics (`crate::metrics`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamEnd {
     /// The upstream finished its response; the client's stream was ended cleanly.
@@ -97,13 +98,15 @@ pub struct StreamStats {
 ///
 /// `compressed`: the upstream applied a content coding, so the framer cannot
 /// see event boundaries; the bytes pass through untouched and no heartbeat
-/// or `retry:` is ever injected.
+/// or `retry:` is ever injected. `probe` is told of every relayed chunk;
+/// everything else is reported through the returned end and stats.
 pub async fn relay(
     client: &mut Downstream,
     upstream: &mut UpstreamSession,
     policy: &StreamPolicy,
     compressed: bool,
     shutdown: &ShutdownWatch,
+    probe: &RelayProbe,
 ) -> (StreamEnd, StreamStats) {
     let mut framer = Framer::new();
     let mut shutdown = shutdown.clone();
@@ -175,10 +178,13 @@ pub async fn relay(
                 if !compressed {
                     framer.feed(&chunk);
                 }
-                stats.bytes += chunk.len() as u64;
+                let len = chunk.len();
+                stats.bytes += len as u64;
                 if client.write(chunk).await.is_err() {
                     break StreamEnd::ClientWriteError;
                 }
+                // `last_upstream` is when this chunk's read completed.
+                probe.relayed(len, last_upstream.elapsed());
             }
             Turn::UpstreamDone => break StreamEnd::UpstreamDone,
             Turn::UpstreamError(e) => {

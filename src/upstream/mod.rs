@@ -27,6 +27,7 @@ use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::LoadBalancer;
 
 use crate::config::{Config, Timeouts, Upstream, UpstreamProtocol};
+use crate::metrics::UpstreamMetrics;
 use h1::H1Conn;
 
 /// TCP keepalive on upstream connections, so a silent but dead peer is noticed.
@@ -47,6 +48,7 @@ pub struct Pool {
     protocol: UpstreamProtocol,
     timeouts: Timeouts,
     servers: usize,
+    pub metrics: UpstreamMetrics,
 }
 
 /// An upstream connection and where it goes.
@@ -121,7 +123,11 @@ impl UpstreamSession {
 }
 
 impl Pool {
-    fn new(upstream: &Upstream, timeouts: &Timeouts) -> std::io::Result<Self> {
+    fn new(
+        upstream: &Upstream,
+        timeouts: &Timeouts,
+        metrics: UpstreamMetrics,
+    ) -> std::io::Result<Self> {
         let balancer = LoadBalancer::<RoundRobin>::try_from_iter(
             upstream.servers.iter().map(|s| s.to_string()),
         )?;
@@ -131,6 +137,7 @@ impl Pool {
             protocol: upstream.protocol,
             timeouts: timeouts.clone(),
             servers: upstream.servers.len(),
+            metrics,
         })
     }
 
@@ -173,6 +180,7 @@ impl Pool {
                     });
                 }
                 Err(e) => {
+                    self.metrics.connect_failed();
                     log::warn!("upstream {}: connect to {addr} failed: {e}", self.name);
                     last_error = Some(e);
                 }
@@ -223,11 +231,13 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn new(config: &Config) -> std::io::Result<Self> {
+    /// `metrics` holds each upstream's metric handles, indexed like `Config::upstreams`.
+    pub fn new(config: &Config, metrics: Vec<UpstreamMetrics>) -> std::io::Result<Self> {
         let pools = config
             .upstreams
             .iter()
-            .map(|u| Pool::new(u, &config.timeouts))
+            .zip(metrics)
+            .map(|(u, m)| Pool::new(u, &config.timeouts, m))
             .collect::<std::io::Result<Vec<_>>>()?;
         let connectors = Arc::new(Connectors {
             h1: TransportConnector::new(Some(ConnectorOptions::new(1024))),

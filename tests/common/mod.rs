@@ -93,6 +93,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     /// The TLS listener, when one was asked for.
     pub tls_addr: Option<SocketAddr>,
+    /// The `[admin]` listener, when one was asked for.
+    pub admin_addr: Option<SocketAddr>,
     pub dir: TempDir,
 }
 
@@ -102,6 +104,8 @@ pub struct ProxyConfig {
     pub body: String,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub listener_extra: String,
+    /// Add an `[admin]` section on a free loopback port (`Proxy::admin_addr`).
+    pub admin: bool,
 }
 
 impl ProxyConfig {
@@ -110,6 +114,7 @@ impl ProxyConfig {
             body: body.into(),
             tls: None,
             listener_extra: String::new(),
+            admin: false,
         }
     }
 }
@@ -185,9 +190,12 @@ impl Proxy {
             ));
             tls_addr = Some(a);
         }
+        let admin_addr: Option<SocketAddr> = cfg
+            .admin
+            .then(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
         let pid = dir.0.join("ssegate.pid");
         let sock = dir.0.join("upgrade.sock");
-        let text = format!(
+        let mut text = format!(
             "{listeners}\n{}\n",
             cfg.body.replace(
                 "[server]",
@@ -198,6 +206,9 @@ impl Proxy {
                 )
             )
         );
+        if let Some(a) = admin_addr {
+            text.push_str(&format!("\n[admin]\naddress = \"{a}\"\n"));
+        }
         let path = dir.0.join("ssegate.toml");
         std::fs::write(&path, text).unwrap();
         let mut child = Command::new(bin())
@@ -214,6 +225,7 @@ impl Proxy {
         // Ready once every listener accepts; a process that exits lost a port race.
         let mut wanted = vec![addr];
         wanted.extend(tls_addr);
+        wanted.extend(admin_addr);
         for _ in 0..500 {
             if let Ok(Some(_)) = child.try_wait() {
                 return None;
@@ -229,6 +241,7 @@ impl Proxy {
                     child,
                     addr,
                     tls_addr,
+                    admin_addr,
                     dir,
                 });
             }

@@ -1,0 +1,644 @@
+//! Prometheus metrics and the per-stream access-log line.
+//!
+//! One [`Registry`] (not prometheus' global default) is owned by [`Metrics`],
+//! created once in `server::build_after`, shared with the proxy and exposed by
+//! the admin listener (`src/admin.rs`). Every name is `ssegate_*` with its unit
+//! in the name.
+//!
+//! The data path never looks a label up: every labelled child is resolved
+//! once at startup into a handle ([`RouteMetrics`] per route, held by the
+//! proxy's per-route runtime; [`UpstreamMetrics`] per upstream pool), so
+//! recording is a few atomic operations. The one exception is the response status,
+//! which is only known per response: each route keeps a table of children
+//! indexed by status code, filled on first use, so a status is looked up in
+//! the family once per route, not once per request.
+//!
+//! What the proxy records, and where:
+//!
+//! ```text
+//!  every response written ──────────► Responses::record      (requests_total)
+//!  connect attempt failed ──────────► UpstreamMetrics::connect_failed
+//!  no response header in time (504) ► UpstreamMetrics::timed_out
+//!  stream header about to go out ───► RouteMetrics::stream_started → StreamTally
+//!      each chunk written + flushed ► RelayProbe::relayed   (relay delay, bytes)
+//!  stream ends ─────────────────────► StreamTally::finish   (ends, events,
+//!                                      heartbeats, duration, access-log line)
+//!  StreamTally dropped (any exit) ──► streams_open - 1
+//! ```
+
+use std::fmt;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::config::{HostMatch, Route};
+use crate::proxy::stream::{StreamEnd, StreamStats};
+
+/// The route label of a response no route matched.
+pub const UNROUTED: &str = "none";
+
+/// `ssegate_stream_duration_seconds` buckets: 0.1 s up to a day.
+const STREAM_DURATION_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0,
+];
+
+/// `ssegate_relay_delay_seconds` buckets: 5 µs up to 1 s.
+const RELAY_DELAY_BUCKETS: &[f64] = &[
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Every way a stream can end, in the order of [`end_reason`]'s indexes.
+const STREAM_ENDS: [StreamEnd; 7] = [
+    StreamEnd::UpstreamDone,
+    StreamEnd::UpstreamError,
+    StreamEnd::ClientGone,
+    StreamEnd::ClientWriteError,
+    StreamEnd::IdleTimeout,
+    StreamEnd::Shutdown,
+    StreamEnd::ShutdownAborted,
+];
+
+/// The `reason` label (and access-log `end=`) of a stream end, with its index
+/// in [`STREAM_ENDS`]. Exhaustive, so a new `StreamEnd` cannot go unlabelled.
+pub fn end_reason(end: StreamEnd) -> (usize, &'static str) {
+    match end {
+        StreamEnd::UpstreamDone => (0, "upstream_done"),
+        StreamEnd::UpstreamError => (1, "upstream_error"),
+        StreamEnd::ClientGone => (2, "client_gone"),
+        StreamEnd::ClientWriteError => (3, "client_write_error"),
+        StreamEnd::IdleTimeout => (4, "idle_timeout"),
+        StreamEnd::Shutdown => (5, "shutdown"),
+        StreamEnd::ShutdownAborted => (6, "shutdown_aborted"),
+    }
+}
+
+/// The route label: the route's `host` and `path` as configured, e.g.
+/// `/events/`, `api.example.com/events/` or `*.example.com/`.
+pub fn route_label(route: &Route) -> String {
+    match &route.host {
+        None => route.path.clone(),
+        Some(HostMatch::Exact(host)) => format!("{host}{}", route.path),
+        Some(HostMatch::Suffix(suffix)) => format!("*{suffix}{}", route.path),
+    }
+}
+
+/// The registry and every metric family of one ssegate process.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    streams_open: IntGaugeVec,
+    stream_duration: HistogramVec,
+    stream_ends: IntCounterVec,
+    stream_events: IntCounterVec,
+    stream_bytes: IntCounterVec,
+    heartbeats: IntCounterVec,
+    client_disconnects: IntCounterVec,
+    connect_errors: IntCounterVec,
+    upstream_timeouts: IntCounterVec,
+    relay_delay: Histogram,
+    unrouted: Responses,
+}
+
+impl Metrics {
+    /// Creates and registers every family. Fails only on a programming error
+    /// (a duplicate or malformed name), reported at startup.
+    pub fn new() -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let family = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(family.clone()))?;
+            Ok::<_, prometheus::Error>(family)
+        };
+        let requests = counter(
+            "ssegate_requests_total",
+            "Responses sent, by route and status, counted when the exchange is over (an event stream when it ends); includes the proxy's own 4xx/5xx; route \"none\" when no route matched.",
+            &["route", "status"],
+        )?;
+        let stream_ends = counter(
+            "ssegate_stream_ends_total",
+            "Event streams ended, by how they ended.",
+            &["route", "reason"],
+        )?;
+        let stream_events = counter(
+            "ssegate_stream_events_total",
+            "Upstream events relayed on event streams, added when a stream ends.",
+            &["route"],
+        )?;
+        let stream_bytes = counter(
+            "ssegate_stream_bytes_total",
+            "Upstream body bytes written to clients on event streams (heartbeats and retry hints excluded), added per chunk.",
+            &["route"],
+        )?;
+        let heartbeats = counter(
+            "ssegate_heartbeats_total",
+            "Heartbeat comments injected into event streams, added when a stream ends.",
+            &["route"],
+        )?;
+        let client_disconnects = counter(
+            "ssegate_client_disconnects_total",
+            "Event streams ended because the client went away or a write to it failed.",
+            &["route"],
+        )?;
+        let connect_errors = counter(
+            "ssegate_upstream_connect_errors_total",
+            "Failed connection attempts to an upstream's servers (each server tried counts).",
+            &["upstream"],
+        )?;
+        let upstream_timeouts = counter(
+            "ssegate_upstream_timeouts_total",
+            "Requests answered 504 because the upstream sent no response header within timeouts.read.",
+            &["upstream"],
+        )?;
+        let streams_open = IntGaugeVec::new(
+            Opts::new("ssegate_streams_open", "Event streams open now."),
+            &["route"],
+        )?;
+        registry.register(Box::new(streams_open.clone()))?;
+        let stream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "ssegate_stream_duration_seconds",
+                "Lifetime of event streams, from the response header to the end.",
+            )
+            .buckets(STREAM_DURATION_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        registry.register(Box::new(stream_duration.clone()))?;
+        let relay_delay = Histogram::with_opts(
+            HistogramOpts::new(
+                "ssegate_relay_delay_seconds",
+                "Time from an upstream chunk read completing to its client write (and flush) completing: what the proxy adds.",
+            )
+            .buckets(RELAY_DELAY_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(relay_delay.clone()))?;
+        let unrouted = Responses::new(&requests, UNROUTED);
+        Ok(Metrics {
+            registry,
+            requests,
+            streams_open,
+            stream_duration,
+            stream_ends,
+            stream_events,
+            stream_bytes,
+            heartbeats,
+            client_disconnects,
+            connect_errors,
+            upstream_timeouts,
+            relay_delay,
+            unrouted,
+        })
+    }
+
+    /// Resolves every per-route child for the route labelled `label`.
+    pub fn route(&self, label: &str) -> prometheus::Result<RouteMetrics> {
+        let one = [label];
+        let mut ends = Vec::with_capacity(STREAM_ENDS.len());
+        for end in STREAM_ENDS {
+            let (_, reason) = end_reason(end);
+            ends.push(
+                self.stream_ends
+                    .get_metric_with_label_values(&[label, reason])?,
+            );
+        }
+        Ok(RouteMetrics {
+            label: label.to_string(),
+            responses: Responses::new(&self.requests, label),
+            streams_open: self.streams_open.get_metric_with_label_values(&one)?,
+            duration: self.stream_duration.get_metric_with_label_values(&one)?,
+            ends: ends.into_boxed_slice(),
+            events: self.stream_events.get_metric_with_label_values(&one)?,
+            heartbeats: self.heartbeats.get_metric_with_label_values(&one)?,
+            client_disconnects: self.client_disconnects.get_metric_with_label_values(&one)?,
+            relay: RelayProbe {
+                delay: self.relay_delay.clone(),
+                bytes: self.stream_bytes.get_metric_with_label_values(&one)?,
+            },
+        })
+    }
+
+    /// Resolves the per-upstream children for the pool named `name`.
+    pub fn upstream(&self, name: &str) -> prometheus::Result<UpstreamMetrics> {
+        Ok(UpstreamMetrics {
+            connect_errors: self.connect_errors.get_metric_with_label_values(&[name])?,
+            timeouts: self
+                .upstream_timeouts
+                .get_metric_with_label_values(&[name])?,
+        })
+    }
+
+    /// The response counters of requests no route matched.
+    pub fn unrouted(&self) -> &Responses {
+        &self.unrouted
+    }
+
+    /// Everything in the Prometheus text exposition format (version 0.0.4).
+    pub fn encode(&self) -> prometheus::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(out)
+    }
+}
+
+/// `ssegate_requests_total` for one route label.
+pub struct Responses {
+    label: String,
+    family: IntCounterVec,
+    /// Statuses 100..=599, indexed by `status - 100`; `None` only if the
+    /// family refused the labels, which it cannot for two labels.
+    by_status: Box<[OnceLock<Option<IntCounter>>]>,
+}
+
+impl Responses {
+    fn new(family: &IntCounterVec, label: &str) -> Responses {
+        Responses {
+            label: label.to_string(),
+            family: family.clone(),
+            by_status: (100..=599).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Counts one response with this status.
+    pub fn record(&self, status: StatusCode) {
+        let child = || {
+            self.family
+                .get_metric_with_label_values(&[self.label.as_str(), status.as_str()])
+                .ok()
+        };
+        let slot = usize::from(status.as_u16())
+            .checked_sub(100)
+            .and_then(|i| self.by_status.get(i));
+        match slot {
+            Some(slot) => {
+                if let Some(counter) = slot.get_or_init(child) {
+                    counter.inc();
+                }
+            }
+            // 600..=999: legal on the wire, never seen in practice.
+            None => {
+                if let Some(counter) = child() {
+                    counter.inc();
+                }
+            }
+        }
+    }
+}
+
+/// Pre-resolved children of one upstream pool.
+pub struct UpstreamMetrics {
+    connect_errors: IntCounter,
+    timeouts: IntCounter,
+}
+
+impl UpstreamMetrics {
+    /// One connection attempt to one of the pool's servers failed.
+    pub fn connect_failed(&self) {
+        self.connect_errors.inc();
+    }
+
+    /// No response header within `timeouts.read`; the client got a 504.
+    pub fn timed_out(&self) {
+        self.timeouts.inc();
+    }
+}
+
+/// Pre-resolved children of one route.
+pub struct RouteMetrics {
+    label: String,
+    responses: Responses,
+    streams_open: IntGauge,
+    duration: Histogram,
+    /// Indexed like [`STREAM_ENDS`].
+    ends: Box<[IntCounter]>,
+    events: IntCounter,
+    heartbeats: IntCounter,
+    client_disconnects: IntCounter,
+    relay: RelayProbe,
+}
+
+impl RouteMetrics {
+    /// The route label, as in `ssegate_*{route="..."}` and the access log.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Response counters of this route.
+    pub fn responses(&self) -> &Responses {
+        &self.responses
+    }
+
+    /// What the stream phase reports each relayed chunk to.
+    pub fn relay(&self) -> &RelayProbe {
+        &self.relay
+    }
+
+    /// An event stream of this route starts (its response header is about to
+    /// be written, so a client holding the header is already counted):
+    /// `ssegate_streams_open` goes up until the returned tally is dropped,
+    /// which happens on every exit path, a cancelled task included. A tally
+    /// dropped without [`StreamTally::finish`] records nothing else.
+    pub fn stream_started(&self) -> StreamTally {
+        self.streams_open.inc();
+        StreamTally {
+            open: self.streams_open.clone(),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// The per-chunk observation point of the stream phase.
+pub struct RelayProbe {
+    delay: Histogram,
+    bytes: IntCounter,
+}
+
+impl RelayProbe {
+    /// A chunk of `len` upstream bytes is on the client's socket (written and
+    /// flushed), `since_read` after the upstream read that produced it completed.
+    #[inline]
+    pub fn relayed(&self, len: usize, since_read: Duration) {
+        self.delay.observe(since_read.as_secs_f64());
+        self.bytes.inc_by(len as u64);
+    }
+}
+
+/// One open event stream; see [`RouteMetrics::stream_started`]. It owns a
+/// handle on its route's open-streams gauge, so it can live in the stream's
+/// own task.
+pub struct StreamTally {
+    open: IntGauge,
+    started: Instant,
+}
+
+impl StreamTally {
+    /// When the stream started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Records how the stream ended on `route` (the metrics it was started
+    /// from) and writes its access-log line (target `ssegate::access`).
+    /// `streams_open` goes down when `self` drops, here.
+    pub fn finish(
+        self,
+        route: &RouteMetrics,
+        end: StreamEnd,
+        stats: &StreamStats,
+        upstream: &str,
+        client: Option<&dyn fmt::Display>,
+    ) {
+        let r = route;
+        let elapsed = self.started.elapsed();
+        let (index, _) = end_reason(end);
+        if let Some(counter) = r.ends.get(index) {
+            counter.inc();
+        }
+        if matches!(end, StreamEnd::ClientGone | StreamEnd::ClientWriteError) {
+            r.client_disconnects.inc();
+        }
+        r.duration.observe(elapsed.as_secs_f64());
+        r.events.inc_by(stats.events);
+        r.heartbeats.inc_by(stats.heartbeats);
+        let line = AccessLine {
+            route: &r.label,
+            upstream,
+            client,
+            elapsed,
+            end,
+            stats,
+        };
+        log::info!(target: "ssegate::access", "{line}");
+    }
+}
+
+/// The access-log line of one event stream: `key=value` pairs, one line.
+struct AccessLine<'a> {
+    route: &'a str,
+    upstream: &'a str,
+    client: Option<&'a dyn fmt::Display>,
+    elapsed: Duration,
+    end: StreamEnd,
+    stats: &'a StreamStats,
+}
+
+impl fmt::Display for AccessLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "stream end route={} upstream={} client=",
+            LogValue(self.route),
+            LogValue(self.upstream)
+        )?;
+        match self.client {
+            Some(client) => write!(f, "{}", LogValue(&client.to_string()))?,
+            None => f.write_str("-")?,
+        }
+        write!(
+            f,
+            " duration={:.3}s events={} bytes={} heartbeats={} end={}",
+            self.elapsed.as_secs_f64(),
+            self.stats.events,
+            self.stats.bytes,
+            self.stats.heartbeats,
+            end_reason(self.end).1,
+        )
+    }
+}
+
+impl Drop for StreamTally {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// A `key=value` value: bare when it is plain, quoted and escaped when it
+/// holds a space, quote, `=` or control character, so the line stays parseable.
+struct LogValue<'a>(&'a str);
+
+impl fmt::Display for LogValue<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plain = !self.0.is_empty()
+            && !self
+                .0
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '=');
+        if plain {
+            f.write_str(self.0)
+        } else {
+            write!(f, "{:?}", self.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &Metrics) -> String {
+        String::from_utf8(m.encode().expect("encodes")).expect("utf-8")
+    }
+
+    #[test]
+    fn end_reasons_are_indexed_in_order_and_distinct() {
+        for (i, end) in STREAM_ENDS.iter().enumerate() {
+            assert_eq!(end_reason(*end).0, i, "{end:?}");
+        }
+        let mut names: Vec<&str> = STREAM_ENDS.iter().map(|e| end_reason(*e).1).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), STREAM_ENDS.len());
+    }
+
+    #[test]
+    fn route_labels_are_host_and_path_as_configured() {
+        let route = |host: Option<HostMatch>, path: &str| Route {
+            host,
+            path: path.to_string(),
+            upstream: 0,
+            strip_prefix: false,
+            heartbeat: None,
+            idle_timeout: None,
+        };
+        assert_eq!(route_label(&route(None, "/events/")), "/events/");
+        let exact = Some(HostMatch::Exact("api.example.com".into()));
+        assert_eq!(
+            route_label(&route(exact, "/events/")),
+            "api.example.com/events/"
+        );
+        let wild = Some(HostMatch::Suffix(".example.com".into()));
+        assert_eq!(route_label(&route(wild, "/")), "*.example.com/");
+    }
+
+    #[test]
+    fn children_are_resolved_at_startup_and_counted_exactly() {
+        let m = Metrics::new().expect("registers");
+        let route = m.route("/e/").expect("route children");
+        let up = m.upstream("app").expect("upstream children");
+        // Resolved children are exposed at zero before anything happens.
+        let t = text(&m);
+        assert!(t.contains("ssegate_streams_open{route=\"/e/\"} 0"), "{t}");
+        assert!(
+            t.contains("ssegate_stream_ends_total{reason=\"shutdown_aborted\",route=\"/e/\"} 0"),
+            "{t}"
+        );
+        assert!(
+            t.contains("ssegate_upstream_connect_errors_total{upstream=\"app\"} 0"),
+            "{t}"
+        );
+
+        route.responses().record(StatusCode::OK);
+        route.responses().record(StatusCode::OK);
+        m.unrouted().record(StatusCode::NOT_FOUND);
+        up.connect_failed();
+        up.timed_out();
+        up.timed_out();
+        route.relay().relayed(10, Duration::from_micros(7));
+        let t = text(&m);
+        for line in [
+            "ssegate_requests_total{route=\"/e/\",status=\"200\"} 2",
+            "ssegate_requests_total{route=\"none\",status=\"404\"} 1",
+            "ssegate_upstream_connect_errors_total{upstream=\"app\"} 1",
+            "ssegate_upstream_timeouts_total{upstream=\"app\"} 2",
+            "ssegate_stream_bytes_total{route=\"/e/\"} 10",
+            "ssegate_relay_delay_seconds_bucket{le=\"0.000005\"} 0",
+            "ssegate_relay_delay_seconds_bucket{le=\"0.00001\"} 1",
+            "ssegate_relay_delay_seconds_count 1",
+        ] {
+            assert!(t.contains(line), "lacks {line:?}:\n{t}");
+        }
+    }
+
+    #[test]
+    fn odd_statuses_are_counted_too() {
+        let m = Metrics::new().expect("registers");
+        let route = m.route("/").expect("route children");
+        for code in [100, 599, 600, 999] {
+            route
+                .responses()
+                .record(StatusCode::from_u16(code).expect("valid"));
+        }
+        let t = text(&m);
+        for code in [100, 599, 600, 999] {
+            let line = format!("ssegate_requests_total{{route=\"/\",status=\"{code}\"}} 1");
+            assert!(t.contains(&line), "lacks {line:?}:\n{t}");
+        }
+    }
+
+    #[test]
+    fn open_streams_gauge_follows_the_tally_on_every_exit() {
+        let m = Metrics::new().expect("registers");
+        let route = m.route("/s/").expect("route children");
+        let a = route.stream_started();
+        let b = route.stream_started();
+        assert_eq!(route.streams_open.get(), 2);
+        // A stream whose task is dropped mid-way never calls finish.
+        drop(a);
+        assert_eq!(route.streams_open.get(), 1);
+        let stats = StreamStats {
+            bytes: 30,
+            events: 3,
+            heartbeats: 2,
+        };
+        b.finish(&route, StreamEnd::ClientGone, &stats, "app", None);
+        assert_eq!(route.streams_open.get(), 0);
+        let t = text(&m);
+        for line in [
+            "ssegate_stream_ends_total{reason=\"client_gone\",route=\"/s/\"} 1",
+            "ssegate_client_disconnects_total{route=\"/s/\"} 1",
+            "ssegate_stream_events_total{route=\"/s/\"} 3",
+            "ssegate_heartbeats_total{route=\"/s/\"} 2",
+            "ssegate_stream_duration_seconds_count{route=\"/s/\"} 1",
+        ] {
+            assert!(t.contains(line), "lacks {line:?}:\n{t}");
+        }
+    }
+
+    #[test]
+    fn access_line_is_one_line_of_key_value_pairs() {
+        let stats = StreamStats {
+            bytes: 1234,
+            events: 5,
+            heartbeats: 2,
+        };
+        let client: std::net::SocketAddr = "127.0.0.1:50000".parse().expect("addr");
+        let line = AccessLine {
+            route: "api.example.com/events/",
+            upstream: "app",
+            client: Some(&client),
+            elapsed: Duration::from_millis(61_234),
+            end: StreamEnd::ClientWriteError,
+            stats: &stats,
+        };
+        assert_eq!(
+            line.to_string(),
+            "stream end route=api.example.com/events/ upstream=app client=127.0.0.1:50000 \
+             duration=61.234s events=5 bytes=1234 heartbeats=2 end=client_write_error"
+        );
+        let line = AccessLine {
+            route: "/a b/",
+            upstream: "app",
+            client: None,
+            elapsed: Duration::ZERO,
+            end: StreamEnd::UpstreamDone,
+            stats: &stats,
+        };
+        assert_eq!(
+            line.to_string(),
+            "stream end route=\"/a b/\" upstream=app client=- duration=0.000s events=5 bytes=1234 heartbeats=2 end=upstream_done"
+        );
+    }
+
+    #[test]
+    fn log_values_are_quoted_only_when_needed() {
+        assert_eq!(LogValue("/events/").to_string(), "/events/");
+        assert_eq!(LogValue("a b").to_string(), "\"a b\"");
+        assert_eq!(LogValue("x=1").to_string(), "\"x=1\"");
+        assert_eq!(LogValue("").to_string(), "\"\"");
+        assert_eq!(LogValue("q\"\n").to_string(), "\"q\\\"\\n\"");
+    }
+}
