@@ -148,6 +148,12 @@ pub fn ordinary_response(
     for name in hop_by_hop_names(&upstream.headers) {
         resp.remove_header(&name);
     }
+    // A message with Transfer-Encoding is framed by it, never by a
+    // Content-Length beside it (RFC 9112 §6.3): that length must not reach
+    // the client, who would frame the body differently than we read it.
+    if upstream.headers.contains_key(header::TRANSFER_ENCODING) {
+        resp.remove_header(&header::CONTENT_LENGTH);
+    }
     let unframed = resp.headers.get(header::CONTENT_LENGTH).is_none();
     if has_body && unframed && client_version != Version::HTTP_2 {
         // pingora writes an HTTP/1 response without a length close-delimited,
