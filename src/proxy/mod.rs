@@ -14,8 +14,11 @@
 //!                    │
 //!  read response header ──(read timeout)──► 504, (error) ──► 502
 //!                    │
-//!        text/event-stream? ──yes──► stream phase (stream.rs): unbuffered,
-//!                    │                heartbeats, idle timeout, drain
+//!        text/event-stream? ──yes──► header out, then the stream phase as a
+//!                    │                task of its own (`run_stream`): pingora's
+//!                    │                session is dropped, the task holds the two
+//!                    │                connections (downstream.rs), the framer
+//!                    │                and one timer (stream.rs)
 //!                    no
 //!                    ▼
 //!  ordinary pass-through: body chunks relayed, read timeout per read
