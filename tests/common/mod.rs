@@ -251,6 +251,36 @@ impl Proxy {
         None
     }
 
+    /// Starts a second process on this proxy's config with `--upgrade`: it
+    /// waits on `server.upgrade_sock` for the listening sockets, which this
+    /// process hands over on SIGQUIT. Returns once the new process is waiting.
+    pub async fn start_upgrade(&self) -> Child {
+        let sock = self.dir.0.join("upgrade.sock");
+        let _ = std::fs::remove_file(&sock);
+        let mut child = Command::new(bin())
+            .arg("run")
+            .arg("--upgrade")
+            .arg("-c")
+            .arg(self.dir.0.join("ssegate.toml"))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        within("the upgrading process to wait on its socket", async {
+            while !sock.exists() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("the upgrading process exited: {status:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        child
+    }
+
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .arg(format!("-{sig}"))
