@@ -503,6 +503,7 @@ mod tests {
             strip_prefix: false,
             heartbeat: None,
             idle_timeout: None,
+            max_streams: None,
         };
         assert_eq!(route_label(&route(None, "/events/")), "/events/");
         let exact = Some(HostMatch::Exact("api.example.com".into()));

@@ -105,6 +105,7 @@ mod tests {
             strip_prefix: false,
             heartbeat: None,
             idle_timeout: None,
+            max_streams: None,
         }
     }
 

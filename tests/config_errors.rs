@@ -741,7 +741,9 @@ fn reference_config_summary() {
         "127.0.0.1:8443  TLS, ALPN h2 + http/1.1",
         "app  http1  127.0.0.1:3000, 127.0.0.1:3001",
         "notify.example.com / -> notifications, heartbeat 5s, idle timeout 1h",
-        "* /events/ -> app (strip prefix), heartbeat 15s, idle timeout off",
+        "* /events/ -> app (strip prefix), heartbeat 15s, idle timeout off, max streams 5000",
+        "* / -> app, heartbeat 15s, idle timeout 1h, max streams unlimited",
+        "limits: max streams 10000, per client 100, shed retry 5s + up to 5s jitter",
         "stream defaults: heartbeat 15s (\":\\n\\n\"), idle timeout 1h",
         "timeouts: connect 5s, read 1m, write 1m, upstream keepalive 1m",
         "admin: 127.0.0.1:9090  GET /metrics",
@@ -752,6 +754,84 @@ fn reference_config_summary() {
         );
     }
     assert!(summary.lines().count() <= 24, "{summary}");
+}
+
+// ---- [limits] and route max_streams ---------------------------------------
+
+#[test]
+fn zero_max_streams() {
+    assert_error(
+        &doc("[limits]\nmax_streams = 0\n"),
+        2,
+        15,
+        "limits.max_streams",
+        "must be a positive whole number of streams, got 0",
+    );
+}
+
+#[test]
+fn negative_max_streams_per_client() {
+    assert_error(
+        &doc("[limits]\nmax_streams = 5\nmax_streams_per_client = -1\n"),
+        3,
+        26,
+        "limits.max_streams_per_client",
+        "got -1; leave the key out for no limit",
+    );
+}
+
+#[test]
+fn max_streams_as_a_string() {
+    assert_error(
+        &doc("[limits]\nmax_streams = \"10\"\n"),
+        2,
+        15,
+        "limits.max_streams",
+        "invalid type: string \"10\", expected an integer",
+    );
+}
+
+#[test]
+fn zero_route_max_streams() {
+    let text = doc(&format!(
+        "{UPSTREAM}[[route]]\npath = \"/\"\nupstream = \"app\"\n[[route]]\npath = \"/e/\"\nupstream = \"app\"\nmax_streams = 0\n"
+    ));
+    assert_error(
+        &text,
+        10,
+        15,
+        "route[1].max_streams",
+        "positive whole number of streams, got 0",
+    );
+}
+
+#[test]
+fn shed_retry_durations() {
+    assert_error(
+        &doc("[limits]\nshed_retry = \"0s\"\n"),
+        2,
+        14,
+        "limits.shed_retry",
+        "greater than zero",
+    );
+    assert_error(
+        &doc("[limits]\nshed_retry_jitter = 5\n"),
+        2,
+        21,
+        "limits.shed_retry_jitter",
+        "write \"5s\"",
+    );
+}
+
+#[test]
+fn unknown_key_in_limits() {
+    assert_error(
+        &doc("[limits]\nmax_stream = 3\n"),
+        2,
+        1,
+        "limits.max_stream",
+        "expected one of `max_streams`, `max_streams_per_client`, `shed_retry`, `shed_retry_jitter`",
+    );
 }
 
 #[test]

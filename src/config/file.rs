@@ -36,6 +36,8 @@ pub struct File {
     #[serde(default)]
     pub route: Vec<RouteEntry>,
     pub admin: Option<AdminSection>,
+    #[serde(default)]
+    pub limits: LimitsSection,
 }
 
 /// `[server]`
@@ -90,6 +92,17 @@ pub struct StreamSection {
     pub shutdown_retry_jitter: Option<Spanned<DurationValue>>,
 }
 
+/// `[limits]`: open-stream limits and the backoff given to shed clients.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// `i64` so `0` and `-1` reach validation, as for `server.threads`.
+    pub max_streams: Option<Spanned<i64>>,
+    pub max_streams_per_client: Option<Spanned<i64>>,
+    pub shed_retry: Option<Spanned<DurationValue>>,
+    pub shed_retry_jitter: Option<Spanned<DurationValue>>,
+}
+
 /// One `[[upstream]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,6 +124,7 @@ pub struct RouteEntry {
     pub strip_prefix: Option<bool>,
     pub heartbeat: Option<Spanned<DurationValue>>,
     pub idle_timeout: Option<Spanned<DurationValue>>,
+    pub max_streams: Option<Spanned<i64>>,
 }
 
 /// `[admin]`: the listener for `/metrics` and `/healthz`.
@@ -199,6 +213,7 @@ mod tests {
             "[[upstream]]\nname = \"a\"\nservers = []\nbogus = 1",
             "[[route]]\npath = \"/\"\nupstream = \"a\"\nbogus = 1",
             "[admin]\naddress = \"127.0.0.1:9090\"\nbogus = 1",
+            "[limits]\nbogus = 1",
         ] {
             let err = toml::from_str::<File>(text).expect_err(text);
             assert!(err.message().contains("unknown field `bogus`"), "{text}: {err}");

@@ -22,6 +22,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[admin]`; `None` (the section is absent): no admin listener.
     pub admin: Option<Admin>,
+    /// `[limits]`: open-stream limits, all off by default.
+    pub limits: LimitSettings,
 }
 
 /// `[server]`: process-wide settings, mostly handed to pingora.
@@ -98,6 +100,21 @@ pub struct StreamSettings {
     pub shutdown_retry_jitter: Duration,
 }
 
+/// `[limits]`: how many event streams may be open at once, and the backoff
+/// a shed client is told to wait. `None` = unlimited.
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// Open event streams across the whole process.
+    pub max_streams: Option<usize>,
+    /// Open event streams per client IP address.
+    pub max_streams_per_client: Option<usize>,
+    /// Backoff for a shed client: the `retry:` of the 200 given to an
+    /// `EventSource`, or `Retry-After` of a 503. Default 5 s, > 0.
+    pub shed_retry: Duration,
+    /// Random extra added to `shed_retry`, uniform in [0, jitter]. Default 5 s.
+    pub shed_retry_jitter: Duration,
+}
+
 /// One `[[upstream]]` pool.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -129,6 +146,8 @@ pub struct Route {
     /// Per-route overrides; `None` = use `[stream]`.
     pub heartbeat: Option<Option<Duration>>,
     pub idle_timeout: Option<Option<Duration>>,
+    /// Open event streams on this route; `None` = unlimited.
+    pub max_streams: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

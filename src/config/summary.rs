@@ -35,6 +35,15 @@ pub fn summary(config: &Config) -> String {
         format_duration(s.shutdown_retry),
         format_duration(s.shutdown_retry_jitter),
     );
+    let l = &config.limits;
+    let _ = writeln!(
+        out,
+        "limits: max streams {}, per client {}, shed retry {} + up to {} jitter",
+        limit(l.max_streams),
+        limit(l.max_streams_per_client),
+        format_duration(l.shed_retry),
+        format_duration(l.shed_retry_jitter),
+    );
     let t = &config.timeouts;
     let _ = writeln!(
         out,
@@ -105,7 +114,7 @@ fn routes(out: &mut String, config: &Config) {
         let idle = r.idle_timeout.unwrap_or(config.stream.idle_timeout);
         let _ = writeln!(
             out,
-            "  {host} {} -> {upstream}{}, heartbeat {}, idle timeout {}",
+            "  {host} {} -> {upstream}{}, heartbeat {}, idle timeout {}, max streams {}",
             r.path,
             if r.strip_prefix {
                 " (strip prefix)"
@@ -114,8 +123,13 @@ fn routes(out: &mut String, config: &Config) {
             },
             on_off(heartbeat),
             on_off(idle),
+            limit(r.max_streams),
         );
     }
+}
+
+fn limit(value: Option<usize>) -> String {
+    value.map_or("unlimited".to_string(), |n| n.to_string())
 }
 
 fn on_off(value: Option<Duration>) -> String {

@@ -19,8 +19,8 @@ use super::duration::{parse_duration, UNIT_HELP};
 use super::error::{ConfigError, ConfigErrors};
 use super::file::{self, DurationValue};
 use super::model::{
-    Admin, Config, HostMatch, Listener, Route, Server, StreamSettings, Timeouts, Tls, Upstream,
-    UpstreamProtocol,
+    Admin, Config, HostMatch, LimitSettings, Listener, Route, Server, StreamSettings, Timeouts,
+    Tls, Upstream, UpstreamProtocol,
 };
 
 // Defaults, as documented in `config::model` and `conf/ssegate.toml`.
@@ -41,6 +41,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 const CACHE_CONTROL: &str = "no-cache";
 const SHUTDOWN_RETRY: Duration = Duration::from_secs(1);
 const SHUTDOWN_RETRY_JITTER: Duration = Duration::from_secs(1);
+const SHED_RETRY: Duration = Duration::from_secs(5);
+const SHED_RETRY_JITTER: Duration = Duration::from_secs(5);
 
 /// A parsed file plus what validation needs to phrase its errors.
 pub struct Document<'a> {
@@ -73,6 +75,7 @@ impl TryFrom<Document<'_>> for Config {
             stream: check.stream(&file.stream),
             upstreams: check.upstreams(&file.upstream),
             routes: check.routes(&file.route, &file.upstream),
+            limits: check.limits(&file.limits),
         };
         check.finish(config)
     }
@@ -365,6 +368,46 @@ impl Checker<'_> {
         }
     }
 
+    fn limits(&mut self, l: &file::LimitsSection) -> LimitSettings {
+        LimitSettings {
+            max_streams: self.stream_limit("limits.max_streams", l.max_streams.as_ref()),
+            max_streams_per_client: self.stream_limit(
+                "limits.max_streams_per_client",
+                l.max_streams_per_client.as_ref(),
+            ),
+            // A zero backoff would turn every shed EventSource into a
+            // reconnect loop against a proxy that is already full.
+            shed_retry: self.duration(
+                "limits.shed_retry",
+                l.shed_retry.as_ref(),
+                SHED_RETRY,
+                Accept::PositiveOnly,
+            ),
+            shed_retry_jitter: self.duration(
+                "limits.shed_retry_jitter",
+                l.shed_retry_jitter.as_ref(),
+                SHED_RETRY_JITTER,
+                Accept::ZeroToo,
+            ),
+        }
+    }
+
+    /// A `max_streams`-style limit: absent is unlimited, else at least 1.
+    fn stream_limit(&mut self, key: &str, value: Option<&Spanned<i64>>) -> Option<usize> {
+        let value = value?;
+        let n = *value.get_ref();
+        match usize::try_from(n) {
+            Ok(limit) if limit >= 1 => Some(limit),
+            _ => {
+                let message = format!(
+                    "must be a positive whole number of streams, got {n}; leave the key out for no limit"
+                );
+                self.error(Some(value.span()), key, message);
+                None
+            }
+        }
+    }
+
     /// A string setting with a default and a check returning the reason it is bad.
     fn text_value(
         &mut self,
@@ -524,6 +567,8 @@ impl Checker<'_> {
             strip_prefix: entry.strip_prefix.unwrap_or(false),
             heartbeat: override_of(self, "heartbeat", entry.heartbeat.as_ref()),
             idle_timeout: override_of(self, "idle_timeout", entry.idle_timeout.as_ref()),
+            max_streams: self
+                .stream_limit(&format!("{key}.max_streams"), entry.max_streams.as_ref()),
         }
     }
 
@@ -843,6 +888,46 @@ mod tests {
         assert!(!r.strip_prefix);
         assert_eq!((r.heartbeat, r.idle_timeout), (None, None));
         assert!(c.admin.is_none(), "no [admin]: no admin listener");
+        assert_eq!(c.limits.max_streams, None);
+        assert_eq!(c.limits.max_streams_per_client, None);
+        assert_eq!(c.limits.shed_retry, Duration::from_secs(5));
+        assert_eq!(c.limits.shed_retry_jitter, Duration::from_secs(5));
+        assert_eq!(r.max_streams, None);
+    }
+
+    #[test]
+    fn limits_section() {
+        let c = config(
+            "[limits]\nmax_streams = 100\nmax_streams_per_client = 3\n\
+             shed_retry = \"2s\"\nshed_retry_jitter = \"0s\"\n\
+             [[route]]\npath = \"/e/\"\nupstream = \"app\"\nmax_streams = 7\n",
+        );
+        assert_eq!(c.limits.max_streams, Some(100));
+        assert_eq!(c.limits.max_streams_per_client, Some(3));
+        assert_eq!(c.limits.shed_retry, Duration::from_secs(2));
+        assert_eq!(c.limits.shed_retry_jitter, Duration::ZERO);
+        assert_eq!(c.routes[0].max_streams, Some(7));
+        assert_eq!(c.routes[1].max_streams, None);
+        assert_one_error(
+            "[limits]\nmax_streams = 0",
+            "limits.max_streams",
+            "positive whole number of streams, got 0",
+        );
+        assert_one_error(
+            "[limits]\nmax_streams_per_client = -2",
+            "limits.max_streams_per_client",
+            "got -2",
+        );
+        assert_one_error(
+            "[limits]\nshed_retry = \"0s\"",
+            "limits.shed_retry",
+            "greater than zero",
+        );
+        assert_one_error(
+            "[[route]]\npath = \"/e/\"\nupstream = \"app\"\nmax_streams = 0",
+            "route[0].max_streams",
+            "leave the key out for no limit",
+        );
     }
 
     #[test]
