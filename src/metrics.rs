@@ -24,6 +24,7 @@
 //!  stream ends ─────────────────────► StreamTally::finish   (ends, events,
 //!                                      heartbeats, duration, access-log line)
 //!  StreamTally dropped (any exit) ──► streams_open - 1
+//!  stream turned away by a limit ───► RouteMetrics::shed      (streams_shed_total)
 //! ```
 
 use std::fmt;
@@ -37,6 +38,7 @@ use prometheus::{
 };
 
 use crate::config::{HostMatch, Route};
+use crate::proxy::limits::Limit;
 use crate::proxy::stream::{StreamEnd, StreamStats};
 
 /// The route label of a response no route matched.
@@ -101,6 +103,7 @@ pub struct Metrics {
     client_disconnects: IntCounterVec,
     connect_errors: IntCounterVec,
     upstream_timeouts: IntCounterVec,
+    streams_shed: IntCounterVec,
     relay_delay: Histogram,
     unrouted: Responses,
 }
@@ -155,6 +158,11 @@ impl Metrics {
             "Requests answered 504 because the upstream sent no response header within timeouts.read.",
             &["upstream"],
         )?;
+        let streams_shed = counter(
+            "ssegate_streams_shed_total",
+            "Event streams turned away because a stream limit was reached, by the limit: global, route or client.",
+            &["route", "limit"],
+        )?;
         let streams_open = IntGaugeVec::new(
             Opts::new("ssegate_streams_open", "Event streams open now."),
             &["route"],
@@ -190,6 +198,7 @@ impl Metrics {
             client_disconnects,
             connect_errors,
             upstream_timeouts,
+            streams_shed,
             relay_delay,
             unrouted,
         })
@@ -206,8 +215,17 @@ impl Metrics {
                     .get_metric_with_label_values(&[label, reason])?,
             );
         }
+        let mut shed = Vec::with_capacity(Limit::ALL.len());
+        for limit in Limit::ALL {
+            let (_, name) = limit.label();
+            shed.push(
+                self.streams_shed
+                    .get_metric_with_label_values(&[label, name])?,
+            );
+        }
         Ok(RouteMetrics {
             label: label.to_string(),
+            shed: shed.into_boxed_slice(),
             responses: Responses::new(&self.requests, label),
             streams_open: self.streams_open.get_metric_with_label_values(&one)?,
             duration: self.stream_duration.get_metric_with_label_values(&one)?,
@@ -319,9 +337,18 @@ pub struct RouteMetrics {
     heartbeats: IntCounter,
     client_disconnects: IntCounter,
     relay: RelayProbe,
+    /// Indexed like [`Limit::ALL`].
+    shed: Box<[IntCounter]>,
 }
 
 impl RouteMetrics {
+    /// A stream of this route was turned away by `limit`.
+    pub fn shed(&self, limit: Limit) {
+        if let Some(counter) = self.shed.get(limit.label().0) {
+            counter.inc();
+        }
+    }
+
     /// The route label, as in `ssegate_*{route="..."}` and the access log.
     pub fn label(&self) -> &str {
         &self.label
@@ -539,6 +566,9 @@ mod tests {
         up.timed_out();
         up.timed_out();
         route.relay().relayed(10, Duration::from_micros(7));
+        route.shed(Limit::Client);
+        route.shed(Limit::Client);
+        route.shed(Limit::Global);
         let t = text(&m);
         for line in [
             "ssegate_requests_total{route=\"/e/\",status=\"200\"} 2",
@@ -549,6 +579,9 @@ mod tests {
             "ssegate_relay_delay_seconds_bucket{le=\"0.000005\"} 0",
             "ssegate_relay_delay_seconds_bucket{le=\"0.00001\"} 1",
             "ssegate_relay_delay_seconds_count 1",
+            "ssegate_streams_shed_total{limit=\"client\",route=\"/e/\"} 2",
+            "ssegate_streams_shed_total{limit=\"global\",route=\"/e/\"} 1",
+            "ssegate_streams_shed_total{limit=\"route\",route=\"/e/\"} 0",
         ] {
             assert!(t.contains(line), "lacks {line:?}:\n{t}");
         }

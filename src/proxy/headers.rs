@@ -107,6 +107,21 @@ pub fn is_event_stream(resp: &ResponseHeader) -> bool {
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/event-stream"))
 }
 
+/// Does the client ask for an event stream? `Accept` lists `text/event-stream`
+/// (any case, parameters allowed), as `EventSource` always sends it.
+pub fn accepts_event_stream(req: &RequestHeader) -> bool {
+    req.headers.get_all(header::ACCEPT).iter().any(|v| {
+        v.to_str().is_ok_and(|list| {
+            list.split(',').any(|range| {
+                range
+                    .split(';')
+                    .next()
+                    .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("text/event-stream"))
+            })
+        })
+    })
+}
+
 /// Does the upstream's response carry a content coding other than identity?
 pub fn is_compressed(resp: &ResponseHeader) -> bool {
     resp.headers
@@ -201,6 +216,24 @@ pub fn error_response(status: u16, body_len: usize) -> Result<ResponseHeader> {
     resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(header::CONTENT_LENGTH, body_len.to_string())?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    Ok(resp)
+}
+
+/// The header of a shed event stream: a complete `text/event-stream`
+/// response of `body_len` bytes (only a `retry:` field), which `EventSource`
+/// takes as a stream that ended, so it reconnects after that backoff.
+pub fn shed_stream_response(body_len: usize) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(200, Some(3))?;
+    resp.insert_header(header::CONTENT_TYPE, "text/event-stream")?;
+    resp.insert_header(header::CONTENT_LENGTH, body_len.to_string())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
+    Ok(resp)
+}
+
+/// A 503 for a shed request that is not an `EventSource`, with `Retry-After`.
+pub fn shed_unavailable_response(retry_after_secs: u64, body_len: usize) -> Result<ResponseHeader> {
+    let mut resp = error_response(503, body_len)?;
+    resp.insert_header(header::RETRY_AFTER, retry_after_secs.to_string())?;
     Ok(resp)
 }
 
@@ -312,6 +345,20 @@ mod tests {
         let s2 = stream_response(&r, Version::HTTP_2, "no-store").unwrap();
         assert!(s2.headers.get("transfer-encoding").is_none());
         assert_eq!(s2.headers["cache-control"], "no-store");
+    }
+
+    #[test]
+    fn event_stream_accept_detection() {
+        let accepts = |v: &[&str]| {
+            let h: Vec<(&str, &str)> = v.iter().map(|v| ("accept", *v)).collect();
+            accepts_event_stream(&req("GET", "/", &h))
+        };
+        assert!(accepts(&["text/event-stream"]));
+        assert!(accepts(&["text/html, Text/Event-Stream;q=0.9"]));
+        assert!(accepts(&["application/json", "text/event-stream"]));
+        assert!(!accepts(&[]));
+        assert!(!accepts(&["*/*"]));
+        assert!(!accepts(&["text/event-streams, text/plain"]));
     }
 
     #[test]

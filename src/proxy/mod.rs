@@ -7,6 +7,8 @@
 //! ```text
 //!  read request ─► route ──(none)──► 404
 //!                    │
+//!  Accept: text/event-stream and a stream limit full? ──► 200 `retry:` (shed)
+//!                    │
 //!                    ▼
 //!  connect (round robin, skip refusing servers) ──(all fail)──► 502
 //!                    │
@@ -14,7 +16,9 @@
 //!                    │
 //!  read response header ──(read timeout)──► 504, (error) ──► 502
 //!                    │
-//!        text/event-stream? ──yes──► header out, then the stream phase as a
+//!        text/event-stream? ──yes──► admitted by the limits (limits.rs)?
+//!                    │                no: upstream dropped, 200 `retry:` or 503
+//!                    │                yes: header out, then the stream phase as a
 //!                    │                task of its own (`run_stream`): pingora's
 //!                    │                session is dropped, the task holds the two
 //!                    │                connections (downstream.rs), the framer
@@ -28,6 +32,7 @@
 
 pub mod downstream;
 pub mod headers;
+pub mod limits;
 pub mod stream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +59,7 @@ use crate::server::StartError;
 use crate::upstream::{Connected, Pools};
 use downstream::{Downstream, H1Client};
 use headers::Forwarding;
+use limits::{Limit, Limits, StreamPermit};
 use stream::{StreamEnd, StreamPolicy};
 
 /// What every listener's app shares: routing, pools, metrics and the settings derived from config.
@@ -63,6 +69,7 @@ pub struct Shared {
     pools: Pools,
     routes: Vec<RouteRuntime>,
     metrics: Arc<Metrics>,
+    limits: Limits,
 }
 
 /// A route's effective stream settings and metric handles, computed once at startup.
@@ -111,6 +118,7 @@ impl Shared {
             })
             .collect();
         Ok(Arc::new(Shared {
+            limits: Limits::new(&config),
             config,
             router,
             pools,
@@ -192,6 +200,8 @@ struct StreamJob {
     compressed: bool,
     /// Holds the route's open-streams gauge up until the stream is done.
     tally: StreamTally,
+    /// Holds the stream's places under the stream limits until it is done.
+    permit: StreamPermit,
     client: Option<std::net::SocketAddr>,
 }
 
@@ -319,6 +329,7 @@ impl ProxyApp {
             up,
             route,
             tally,
+            permit,
             client: addr,
             ..
         } = *job;
@@ -327,6 +338,8 @@ impl ProxyApp {
         // Metrics and the access-log line; `streams_open` drops with `tally`.
         let addr = addr.as_ref().map(|a| a as &dyn std::fmt::Display);
         tally.finish(&shared.routes[route].metrics, end, &st, pool_name, addr);
+        // Before the connection may carry further requests below.
+        drop(permit);
         shared.pools.release(up, upstream_done).await;
         if !end.is_clean() {
             client.abort().await;
@@ -343,6 +356,47 @@ impl ProxyApp {
         }
     }
 
+    /// Turns a would-be event stream away because `limit` is reached, so that
+    /// its client backs off: an `EventSource` (`event_source`) gets a complete
+    /// 200 event stream holding only `retry:` (a 503 would make it give up
+    /// for good), anything else a 503 with `Retry-After`.
+    async fn shed(
+        &self,
+        session: &mut ServerSession,
+        route: usize,
+        limit: Limit,
+        event_source: bool,
+    ) -> Outcome {
+        let shared = &self.shared;
+        let label = shared.routes.get(route).map_or("?", |r| {
+            r.metrics.shed(limit);
+            r.metrics.label()
+        });
+        let l = &shared.config.limits;
+        let ms = stream::backoff_ms(l.shed_retry, l.shed_retry_jitter);
+        log::debug!(
+            "route {label}: {} stream limit reached; stream shed with a {ms} ms backoff",
+            limit.label().1
+        );
+        let sent = if event_source {
+            let body = stream::retry_field(ms);
+            match headers::shed_stream_response(body.len()) {
+                Ok(resp) => respond_with(session, resp, body).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            const BODY: &str = "too many open event streams; retry later\n";
+            match headers::shed_unavailable_response(ms.div_ceil(1000), BODY.len()) {
+                Ok(resp) => respond_with(session, resp, Bytes::from_static(BODY.as_bytes())).await,
+                Err(e) => Err(e),
+            }
+        };
+        match sent {
+            Ok(()) if session.is_body_done() => Outcome::Clean,
+            _ => Outcome::Abort,
+        }
+    }
+
     /// Serves further requests on a kept-alive client connection.
     async fn serve_next(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
         let _ = ServerApp::process_new(self, stream, shutdown).await;
@@ -353,7 +407,6 @@ impl ProxyApp {
     async fn handle(&self, session: &mut ServerSession, route: Option<usize>) -> Handled {
         let shared = &self.shared;
         let has_body = !session.is_body_empty();
-        let req = session.req_header();
         let Some(route_index) = route else {
             return respond_or_abort(session, 404, "no route for this request\n")
                 .await
@@ -365,6 +418,18 @@ impl ProxyApp {
                 .await
                 .into();
         };
+        // An EventSource over a limit is shed before any upstream is contacted.
+        let peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let event_source = headers::accepts_event_stream(session.req_header());
+        if event_source {
+            if let Err(limit) = shared.limits.check(route_index, peer_ip) {
+                return self.shed(session, route_index, limit, true).await.into();
+            }
+        }
+        let req = session.req_header();
 
         // The request target in origin form; prefix stripping works on bytes so
         // that a non-UTF-8 path passes through as sent.
@@ -466,6 +531,18 @@ impl ProxyApp {
         let client_version = session.req_header().version;
 
         if headers::is_event_stream(&upstream_resp) {
+            // The authoritative count: slots are taken here, so a stream over
+            // a limit never reaches the stream phase, whatever the check above saw.
+            let permit = match shared.limits.admit(route_index, peer_ip) {
+                Ok(permit) => permit,
+                Err(limit) => {
+                    shared.pools.release(up, false).await;
+                    return self
+                        .shed(session, route_index, limit, event_source)
+                        .await
+                        .into();
+                }
+            };
             let runtime = &shared.routes[route_index];
             let compressed = headers::is_compressed(&upstream_resp);
             if compressed && !runtime.compressed_logged.swap(true, Ordering::Relaxed) {
@@ -502,6 +579,7 @@ impl ProxyApp {
                 route: route_index,
                 compressed,
                 tally,
+                permit,
                 client: session.client_addr().and_then(|a| a.as_inet()).copied(),
             }));
         }
@@ -642,10 +720,17 @@ async fn relay_body(client: &mut ServerSession, up: &mut Connected) -> Outcome {
 /// Sends a small response made by the proxy itself.
 async fn respond(session: &mut ServerSession, status: u16, body: &'static str) -> Result<()> {
     let resp = headers::error_response(status, body.len())?;
+    respond_with(session, resp, Bytes::from_static(body.as_bytes())).await
+}
+
+/// Writes a whole small response: `resp`, then `body`, then the end.
+async fn respond_with(
+    session: &mut ServerSession,
+    resp: pingora_http::ResponseHeader,
+    body: Bytes,
+) -> Result<()> {
     session.write_response_header(Box::new(resp)).await?;
-    session
-        .write_response_body(Bytes::from_static(body.as_bytes()), true)
-        .await?;
+    session.write_response_body(body, true).await?;
     session.finish_body().await
 }
 

@@ -219,14 +219,23 @@ pub async fn relay(
 
 /// `retry: N` plus the blank line that closes it, N in milliseconds with jitter
 /// so that a whole fleet of clients does not reconnect in the same instant.
-fn retry_hint(base: Duration, jitter: Duration) -> Bytes {
+pub fn retry_hint(base: Duration, jitter: Duration) -> Bytes {
+    retry_field(backoff_ms(base, jitter))
+}
+
+/// `base` plus a uniform random extra in [0, jitter], in milliseconds.
+pub fn backoff_ms(base: Duration, jitter: Duration) -> u64 {
     let jitter_ms = jitter.as_millis() as u64;
     let extra = if jitter_ms == 0 {
         0
     } else {
         rand::thread_rng().gen_range(0..=jitter_ms)
     };
-    let ms = base.as_millis() as u64 + extra;
+    (base.as_millis() as u64).saturating_add(extra)
+}
+
+/// The `retry:` field for `ms` milliseconds, as a whole event.
+pub fn retry_field(ms: u64) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))
 }
 
