@@ -235,3 +235,36 @@ async fn a_client_limit_counts_per_ip_address() {
     assert_eq!(shed_total(&proxy, "/", "client").await, 1);
     assert_eq!(shed_total(&proxy, "/", "global").await, 0);
 }
+
+#[tokio::test]
+async fn an_h2c_event_source_is_shed_the_same_way() {
+    let mut up = Upstream::start().await;
+    let proxy = start(&up, "max_streams = 1", &["path = \"/\""]).await;
+    let (_open, _open_up) = open_stream(H1Client::connect(proxy.addr).await, &mut up, "/a").await;
+
+    let send = h2c_connect(proxy.addr).await;
+    let req = http::Request::builder()
+        .method("GET")
+        .uri(format!("http://{}/b", proxy.addr))
+        .header("accept", SSE)
+        .body(())
+        .unwrap();
+    let mut send = within("h2 ready", send.ready()).await.unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let (parts, mut body) = within("h2 response", resp).await.unwrap().into_parts();
+    assert_eq!(parts.status, 200);
+    assert_eq!(parts.headers.get("content-type").unwrap(), SSE);
+    let mut got = Vec::new();
+    h2_read_until(&mut body, &mut got, b"\n\n").await;
+    let text = String::from_utf8(got).unwrap();
+    let ms: u64 = text
+        .strip_prefix("retry: ")
+        .and_then(|t| t.strip_suffix("\n\n"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a lone retry field: {text:?}"));
+    assert!(BACKOFF_MS.contains(&ms), "retry {ms}");
+    // The stream ends cleanly (END_STREAM), with nothing after the field.
+    assert!(within("h2 end of stream", body.data()).await.is_none());
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(shed_total(&proxy, "/", "global").await, 1);
+}
