@@ -523,15 +523,7 @@ mod tests {
 
     #[test]
     fn route_labels_are_host_and_path_as_configured() {
-        let route = |host: Option<HostMatch>, path: &str| Route {
-            host,
-            path: path.to_string(),
-            upstream: 0,
-            strip_prefix: false,
-            heartbeat: None,
-            idle_timeout: None,
-            max_streams: None,
-        };
+        let route = Route::for_test;
         assert_eq!(route_label(&route(None, "/events/")), "/events/");
         let exact = Some(HostMatch::Exact("api.example.com".into()));
         assert_eq!(

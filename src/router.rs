@@ -98,15 +98,7 @@ mod tests {
     use super::*;
 
     fn route(host: Option<HostMatch>, path: &str) -> Route {
-        Route {
-            host,
-            path: path.to_string(),
-            upstream: 0,
-            strip_prefix: false,
-            heartbeat: None,
-            idle_timeout: None,
-            max_streams: None,
-        }
+        Route::for_test(host, path)
     }
 
     fn router(routes: Vec<Route>) -> Router {

@@ -150,6 +150,22 @@ pub struct Route {
     pub max_streams: Option<usize>,
 }
 
+#[cfg(test)]
+impl Route {
+    /// A route to upstream 0 with every option at its default, for unit tests.
+    pub(crate) fn for_test(host: Option<HostMatch>, path: &str) -> Route {
+        Route {
+            host,
+            path: path.to_string(),
+            upstream: 0,
+            strip_prefix: false,
+            heartbeat: None,
+            idle_timeout: None,
+            max_streams: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostMatch {
     /// `example.com`

@@ -162,6 +162,24 @@ pub fn basic_config(upstream: SocketAddr, stream_extra: &str) -> String {
     )
 }
 
+/// `ssegate run -c CONFIG [--upgrade]`, logging at `RUST_LOG` (default warn).
+fn spawn_run(config: &std::path::Path, upgrade: bool) -> Child {
+    let mut cmd = Command::new(bin());
+    cmd.arg("run");
+    if upgrade {
+        cmd.arg("--upgrade");
+    }
+    cmd.arg("-c")
+        .arg(config)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 impl Proxy {
     pub async fn start(cfg: ProxyConfig) -> Proxy {
         for _attempt in 0..5 {
@@ -211,17 +229,7 @@ impl Proxy {
         }
         let path = dir.0.join("ssegate.toml");
         std::fs::write(&path, text).unwrap();
-        let mut child = Command::new(bin())
-            .arg("run")
-            .arg("-c")
-            .arg(&path)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_run(&path, false);
         // Ready once every listener accepts; a process that exits lost a port race.
         let mut wanted = vec![addr];
         wanted.extend(tls_addr);
@@ -257,18 +265,7 @@ impl Proxy {
     pub async fn start_upgrade(&self) -> Child {
         let sock = self.dir.0.join("upgrade.sock");
         let _ = std::fs::remove_file(&sock);
-        let mut child = Command::new(bin())
-            .arg("run")
-            .arg("--upgrade")
-            .arg("-c")
-            .arg(self.dir.0.join("ssegate.toml"))
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_run(&self.dir.0.join("ssegate.toml"), true);
         within("the upgrading process to wait on its socket", async {
             while !sock.exists() {
                 if let Ok(Some(status)) = child.try_wait() {
