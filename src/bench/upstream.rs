@@ -31,7 +31,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::broadcast;
 
 use super::http1::{self, BodyDecoder, Framing, Head, Progress, LAST_CHUNK};
@@ -48,6 +48,9 @@ const TOKEN_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Subscribers the open-files limit should allow for.
 const TARGET_SUBSCRIBERS: u64 = 20_000;
+
+/// Accept queue length asked for (Linux caps it at `net.core.somaxconn`).
+const ACCEPT_BACKLOG: u32 = 65_535;
 
 /// Highest `--rate` and `--payload` accepted.
 const MAX_RATE: f64 = 1_000_000.0;
@@ -126,7 +129,7 @@ pub fn main(args: BenchUpstreamArgs) -> ExitCode {
 
 /// Binds, prints `listening on ADDR`, starts the ticker and serves.
 pub async fn serve(config: UpstreamConfig) -> io::Result<()> {
-    let listener = TcpListener::bind(&config.listen).await.map_err(|e| {
+    let listener = listen(&config.listen).await.map_err(|e| {
         io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
     })?;
     let addr = listener.local_addr()?;
@@ -137,6 +140,7 @@ pub async fn serve(config: UpstreamConfig) -> io::Result<()> {
     }
     let hub = Arc::new(Hub::new());
     tokio::spawn(tick(hub.clone(), config.period, config.payload));
+    let mut accept_errors = 0u64;
     loop {
         match listener.accept().await {
             Ok((tcp, _)) => {
@@ -144,12 +148,33 @@ pub async fn serve(config: UpstreamConfig) -> io::Result<()> {
                 tokio::spawn(serve_connection(hub.clone(), tcp));
             }
             Err(e) => {
-                // Out of descriptors, most likely: back off instead of spinning.
-                log::warn!("accept: {e}");
+                // Out of descriptors, most likely: back off instead of spinning,
+                // and say so at the first error and then every hundredth.
+                if accept_errors.is_multiple_of(100) {
+                    log::warn!("accept: {e} ({} so far)", accept_errors + 1);
+                }
+                accept_errors += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
+}
+
+/// A listener with a deep accept queue: thousands of clients connecting
+/// within a second must not overflow it (the kernel caps it at somaxconn).
+async fn listen(addr: &str) -> io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 // ---------------------------------------------------------------------------
