@@ -28,11 +28,11 @@ pub fn request(plan: &Plan) -> Vec<u8> {
     bytes
 }
 
-/// Opens the stream and reads it until it ends or fails.
-pub async fn stream(ctx: &Ctx, meter: &mut StreamMeter) -> Result<(), StreamError> {
+/// Opens stream `index` and reads it until it ends or fails.
+pub async fn stream(ctx: &Ctx, index: usize, meter: &mut StreamMeter) -> Result<(), StreamError> {
     let began = Instant::now();
     let open_by: tokio::time::Instant = (began + OPEN_TIMEOUT).into();
-    let tcp = timeout_at(open_by, connect_tcp(ctx))
+    let tcp = timeout_at(open_by, connect_tcp(ctx, index))
         .await
         .map_err(|_| StreamError::open_timeout())??;
     match &ctx.tls {

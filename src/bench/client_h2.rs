@@ -56,7 +56,7 @@ impl Pool {
         let Some(cell) = self.slots.get(slot) else {
             return Err(StreamError::new(ErrorKind::Other, "no HTTP/2 connection"));
         };
-        cell.get_or_init(|| connect(ctx)).await.clone()
+        cell.get_or_init(|| connect(ctx, slot)).await.clone()
     }
 }
 
@@ -132,10 +132,10 @@ fn request(plan: &Plan) -> Result<http::Request<()>, StreamError> {
         .map_err(|e| StreamError::new(ErrorKind::Other, format!("cannot build the request: {e}")))
 }
 
-/// Opens a connection: TCP, TLS with ALPN h2 if https, handshake.
-async fn connect(ctx: &Ctx) -> Connection {
+/// Opens connection number `slot`: TCP, TLS with ALPN h2 if https, handshake.
+async fn connect(ctx: &Ctx, slot: usize) -> Connection {
     let began = Instant::now();
-    let tcp = connect_tcp(ctx).await?;
+    let tcp = connect_tcp(ctx, slot).await?;
     let send = match &ctx.tls {
         None => handshake(ctx, tcp).await?,
         Some((connector, name)) => {
