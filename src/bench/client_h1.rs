@@ -40,13 +40,17 @@ pub async fn stream(ctx: &Ctx, index: usize, meter: &mut StreamMeter) -> Result<
             meter.connected(&ctx.stats, began.elapsed());
             exchange(ctx, tcp, meter, open_by).await
         }
+        // Boxed: the TLS state is large, and plain streams should not carry it.
         Some((connector, name)) => {
-            let tls = timeout_at(open_by, connector.connect(name.clone(), tcp))
-                .await
-                .map_err(|_| StreamError::open_timeout())?
-                .map_err(|e| StreamError::new(ErrorKind::Tls, e.to_string()))?;
-            meter.connected(&ctx.stats, began.elapsed());
-            exchange(ctx, tls, meter, open_by).await
+            Box::pin(async {
+                let tls = timeout_at(open_by, connector.connect(name.clone(), tcp))
+                    .await
+                    .map_err(|_| StreamError::open_timeout())?
+                    .map_err(|e| StreamError::new(ErrorKind::Tls, e.to_string()))?;
+                meter.connected(&ctx.stats, began.elapsed());
+                exchange(ctx, tls, meter, open_by).await
+            })
+            .await
         }
     }
 }
