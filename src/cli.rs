@@ -67,8 +67,11 @@ pub enum Command {
     /// a terminal), then a table on stdout, or with --json exactly one JSON
     /// object. Exit code 0, or 1 when no stream opened at all.
     ///
-    /// Example: ssegate bench upstream --listen 127.0.0.1:0 --rate 10 &
-    ///          ssegate bench --url http://127.0.0.1:PORT/ --streams 1000 --ramp 5s --duration 30s
+    /// Example, with PORT from the upstream's `listening on` line:
+    ///
+    ///   ssegate bench upstream --listen 127.0.0.1:0 --rate 10 &
+    ///
+    ///   ssegate bench --url http://127.0.0.1:PORT/ --streams 1000 --ramp 5s --duration 30s
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Bench(BenchArgs),
 }

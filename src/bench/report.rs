@@ -179,15 +179,22 @@ pub fn json(plan: &Plan, result: &RunResult) -> String {
 
 /// The human-readable report.
 pub fn table(plan: &Plan, result: &RunResult) -> String {
-    let r = build(plan, result);
-    let snap = &result.snapshot;
+    let report = build(plan, result);
+    let mut out = String::new();
+    write_title(&mut out, plan, &report);
+    write_counts(&mut out, &report, &result.snapshot);
+    write_percentiles(&mut out, &result.snapshot);
+    write_resources(&mut out, &report, result);
+    out
+}
+
+fn write_title(out: &mut String, plan: &Plan, report: &Report<'_>) {
     let protocol = match (plan.http2, plan.target.tls) {
         (false, false) => "HTTP/1.1".to_string(),
         (false, true) => "HTTP/1.1 over TLS".to_string(),
         (true, false) => format!("h2c over {} connection(s)", plan.connections),
         (true, true) => format!("HTTP/2 over TLS, {} connection(s)", plan.connections),
     };
-    let mut out = String::new();
     let _ = writeln!(
         out,
         "ssegate bench {} {} ({protocol})",
@@ -198,8 +205,11 @@ pub fn table(plan: &Plan, result: &RunResult) -> String {
         "  {} streams, ramp {:.1} s, measured over {:.1} s\n",
         plan.streams,
         plan.ramp.as_secs_f64(),
-        r.duration_s
+        report.duration_s
     );
+}
+
+fn write_counts(out: &mut String, r: &Report<'_>, snap: &Snapshot) {
     let _ = writeln!(
         out,
         "streams     {} opened, {} failed",
@@ -233,6 +243,9 @@ pub fn table(plan: &Plan, result: &RunResult) -> String {
         r.gaps, r.duplicates
     );
     let _ = writeln!(out, "silence     longest {:.1} ms\n", r.max_silence_ms);
+}
+
+fn write_percentiles(out: &mut String, snap: &Snapshot) {
     let _ = writeln!(
         out,
         "{:<22}{:>10}{:>10}{:>10}{:>10}{:>10}",
@@ -251,6 +264,9 @@ pub fn table(plan: &Plan, result: &RunResult) -> String {
             p.p50, p.p90, p.p99, p.p999, p.max
         );
     }
+}
+
+fn write_resources(out: &mut String, report: &Report<'_>, result: &RunResult) {
     let window = result.elapsed.as_secs_f64().max(1e-3);
     let rss = result
         .peak_rss_bytes
@@ -258,10 +274,9 @@ pub fn table(plan: &Plan, result: &RunResult) -> String {
     let _ = write!(
         out,
         "\nbench cpu   {:.2} s ({:.0}% of one core), peak RSS {rss}",
-        r.cpu_s,
-        100.0 * r.cpu_s / window
+        report.cpu_s,
+        100.0 * report.cpu_s / window
     );
-    out
 }
 
 /// `12.3 MB` style.
