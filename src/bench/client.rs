@@ -119,6 +119,8 @@ pub struct Ctx {
     pub h2: client_h2::Pool,
     /// The server's HTTP/2 stream limit was found too low (warn once).
     pub h2_limit_warned: AtomicBool,
+    /// Streams started by the spawner so far.
+    spawned: AtomicUsize,
     settled: AtomicUsize,
     all_settled: Notify,
 }
@@ -139,7 +141,26 @@ impl Ctx {
     /// Counts a stream as opened, failed or errored; see [`settle`].
     fn settle(&self, meter: &StreamMeter, result: Option<Result<(), StreamError>>) {
         settle(&self.stats, meter, result, self.deadline);
-        if self.settled.fetch_add(1, Ordering::AcqRel) + 1 == self.plan.streams {
+        self.count_settled(1);
+    }
+
+    /// Counts the streams the spawner never started (it fell behind the
+    /// ramp on a starved machine) as failed by timeout.
+    fn settle_unstarted(&self) {
+        let unstarted = self
+            .plan
+            .streams
+            .saturating_sub(self.spawned.load(Ordering::Acquire));
+        for _ in 0..unstarted {
+            self.stats.stream_failed();
+            self.stats
+                .error(ErrorKind::Timeout, "not started when the run ended");
+        }
+        self.count_settled(unstarted);
+    }
+
+    fn count_settled(&self, n: usize) {
+        if n > 0 && self.settled.fetch_add(n, Ordering::AcqRel) + n == self.plan.streams {
             self.all_settled.notify_one();
         }
     }
@@ -262,9 +283,11 @@ async fn run(plan: &Plan) -> (Snapshot, Duration) {
         () = tokio::time::sleep_until(ctx.deadline.into()) => {}
     }
     let end = Instant::now().min(ctx.deadline);
+    spawner.abort();
+    let _ = spawner.await;
+    ctx.settle_unstarted();
     // Streams stop themselves at the deadline; let them record their last numbers.
     let _ = tokio::time::timeout(SETTLE_GRACE, ctx.all_settled()).await;
-    spawner.abort();
     progress.abort();
     let _ = progress.await;
     end_progress_line();
@@ -320,6 +343,7 @@ async fn setup(plan: &Plan, start: Instant) -> Result<Ctx, StreamError> {
         h1_request: client_h1::request(plan),
         h2: client_h2::Pool::new(if plan.http2 { plan.connections } else { 0 }),
         h2_limit_warned: AtomicBool::new(false),
+        spawned: AtomicUsize::new(0),
         settled: AtomicUsize::new(0),
         all_settled: Notify::new(),
         plan: plan.clone(),
@@ -333,6 +357,7 @@ async fn spawn_streams(ctx: Arc<Ctx>) {
         if at > Instant::now() {
             tokio::time::sleep_until(at.into()).await;
         }
+        ctx.spawned.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(stream_task(ctx.clone(), index));
     }
 }
@@ -501,6 +526,34 @@ mod tests {
         assert_eq!(StreamError::io(&reset).kind, ErrorKind::Closed);
         let other = io::Error::from(io::ErrorKind::PermissionDenied);
         assert_eq!(StreamError::io(&other).kind, ErrorKind::Other);
+    }
+
+    #[tokio::test]
+    async fn streams_never_started_count_as_timeouts() {
+        use clap::Parser;
+        let argv = [
+            "ssegate",
+            "bench",
+            "--url",
+            "http://127.0.0.1:9/",
+            "--streams",
+            "5",
+            "--duration",
+            "1s",
+        ];
+        let crate::cli::Command::Bench(args) =
+            crate::cli::Cli::try_parse_from(argv).unwrap().command
+        else {
+            unreachable!()
+        };
+        let plan = Plan::from_args(&args.client).unwrap();
+        let ctx = setup(&plan, Instant::now()).await.unwrap();
+        ctx.spawned.store(2, Ordering::Release);
+        ctx.settle_unstarted();
+        let mut snap = Snapshot::new();
+        ctx.stats.snapshot(&mut snap);
+        assert_eq!((snap.failed, snap.errors_of(ErrorKind::Timeout)), (3, 3));
+        assert_eq!(ctx.settled.load(Ordering::Acquire), 3);
     }
 
     #[test]
