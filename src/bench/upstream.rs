@@ -377,7 +377,9 @@ impl Request {
 async fn serve_connection(hub: Arc<Hub>, mut tcp: TcpStream) {
     let mut buf = BytesMut::with_capacity(512);
     match is_h2_preface(&mut tcp, &mut buf).await {
-        Ok(true) => serve_h2(hub, Prefixed::new(buf.freeze(), tcp)).await,
+        // Boxed: an HTTP/1.1 subscriber, the common case, should not carry
+        // the HTTP/2 connection's state inline.
+        Ok(true) => Box::pin(serve_h2(hub, Prefixed::new(buf.freeze(), tcp))).await,
         Ok(false) => serve_h1(hub, tcp, buf).await,
         Err(e) => log::debug!("connection closed before a request: {e}"),
     }
