@@ -296,6 +296,21 @@ async fn post_streams_token_events() {
     .await;
     // No ids on tokens: nothing to call a gap; every token has ts_us.
     assert_complete(&run, 5, 20);
+    let run = bench(&[
+        "--url",
+        &url,
+        "--streams",
+        "4",
+        "--http2",
+        "-X",
+        "POST",
+        "-d",
+        "a body",
+        "--duration",
+        "8s",
+    ])
+    .await;
+    assert_complete(&run, 4, 20);
 
     for (framing, body) in [
         ("content-length: 5", "hello"),
