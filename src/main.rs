@@ -1,6 +1,7 @@
 //! The `ssegate` binary: parse the command line, load the configuration,
 //! hand over to pingora. Everything else lives in the library.
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -18,8 +19,10 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::main(args),
         Command::Check(args) => match config::load(&args.config) {
             Ok(cfg) => {
-                println!("{}: OK", args.config.display());
-                println!("{}", config::summary(&cfg));
+                // A closed stdout (`ssegate check | head -1`) is not an error of the config.
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}: OK", args.config.display())
+                    .and_then(|()| writeln!(out, "{}", config::summary(&cfg)));
                 ExitCode::SUCCESS
             }
             Err(errors) => {
