@@ -90,11 +90,21 @@ impl ChunkedDecoder {
 
     /// Decodes `input`, appending chunk data to `out`.
     pub fn decode(&mut self, input: &[u8], out: &mut BytesMut) -> Result<Progress, ChunkError> {
+        self.decode_with(input, |data| out.extend_from_slice(data))
+    }
+
+    /// Decodes `input`, handing each run of chunk data to `on_data` as a
+    /// slice of `input` (no copy), in order.
+    pub fn decode_with<'a>(
+        &mut self,
+        input: &'a [u8],
+        mut on_data: impl FnMut(&'a [u8]),
+    ) -> Result<Progress, ChunkError> {
         let mut i = 0;
         while i < input.len() {
             if let State::Data { remaining } = self.state {
                 let take = (input.len() - i).min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                out.extend_from_slice(&input[i..i + take]);
+                on_data(&input[i..i + take]);
                 i += take;
                 let remaining = remaining - take as u64;
                 self.state = if remaining == 0 {
