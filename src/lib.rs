@@ -1,6 +1,7 @@
 //! ssegate: a reverse proxy for Server-Sent Events, built on pingora.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;

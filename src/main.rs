@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ssegate::cli::{Cli, Command};
-use ssegate::{config, demo, server};
+use ssegate::{bench, config, demo, server};
 
 /// Exit code for an unusable configuration (EX_USAGE), as linkerd and others use.
 const EXIT_CONFIG: u8 = 64;
@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench(args) => bench::main(args),
         Command::Check(args) => match config::load(&args.config) {
             Ok(cfg) => {
                 println!("{}: OK", args.config.display());

@@ -1,0 +1,162 @@
+//! One `ssegate bench` stream over HTTP/1.1: its own TCP connection (TLS for
+//! https), the request, the response head, then the body decoded
+//! incrementally (chunked, `Content-Length` or until close) into the SSE
+//! framer, read by read, with no buffer of its own between reads.
+
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout_at;
+
+use super::client::{check_response, connect_tcp, read_scratch, Ctx, StreamError, OPEN_TIMEOUT};
+use super::http1::{self, BodyDecoder, Head, Progress};
+use super::plan::Plan;
+use super::stats::{ErrorKind, StreamMeter};
+
+/// The request bytes every stream sends.
+pub fn request(plan: &Plan) -> Vec<u8> {
+    let mut bytes = http1::request_head(
+        plan.method.as_str(),
+        &plan.target.path,
+        &plan.target.authority,
+        &plan.headers,
+        plan.body.as_ref().map(|b| b.len()),
+    );
+    if let Some(body) = &plan.body {
+        bytes.extend_from_slice(body);
+    }
+    bytes
+}
+
+/// Opens stream `index` and reads it until it ends or fails.
+pub async fn stream(ctx: &Ctx, index: usize, meter: &mut StreamMeter) -> Result<(), StreamError> {
+    let began = Instant::now();
+    let open_by: tokio::time::Instant = (began + OPEN_TIMEOUT).into();
+    let tcp = timeout_at(open_by, connect_tcp(ctx, index))
+        .await
+        .map_err(|_| StreamError::open_timeout())??;
+    match &ctx.tls {
+        None => {
+            meter.connected(&ctx.stats, began.elapsed());
+            exchange(ctx, tcp, meter, open_by).await
+        }
+        Some((connector, name)) => {
+            let tls = timeout_at(open_by, connector.connect(name.clone(), tcp))
+                .await
+                .map_err(|_| StreamError::open_timeout())?
+                .map_err(|e| StreamError::new(ErrorKind::Tls, e.to_string()))?;
+            meter.connected(&ctx.stats, began.elapsed());
+            exchange(ctx, tls, meter, open_by).await
+        }
+    }
+}
+
+/// Sends the request, reads the head, then the body.
+async fn exchange<S>(
+    ctx: &Ctx,
+    mut io: S,
+    meter: &mut StreamMeter,
+    open_by: tokio::time::Instant,
+) -> Result<(), StreamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let sent = async {
+        io.write_all(&ctx.h1_request).await?;
+        io.flush().await
+    };
+    timeout_at(open_by, sent)
+        .await
+        .map_err(|_| StreamError::open_timeout())?
+        .map_err(|e| StreamError::io(&e))?;
+    let (head, rest) = timeout_at(open_by, read_head(&mut io))
+        .await
+        .map_err(|_| StreamError::open_timeout())??;
+    let (status, _) = head.status().map_err(other)?;
+    check_response(status, head.header("content-type"))?;
+    let mut decoder = BodyDecoder::new(head.framing(true).map_err(other)?);
+    meter.opened(&ctx.stats, Instant::now());
+    if !rest.is_empty() && feed(ctx, meter, &mut decoder, &rest)? {
+        return Ok(());
+    }
+    drop(rest);
+    if decoder.is_done() {
+        return Ok(());
+    }
+    read_body(ctx, &mut io, meter, &mut decoder).await
+}
+
+/// Reads up to the end of the response head, skipping interim (1xx)
+/// responses; returns the head and the body bytes read past it.
+async fn read_head<S: AsyncRead + Unpin>(io: &mut S) -> Result<(Head, Vec<u8>), StreamError> {
+    let mut buf = Vec::new();
+    loop {
+        let got = read_scratch(io, |bytes| buf.extend_from_slice(bytes))
+            .await
+            .map_err(|e| StreamError::io(&e))?;
+        if got.is_none() {
+            return Err(StreamError::new(
+                ErrorKind::Closed,
+                "connection closed before the response head",
+            ));
+        }
+        while let Some(end) = http1::head_end(&buf) {
+            let head = Head::parse(&buf[..end]).map_err(other)?;
+            let rest = buf.split_off(end);
+            let (status, _) = head.status().map_err(other)?;
+            if (100..200).contains(&status) && status != 101 {
+                buf = rest;
+                continue;
+            }
+            return Ok((head, rest));
+        }
+        if buf.len() > http1::MAX_HEAD {
+            return Err(other(http1::HttpError::HeadTooLarge));
+        }
+    }
+}
+
+/// Reads the body until it ends; `Ok` is a clean end.
+async fn read_body<S: AsyncRead + Unpin>(
+    ctx: &Ctx,
+    io: &mut S,
+    meter: &mut StreamMeter,
+    decoder: &mut BodyDecoder,
+) -> Result<(), StreamError> {
+    loop {
+        let got = read_scratch(io, |bytes| feed(ctx, meter, decoder, bytes))
+            .await
+            .map_err(|e| StreamError::io(&e))?;
+        match got {
+            Some(Ok(true)) => return Ok(()),
+            Some(Ok(false)) => {}
+            Some(Err(e)) => return Err(e),
+            None if decoder.eof_is_clean() => return Ok(()),
+            None => {
+                return Err(StreamError::new(
+                    ErrorKind::Closed,
+                    "connection closed in the middle of the body",
+                ))
+            }
+        }
+    }
+}
+
+/// Decodes one read's bytes into the meter; `true` when the body ended.
+fn feed(
+    ctx: &Ctx,
+    meter: &mut StreamMeter,
+    decoder: &mut BodyDecoder,
+    bytes: &[u8],
+) -> Result<bool, StreamError> {
+    let mut receiving = meter.receive(&ctx.stats, Instant::now());
+    match decoder.decode(bytes, |piece| receiving.data(piece)) {
+        Ok(Progress::More) => Ok(false),
+        Ok(Progress::Done { .. }) => Ok(true),
+        Err(e) => Err(other(e)),
+    }
+}
+
+fn other(e: http1::HttpError) -> StreamError {
+    StreamError::new(ErrorKind::Other, e.to_string())
+}

@@ -1,0 +1,714 @@
+//! `ssegate bench` and `ssegate bench upstream` end to end: the real binary
+//! against itself, against small scripted servers, and through the proxy
+//! over TLS. Every run is bounded by `?count=N` or by its own streams
+//! failing, so the bench ends as soon as the thing under test is done; the
+//! `--duration` given is only an upper bound.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use common::{basic_config, bin, find, make_cert, within, Proxy, ProxyConfig, TempDir};
+use serde_json::Value;
+use ssegate::sse::Framer;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+// ---------------------------------------------------------------------------
+// Harness
+
+/// A running `ssegate bench upstream` on 127.0.0.1:0, killed on drop.
+struct BenchUpstream {
+    _child: Child,
+    addr: SocketAddr,
+}
+
+impl BenchUpstream {
+    async fn start(rate: &str) -> BenchUpstream {
+        let mut child = Command::new(bin())
+            .args([
+                "bench",
+                "upstream",
+                "--listen",
+                "127.0.0.1:0",
+                "--rate",
+                rate,
+            ])
+            .args(["--payload", "100"])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let line = within("the upstream's address", async {
+            BufReader::new(stdout).lines().next_line().await
+        })
+        .await
+        .unwrap()
+        .expect("bench upstream printed nothing");
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        BenchUpstream {
+            _child: child,
+            addr,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// The outcome of one `ssegate bench … --json`.
+struct Run {
+    code: Option<i32>,
+    json: Value,
+    stderr: String,
+}
+
+async fn bench(args: &[&str]) -> Run {
+    let out = within(
+        "ssegate bench to finish",
+        Command::new(bin())
+            .arg("bench")
+            .args(args)
+            .arg("--json")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        stdout.trim_end().lines().count(),
+        1,
+        "--json prints exactly one line; got {stdout:?}, stderr {stderr}"
+    );
+    let json = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout:?}; stderr {stderr}"));
+    Run {
+        code: out.status.code(),
+        json,
+        stderr,
+    }
+}
+
+/// Numbers under `errors`, in the schema's order.
+fn errors(run: &Run) -> [u64; 6] {
+    ["connect", "tls", "status", "closed", "timeout", "other"]
+        .map(|k| run.json["errors"][k].as_u64().expect(k))
+}
+
+fn num(run: &Run, key: &str) -> u64 {
+    run.json[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} in {}", run.json))
+}
+
+/// Asserts a complete, gap-free run of `streams` streams of `per_stream`
+/// events each, all ended cleanly by the server.
+fn assert_complete(run: &Run, streams: u64, per_stream: u64) {
+    let ctx = format!("{}\nstderr: {}", run.json, run.stderr);
+    assert_eq!(run.code, Some(0), "{ctx}");
+    assert_eq!(num(run, "streams_requested"), streams, "{ctx}");
+    assert_eq!(num(run, "streams_opened"), streams, "{ctx}");
+    assert_eq!(num(run, "streams_failed"), 0, "{ctx}");
+    assert_eq!(num(run, "events"), streams * per_stream, "{ctx}");
+    assert_eq!(num(run, "gaps"), 0, "{ctx}");
+    assert_eq!(num(run, "duplicates"), 0, "{ctx}");
+    assert_eq!(
+        run.json["latency_ms"]["count"].as_u64(),
+        Some(streams * per_stream),
+        "every event carried ts_us: {ctx}"
+    );
+    // Only the clean ends asked for by ?count=N.
+    assert_eq!(errors(run), [0, 0, 0, streams, 0, 0], "{ctx}");
+}
+
+/// A server that answers every connection's first request with `response`
+/// (written in the given pieces), then closes.
+async fn scripted(pieces: Vec<&'static [u8]>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let pieces = pieces.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while find(&head, b"\r\n\r\n").is_none() {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                for piece in pieces {
+                    if tcp.write_all(piece).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn chunked_sse(events: &[&str]) -> Vec<&'static [u8]> {
+    let mut pieces: Vec<&'static [u8]> = vec![
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    ];
+    for event in events {
+        let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+        pieces.push(Box::leak(chunk.into_bytes().into_boxed_slice()));
+    }
+    pieces.push(b"0\r\n\r\n");
+    pieces
+}
+
+/// Reads a raw HTTP/1.1 response head; returns it and the bytes after it.
+async fn read_head(tcp: &mut TcpStream) -> (String, Vec<u8>) {
+    within("a response head", async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = find(&got, b"\r\n\r\n") {
+                let rest = got.split_off(end + 4);
+                return (String::from_utf8_lossy(&got).to_lowercase(), rest);
+            }
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the head");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+}
+
+/// Reads a chunked body to its end and returns each event's (id, data).
+async fn read_events(tcp: &mut TcpStream, mut wire: Vec<u8>) -> Vec<(String, String)> {
+    within("a complete chunked body", async {
+        let mut buf = [0u8; 4096];
+        while !wire.ends_with(b"0\r\n\r\n") {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the last chunk");
+            wire.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let mut decoder = ssegate::bench::http1::ChunkedDecoder::default();
+    let mut framer = Framer::with_data_capture(4096);
+    let mut events = Vec::new();
+    decoder
+        .decode(&wire, |piece| {
+            framer.feed_with(piece, |e| {
+                events.push((
+                    String::from_utf8_lossy(e.id).to_string(),
+                    String::from_utf8_lossy(e.data).to_string(),
+                ))
+            })
+        })
+        .unwrap();
+    assert!(decoder.is_done());
+    events
+}
+
+async fn raw_request(addr: SocketAddr, request: &str) -> (TcpStream, String, Vec<u8>) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let (head, rest) = read_head(&mut tcp).await;
+    (tcp, head, rest)
+}
+
+fn ids(events: &[(String, String)]) -> Vec<u64> {
+    events.iter().map(|(id, _)| id.parse().unwrap()).collect()
+}
+
+// ---------------------------------------------------------------------------
+// The client against the bench upstream
+
+#[tokio::test]
+async fn http1_streams_get_every_event_once() {
+    let up = BenchUpstream::start("200").await;
+    let url = up.url("/any/path?count=20");
+    let run = bench(&["--url", &url, "--streams", "50", "--duration", "8s"]).await;
+    assert_complete(&run, 50, 20);
+    assert_eq!(run.json["http2"], false);
+    assert_eq!(run.json["url"], url.as_str());
+    // id: N\ndata: <100 bytes>\n\n per event.
+    let bytes = num(&run, "bytes");
+    assert!((1000 * 110..=1000 * 122).contains(&bytes), "bytes {bytes}");
+    assert!(
+        run.json["duration_s"].as_f64().unwrap() < 8.0,
+        "ends when the streams do"
+    );
+    assert!(run.json["connect_ms"]["max"].as_f64().unwrap() > 0.0);
+    assert!(run.json["first_event_ms"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(run.json["events_per_s"].as_f64().unwrap() > 0.0);
+    assert!(run.json["cpu_s"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn h2c_streams_spread_over_two_connections() {
+    let up = BenchUpstream::start("200").await;
+    let url = up.url("/?count=20");
+    let run = bench(&[
+        "--url",
+        &url,
+        "--streams",
+        "50",
+        "--http2",
+        "--connections",
+        "2",
+        "--duration",
+        "8s",
+    ])
+    .await;
+    assert_complete(&run, 50, 20);
+    assert_eq!(run.json["http2"], true);
+    assert_eq!(run.json["connections"], 2);
+    assert_eq!(
+        run.json["connect_ms"]["max"].as_f64().map(|m| m > 0.0),
+        Some(true)
+    );
+}
+
+#[tokio::test]
+async fn post_streams_token_events() {
+    let up = BenchUpstream::start("10").await;
+    let url = up.url("/chat");
+    let run = bench(&[
+        "--url",
+        &url,
+        "--streams",
+        "5",
+        "-d",
+        r#"{"prompt":"hi"}"#,
+        "-H",
+        "content-type: application/json",
+        "--duration",
+        "8s",
+    ])
+    .await;
+    // No ids on tokens: nothing to call a gap; every token has ts_us.
+    assert_complete(&run, 5, 20);
+
+    for (framing, body) in [
+        ("content-length: 5", "hello"),
+        ("transfer-encoding: chunked", "5\r\nhello\r\n0\r\n\r\n"),
+    ] {
+        let request = format!("POST /chat?count=3 HTTP/1.1\r\nhost: t\r\n{framing}\r\n\r\n{body}");
+        let (mut tcp, head, rest) = raw_request(up.addr, &request).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("content-type: text/event-stream"), "{head}");
+        let events = read_events(&mut tcp, rest).await;
+        let data: Vec<&str> = events.iter().map(|(_, d)| d.as_str()).collect();
+        assert_eq!(data.len(), 3, "{data:?}");
+        for (i, d) in data.iter().enumerate() {
+            assert!(
+                d.starts_with(&format!("{{\"token\":\"tok{}\"", i + 1)),
+                "{d}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn bench_on_idle_streams_sees_silence_and_no_events() {
+    let up = BenchUpstream::start("100").await;
+    let url = up.url("/?idle=1");
+    let run = bench(&["--url", &url, "--streams", "3", "--duration", "1s"]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(num(&run, "streams_opened"), 3);
+    assert_eq!((num(&run, "events"), num(&run, "bytes")), (0, 0));
+    assert_eq!(run.json["latency_ms"], Value::Null);
+    assert_eq!(
+        errors(&run),
+        [0; 6],
+        "streams still open at the end are no error"
+    );
+    let silence = run.json["max_silence_ms"].as_f64().unwrap();
+    assert!(silence >= 900.0, "the whole run was silent: {silence}");
+}
+
+// ---------------------------------------------------------------------------
+// The upstream, with raw clients
+
+#[tokio::test]
+async fn last_event_id_resumes_right_after_it() {
+    let up = BenchUpstream::start("100").await;
+    let (mut first, _, rest) =
+        raw_request(up.addr, "GET /?count=3 HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    let seen = ids(&read_events(&mut first, rest).await);
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[1], seen[0] + 1);
+    // seen[0] + 1 and + 2 were sent already: they come from the replay ring.
+    let resume = format!(
+        "GET /?count=5 HTTP/1.1\r\nhost: t\r\nlast-event-id: {}\r\n\r\n",
+        seen[0]
+    );
+    let (mut second, head, rest) = raw_request(up.addr, &resume).await;
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let resumed = ids(&read_events(&mut second, rest).await);
+    let want: Vec<u64> = (seen[0] + 1..=seen[0] + 5).collect();
+    assert_eq!(resumed, want);
+
+    // The same connection serves the next request (keep-alive).
+    second
+        .write_all(b"GET /?count=1 HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, rest) = read_head(&mut second).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(read_events(&mut second, rest).await.len(), 1);
+}
+
+#[tokio::test]
+async fn idle_gives_headers_and_no_events() {
+    let up = BenchUpstream::start("100").await;
+    let (idle, head, rest) = raw_request(up.addr, "GET /?idle=1 HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(head.contains("cache-control: no-cache"), "{head}");
+    // Three ticks on another stream prove time passed for the idle one too.
+    let (mut ticking, _, ticking_rest) =
+        raw_request(up.addr, "GET /?count=3 HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    assert_eq!(read_events(&mut ticking, ticking_rest).await.len(), 3);
+    assert!(rest.is_empty(), "idle stream sent {rest:?}");
+    let mut buf = [0u8; 64];
+    match idle.try_read(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("idle stream should be silent and open, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Failures, gaps and duplicates against scripted servers
+
+#[tokio::test]
+async fn status_errors_count_and_exit_1_when_nothing_opened() {
+    let not_found = scripted(vec![b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"]).await;
+    let run = bench(&[
+        "--url",
+        &format!("http://{not_found}/"),
+        "--streams",
+        "3",
+        "--duration",
+        "8s",
+    ])
+    .await;
+    assert_eq!(run.code, Some(1));
+    assert_eq!(
+        (num(&run, "streams_opened"), num(&run, "streams_failed")),
+        (0, 3)
+    );
+    assert_eq!(errors(&run), [0, 0, 3, 0, 0, 0]);
+    assert!(run.stderr.contains("no stream opened"), "{}", run.stderr);
+    assert!(run.stderr.contains("status 404"), "{}", run.stderr);
+
+    let plain = scripted(vec![
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nhi",
+    ])
+    .await;
+    let run = bench(&[
+        "--url",
+        &format!("http://{plain}/"),
+        "--streams",
+        "2",
+        "--duration",
+        "8s",
+    ])
+    .await;
+    assert_eq!(run.code, Some(1));
+    assert_eq!(errors(&run), [0, 0, 2, 0, 0, 0]);
+
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let run = bench(&[
+        "--url",
+        &format!("http://{closed_port}/"),
+        "--streams",
+        "4",
+        "--duration",
+        "8s",
+    ])
+    .await;
+    assert_eq!(run.code, Some(1));
+    assert_eq!(errors(&run), [4, 0, 0, 0, 0, 0]);
+    assert!(run.stderr.contains("connect 4"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn gaps_and_duplicates_are_counted() {
+    let gap = scripted(chunked_sse(&[
+        "id: 1\ndata: a\n\n",
+        "id: 2\ndata: b\n\n",
+        "id: 4\ndata: c\n\n",
+    ]))
+    .await;
+    let run = bench(&[
+        "--url",
+        &format!("http://{gap}/"),
+        "--streams",
+        "2",
+        "--duration",
+        "8s",
+    ])
+    .await;
+    assert_eq!(
+        (
+            num(&run, "events"),
+            num(&run, "gaps"),
+            num(&run, "duplicates")
+        ),
+        (6, 2, 0)
+    );
+    assert_eq!(
+        run.json["latency_ms"],
+        Value::Null,
+        "no ts_us in these events"
+    );
+
+    let dup = scripted(chunked_sse(&[
+        "id: 1\ndata: a\n\n",
+        ": heartbeat\n\n",
+        "id: 2\ndata: b\n\n",
+        "id: 2\ndata: b\n\n",
+    ]))
+    .await;
+    let run = bench(&[
+        "--url",
+        &format!("http://{dup}/"),
+        "--streams",
+        "1",
+        "--duration",
+        "8s",
+    ])
+    .await;
+    assert_eq!(
+        (
+            num(&run, "events"),
+            num(&run, "gaps"),
+            num(&run, "duplicates")
+        ),
+        (3, 0, 1)
+    );
+    assert_eq!(num(&run, "comments"), 1);
+    assert_eq!(errors(&run), [0, 0, 0, 1, 0, 0], "ended cleanly, early");
+}
+
+#[tokio::test]
+async fn length_and_close_delimited_bodies_and_truncation() {
+    let sized = scripted(vec![
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 20\r\n\r\n",
+        b"id: 7\ndata: x\n\n",
+        b"id: 8\n",
+    ])
+    .await;
+    let run = bench(&[
+        "--url",
+        &format!("http://{sized}/"),
+        "--streams",
+        "1",
+        "--duration",
+        "8s",
+    ])
+    .await;
+    assert_eq!(
+        (num(&run, "events"), num(&run, "bytes")),
+        (1, 20),
+        "{}",
+        run.json
+    );
+    assert_eq!(errors(&run), [0, 0, 0, 1, 0, 0]);
+
+    let until_close = scripted(vec![
+        b"HTTP/1.0 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n\r\n",
+        b"data: one\n\ndata: two\n\n",
+    ])
+    .await;
+    let run = bench(&[
+        "--url",
+        &format!("http://{until_close}/"),
+        "--streams",
+        "1",
+        "--duration",
+        "8s",
+    ])
+    .await;
+    assert_eq!(num(&run, "events"), 2, "{}", run.json);
+
+    let truncated = scripted(vec![
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"f\r\ndata: a\n\ndata: ",
+    ])
+    .await;
+    let run = bench(&[
+        "--url",
+        &format!("http://{truncated}/"),
+        "--streams",
+        "1",
+        "--duration",
+        "8s",
+    ])
+    .await;
+    assert_eq!(num(&run, "events"), 1, "{}", run.json);
+    assert_eq!(errors(&run), [0, 0, 0, 1, 0, 0]);
+    assert_eq!(run.code, Some(0), "the stream did open");
+
+    let garbage = scripted(vec![
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+        b"zz\r\n",
+    ])
+    .await;
+    let run = bench(&[
+        "--url",
+        &format!("http://{garbage}/"),
+        "--streams",
+        "1",
+        "--duration",
+        "8s",
+    ])
+    .await;
+    assert_eq!(errors(&run), [0, 0, 0, 0, 0, 1], "{}", run.json);
+}
+
+// ---------------------------------------------------------------------------
+// Through the proxy, over TLS
+
+#[tokio::test]
+async fn tls_http2_and_http1_through_the_proxy() {
+    let up = BenchUpstream::start("200").await;
+    let dir = TempDir::new("bench-tls");
+    let cert = make_cert(&dir);
+    let mut cfg = ProxyConfig::new(basic_config(up.addr, ""));
+    cfg.tls = Some((cert.cert_path.clone(), cert.key_path.clone()));
+    let proxy = Proxy::start(cfg).await;
+    let url = format!(
+        "https://127.0.0.1:{}/?count=10",
+        proxy.tls_addr.unwrap().port()
+    );
+
+    // 100 streams multiplexed on one connection, each event a small DATA frame.
+    let run = bench(&[
+        "--url",
+        &url,
+        "--streams",
+        "100",
+        "--http2",
+        "--insecure",
+        "--duration",
+        "8s",
+    ])
+    .await;
+    assert_complete(&run, 100, 10);
+
+    let run = bench(&["--url", &url, "--streams", "10", "-k", "--duration", "8s"]).await;
+    assert_complete(&run, 10, 10);
+
+    // Self-signed: without --insecure the certificate is refused.
+    let run = bench(&[
+        "--url",
+        &url,
+        "--streams",
+        "3",
+        "--http2",
+        "--duration",
+        "8s",
+    ])
+    .await;
+    assert_eq!(run.code, Some(1));
+    assert_eq!(errors(&run), [0, 3, 0, 0, 0, 0], "{}", run.json);
+}
+
+// ---------------------------------------------------------------------------
+// The command line
+
+#[tokio::test]
+async fn help_explains_every_flag() {
+    let help = |args: &'static [&'static str]| async move {
+        let out = Command::new(bin()).args(args).output().await.unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = help(&["bench", "--help"]).await;
+    for flag in [
+        "--url",
+        "--streams",
+        "--http2",
+        "--connections",
+        "--insecure",
+        "--ramp",
+        "--duration",
+        "-X",
+        "-d",
+        "-H",
+        "--json",
+        "ts_us",
+        "upstream",
+    ] {
+        assert!(text.contains(flag), "bench --help lacks {flag}:\n{text}");
+    }
+    let text = help(&["bench", "upstream", "--help"]).await;
+    for flag in [
+        "--listen",
+        "--rate",
+        "--payload",
+        "Last-Event-ID",
+        "?count=N",
+        "?idle=1",
+        "POST",
+    ] {
+        assert!(
+            text.contains(flag),
+            "bench upstream --help lacks {flag}:\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_flags_are_refused_with_a_reason() {
+    let run = |args: &'static [&'static str]| async move {
+        Command::new(bin())
+            .arg("bench")
+            .args(args)
+            .output()
+            .await
+            .unwrap()
+    };
+    let out = run(&[
+        "--url",
+        "http://x/",
+        "--streams",
+        "1",
+        "--duration",
+        "1s",
+        "--ramp",
+        "2s",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ramp"));
+    let out = run(&["--url", "ftp://x/", "--streams", "1", "--duration", "1s"]).await;
+    assert_eq!(out.status.code(), Some(64));
+    let out = run(&["--url", "http://x/", "--streams", "1", "--duration", "1x"]).await;
+    assert_eq!(out.status.code(), Some(2), "clap rejects the duration");
+    let out = run(&[
+        "--url",
+        "http://x/",
+        "--streams",
+        "1",
+        "--duration",
+        "1s",
+        "--connections",
+        "2",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2), "--connections needs --http2");
+}
