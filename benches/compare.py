@@ -382,11 +382,13 @@ def add_run(results: str, scenario: str, target: str, cell: str) -> None:
         }
     run["upstream"] = {"cpu_s": _delta(u1, u0, "cpu_s")} if u0 else None
     run["derived"] = derive(run)
+    run["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     data = _load(results)
     data["runs"] = [r for r in data["runs"]
                     if not (r["scenario"] == scenario and r["target"] == target)]
     data["runs"].append(run)
     data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    data["machine"]["loadavg_at_end"] = list(os.getloadavg())
     _save(results, data)
 
 
@@ -443,6 +445,10 @@ def _num(v, unit: str = "") -> str:
     return f"{v:,.{digits}f}{unit}"
 
 
+def _load_text(avg) -> str:
+    return "?" if not avg else " ".join(f"{x:.2f}" for x in avg)
+
+
 def _ratio(v, ref) -> str | None:
     if v is None or ref is None or ref == 0:
         return None
@@ -482,7 +488,8 @@ def report(results: str) -> str:
         f"# ssegate comparison run{' (quick)' if data.get('quick') else ''}",
         "",
         f"{data.get('started', '?')} · {m.get('nproc')} cores, {m.get('cpu_model')}, "
-        f"kernel {m.get('kernel')} · load average at start {m.get('loadavg_at_start')}",
+        f"kernel {m.get('kernel')} · load average (1, 5, 15 min) at start "
+        f"{_load_text(m.get('loadavg_at_start'))}, at end {_load_text(m.get('loadavg_at_end'))}",
         f"ssegate {data.get('ssegate', {}).get('version', '?')}"
         + "".join(f" · {name} {p.get('version', '?')}"
                   for name, p in data.get("peers", {}).items()),
@@ -504,15 +511,16 @@ def report(results: str) -> str:
     by = _by_target(runs, "idle")
     if by:
         lines += [f"## idle — {_params_line(by)}", "",
-                  row(["target", "opened / failed", "proxy RSS before → during",
+                  row(["target", "opened / failed", "held at sample", "proxy RSS before → during",
                        "KiB per idle stream", "PSS KiB per stream"]),
-                  row(["---"] + ["---:"] * 4)]
+                  row(["---"] + ["---:"] * 5)]
         for t in _targets(by):
             d = by[t]["derived"]
             mib = (f"{d['rss_before_kib'] / 1024:,.1f} → {d['rss_idle_kib'] / 1024:,.1f} MiB"
                    if d.get("rss_idle_kib") is not None else "—")
             lines.append(row([
-                t, f"{_num(d.get('streams_opened'))} / {_num(d.get('streams_failed'))}", mib,
+                t, f"{_num(d.get('streams_opened'))} / {_num(d.get('streams_failed'))}",
+                _num(d.get("streams_held_at_sample")), mib,
                 _cell(d.get("kib_per_stream"), ref(by, "nginx", "kib_per_stream"), None),
                 _cell(d.get("pss_kib_per_stream"), ref(by, "nginx", "pss_kib_per_stream"), None),
             ]))

@@ -279,6 +279,11 @@ for t in $TARGETS; do say "target $t ${VERSION[$t]:-}; h2 downstream: ${H2[$t]:-
 # ---------------------------------------------------------------------------
 # results
 
+LOAD1="$(cut -d ' ' -f 1 /proc/loadavg)"
+if awk -v l="$LOAD1" -v n="$NPROC" 'BEGIN { exit !(l > n / 4) }'; then
+  say "warning: load average $LOAD1 on $NPROC cores: other work shares these cores and the figures will be noisy"
+fi
+
 mkdir -p "$OUT"
 RUN="$OUT/run"
 rm -rf "$RUN"
@@ -303,6 +308,7 @@ render() {
   sed -e "s#@LISTEN@#127.0.0.1:$P1#g" -e "s#@LISTEN_H2@#127.0.0.1:$P2#g" \
       -e "s#@LISTEN_PORT@#$P1#g" -e "s#@UPSTREAM@#$UP_ADDR#g" \
       -e "s#@RUNDIR@#$CELL#g" -e "s#@NOFILE@#$NOFILE#g" \
+      -e "s#@WORKER_CONNECTIONS@#$(( 2 * NOFILE ))#g" \
       -e "s#@MAXCONN@#$(( (NOFILE - 100) / 2 ))#g" "$1" >"$2"
   if grep -q '@[A-Z_0-9]*@' "$2"; then die "unfilled placeholder in $2"; fi
 }
