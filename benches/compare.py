@@ -366,6 +366,10 @@ def add_run(results: str, scenario: str, target: str, cell: str) -> None:
     error = _read(str(d / "error")) or None
     if bench is None and error is None:
         error = f"no bench JSON in {d / 'bench.json'} (see {d / 'bench.err'})"
+    if error is None and target != "direct" and not (p0 and p1):
+        error = f"no /proc sample of the proxy: did it die? (see {d / 'proxy.err'})"
+    if error is None and not (u0 and u1):
+        error = f"no /proc sample of the upstream: did it die? (see {d / 'upstream.err'})"
     run: dict = {"scenario": scenario, "target": target, "ok": error is None,
                  "error": error, "cell_dir": str(d), "bench": bench}
     params = _maybe_json(d / "params.json")
@@ -406,6 +410,8 @@ def derive(run: dict) -> dict:
     out["duplicates"] = b.get("duplicates")
     out["streams_opened"] = opened
     out["streams_failed"] = b.get("streams_failed")
+    errors = b.get("errors") or {}
+    out["errors_total"] = sum(v for v in errors.values() if isinstance(v, (int, float)))
     out["generator_cpu_s"] = b.get("cpu_s")
     proxy = run.get("proxy") or {}
     up = run.get("upstream") or {}
@@ -465,6 +471,17 @@ def _cell(v, n_ref, d_ref, unit: str = "", nginx=True, direct=True) -> str:
     return f"{text} ({', '.join(parts)})" if parts and v is not None else text
 
 
+def _opened(d: dict) -> str:
+    text = f"{_num(d.get('streams_opened'))} / {_num(d.get('streams_failed'))}"
+    if d.get("errors_total"):
+        text += f" ({_num(d['errors_total'])} errors)"
+    return text
+
+
+def _label(run: dict) -> str:
+    return run["target"] if run["ok"] else f"{run['target']} (FAILED)"
+
+
 def _by_target(runs: list[dict], scenario: str) -> dict[str, dict]:
     return {r["target"]: r for r in runs if r["scenario"] == scenario}
 
@@ -519,8 +536,7 @@ def report(results: str) -> str:
             mib = (f"{d['rss_before_kib'] / 1024:,.1f} → {d['rss_idle_kib'] / 1024:,.1f} MiB"
                    if d.get("rss_idle_kib") is not None else "—")
             lines.append(row([
-                t, f"{_num(d.get('streams_opened'))} / {_num(d.get('streams_failed'))}",
-                _num(d.get("streams_held_at_sample")), mib,
+                _label(by[t]), _opened(d), _num(d.get("streams_held_at_sample")), mib,
                 _cell(d.get("kib_per_stream"), ref(by, "nginx", "kib_per_stream"), None),
                 _cell(d.get("pss_kib_per_stream"), ref(by, "nginx", "pss_kib_per_stream"), None),
             ]))
@@ -544,8 +560,7 @@ def report(results: str) -> str:
                              nginx=nginx, direct=direct)
 
             lines.append(row([
-                t, f"{_num(d.get('streams_opened'))} / {_num(d.get('streams_failed'))}",
-                c("events_per_s"), f"{_num(d.get('gaps'))} / {_num(d.get('duplicates'))}",
+                _label(by[t]), _opened(d), c("events_per_s"), f"{_num(d.get('gaps'))} / {_num(d.get('duplicates'))}",
                 c("lat_p50_ms"), c("lat_p99_ms"), c("lat_p999_ms"),
                 c("proxy_cpu_s_per_m_events", direct=False), _num(d.get("proxy_core_pct")),
                 _num(d.get("generator_cpu_s")), _num(d.get("upstream_cpu_s")),
@@ -571,8 +586,7 @@ def report(results: str) -> str:
                 return None if v is None or direct_value is None or t == "direct" else v - direct_value
 
             lines.append(row([
-                t, f"{_num(d.get('streams_opened'))} / {_num(d.get('streams_failed'))}",
-                _num(d.get("gaps")), c("lat_p50_ms"), c("lat_p90_ms"), c("lat_p99_ms"),
+                _label(by[t]), _opened(d), _num(d.get("gaps")), c("lat_p50_ms"), c("lat_p90_ms"), c("lat_p99_ms"),
                 c("lat_p999_ms"), _num(d.get("lat_max_ms")),
                 _num(added("lat_p50_ms", dp50)), _num(added("lat_p99_ms", dp99)),
             ]))

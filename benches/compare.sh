@@ -363,7 +363,7 @@ bench() {
 }
 
 run_cell() {
-  local scen="$1" t="$2" rate streams dur ramp url base flags=() summary want max_s
+  local scen="$1" t="$2" rate streams dur ramp url base flags=() summary want max_s sock_base
   CELL="$RUN/$scen-$t"
   mkdir -p "$CELL"
   case "$scen" in
@@ -419,8 +419,9 @@ run_cell() {
   fi
   sleep 1
 
-  [ -z "$PROXY_PID" ] || "${LOAD_CPU[@]}" "${PY[@]}" tree "$PROXY_PID" >"$CELL/proxy_before.json"
-  "${LOAD_CPU[@]}" "${PY[@]}" tree "$UP_PID" >"$CELL/upstream_before.json"
+  # A process that died leaves its sample file empty; add-run reports it.
+  [ -z "$PROXY_PID" ] || "${LOAD_CPU[@]}" "${PY[@]}" tree "$PROXY_PID" >"$CELL/proxy_before.json" || true
+  "${LOAD_CPU[@]}" "${PY[@]}" tree "$UP_PID" >"$CELL/upstream_before.json" || true
 
   # Bounded: duration plus ramp plus a minute of slack for connecting and closing.
   max_s=$(( dur + ramp + 60 ))
@@ -430,7 +431,8 @@ run_cell() {
   local bench_pid="$SPAWNED"
 
   if [ "$scen" = idle ] && [ -n "$PROXY_PID" ]; then
-    want=$(( $("${PY[@]}" field "$CELL/proxy_before.json" sockets) + 2 * streams ))
+    sock_base="$("${PY[@]}" field "$CELL/proxy_before.json" sockets || true)"
+    want=$(( ${sock_base:-0} + 2 * streams ))
     # The ramp is part of --duration; sampling takes 2.5 s after the wait.
     "${LOAD_CPU[@]}" "${PY[@]}" idle-sample "$PROXY_PID" "$want" $(( ramp + 2 )) $(( dur - 3 )) \
       >"$CELL/proxy_idle.json" 2>"$CELL/idle-sample.err" || true
