@@ -373,9 +373,9 @@ run_cell() {
           summary="$streams HTTP/1.1 streams × $rate events/s, $PAYLOAD-byte payload, $dur s (ramp ${ramp} s included)" ;;
     h2mux) rate=$FAN_RATE; streams=$H2_STREAMS; dur=$H2_DUR; ramp=$RAMP
           flags=(--http2 --connections "$H2_CONNS")
-          summary="$streams streams over $H2_CONNS HTTP/2 (h2c) connections × $rate events/s, $PAYLOAD-byte payload, $dur s" ;;
+          summary="$streams streams over $H2_CONNS HTTP/2 (h2c) connections × $rate events/s, $PAYLOAD-byte payload, $dur s (ramp ${ramp} s included)" ;;
     latency) rate=$LAT_RATE; streams=$LAT_STREAMS; dur=$LAT_DUR; ramp=$RAMP
-          summary="$streams HTTP/1.1 streams × $rate events/s, $PAYLOAD-byte payload, $dur s" ;;
+          summary="$streams HTTP/1.1 streams × $rate events/s, $PAYLOAD-byte payload, $dur s (ramp ${ramp} s included)" ;;
   esac
   printf '{"summary": "%s", "streams": %d, "rate": %d, "payload": %d, "duration_s": %d, "ramp_s": %d, "http2": %s}\n' \
     "$summary" "$streams" "$rate" "$PAYLOAD" "$dur" "$ramp" "$([ "$scen" = h2mux ] && echo true || echo false)" >"$CELL/params.json"
