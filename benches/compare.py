@@ -1,0 +1,681 @@
+#!/usr/bin/env python3
+"""Helpers for benches/compare.sh: /proc sampling, readiness checks, results.json
+and the markdown report. Python 3.11 standard library only.
+
+compare.sh owns the processes (start, pin, stop); this file only looks at them
+and does the bookkeeping. Every subcommand prints its answer on stdout (JSON
+for measurements) and explains failures on stderr with exit status 1.
+
+    compare.py free-ports N
+    compare.py wait-listen FILE TIMEOUT_S          -> HOST:PORT from "listening on HOST:PORT"
+    compare.py wait-port HOST:PORT TIMEOUT_S
+    compare.py probe URL TIMEOUT_S                 -> HTTP/1.1 GET, wants 200 text/event-stream
+    compare.py tree PID                            -> {"pids","rss_kib","pss_kib","cpu_s","sockets"}
+    compare.py pids PID                            -> PID and its descendants
+    compare.py idle-sample PID WANT_SOCKETS MIN_WAIT_S DEADLINE_S
+    compare.py machine
+    compare.py field FILE FIELD                    -> one top-level field of a JSON file
+    compare.py init RESULTS QUICK NOFILE TARGETS SCENARIOS SSEGATE_VERSION PEERS_TSV SKIPS_TSV
+    compare.py skip RESULTS TARGET SCENARIO REASON
+    compare.py add-run RESULTS SCENARIO TARGET CELL_DIR
+    compare.py report RESULTS
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import socket
+import statistics
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TARGET_ORDER = ["direct", "ssegate", "nginx", "caddy", "haproxy"]
+SCENARIO_ORDER = ["idle", "fanout", "h2mux", "latency"]
+
+
+def die(msg: str) -> None:
+    print(f"compare.py: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+# --------------------------------------------------------------------------
+# /proc
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (which may hold spaces)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields is None:
+            continue
+        # fields[0] is the state, fields[1] the parent pid.
+        kids.setdefault(int(fields[1]), []).append(int(entry))
+    return kids
+
+
+def tree_pids(root: int) -> list[int]:
+    """ROOT and all its descendants (nginx master + worker, etc.)."""
+    kids = _children_map()
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if Path(f"/proc/{pid}").exists():
+            out.append(pid)
+            todo.extend(kids.get(pid, []))
+    return sorted(out)
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _cpu_s(pid: int) -> float:
+    fields = _stat_fields(pid)
+    if fields is None:
+        return 0.0
+    # utime and stime are fields 14 and 15 of stat; here 11 and 12 (0-based,
+    # counted from the state, which is field 3).
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _sockets(pid: int) -> int:
+    n = 0
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+def tree(root: int) -> dict:
+    """Resident memory, CPU time and open sockets of a process tree, summed.
+
+    RSS counts pages shared between the tree's processes once per process (an
+    nginx master and worker share their code): the benchmark only ever uses
+    differences of RSS, in which that constant cancels out. PSS is recorded too.
+    """
+    pids = tree_pids(root)
+    if not pids:
+        die(f"process {root} is gone")
+    return {
+        "pids": pids,
+        "rss_kib": sum(_status_kib(p, "VmRSS") for p in pids),
+        "pss_kib": sum(_pss_kib(p) for p in pids),
+        "cpu_s": round(sum(_cpu_s(p) for p in pids), 3),
+        "sockets": sum(_sockets(p) for p in pids),
+        "t": time.time(),
+    }
+
+
+def idle_sample(root: int, want: int, min_wait: float, deadline: float) -> dict:
+    """Waits until the proxy holds WANT sockets (or their count stops growing
+    after MIN_WAIT seconds), then samples its tree three times 0.5 s apart and
+    returns the sample with the median RSS."""
+    start = time.time()
+    history: list[int] = []
+    reason = "deadline"
+    while time.time() - start < deadline:
+        n = sum(_sockets(p) for p in tree_pids(root))
+        history.append(n)
+        if n >= want:
+            reason = "all open"
+            break
+        settled = len(history) >= 5 and len(set(history[-5:])) == 1
+        if time.time() - start >= min_wait and settled:
+            reason = "count settled below target"
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)
+    samples = []
+    for _ in range(3):
+        samples.append(tree(root))
+        time.sleep(0.5)
+    samples.sort(key=lambda s: s["rss_kib"])
+    chosen = samples[1]
+    chosen["why"] = reason
+    chosen["waited_s"] = round(time.time() - start, 1)
+    chosen["want_sockets"] = want
+    return chosen
+
+
+# --------------------------------------------------------------------------
+# readiness
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_listen(path: str, timeout: float) -> str:
+    end = time.time() + timeout
+    pattern = re.compile(r"listening on (\S+:\d+)")
+    while time.time() < end:
+        try:
+            m = pattern.search(Path(path).read_text())
+        except OSError:
+            m = None
+        if m:
+            return m.group(1)
+        time.sleep(0.05)
+    die(f'no "listening on HOST:PORT" line in {path} after {timeout} s')
+    return ""
+
+
+def wait_port(addr: str, timeout: float) -> None:
+    host, port = addr.rsplit(":", 1)
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection((host, int(port)), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    die(f"nothing accepts connections on {addr} after {timeout} s")
+
+
+def probe(url: str, timeout: float) -> str:
+    """One HTTP/1.1 request; the answer must be a 200 event stream whose first
+    body bytes arrive in time."""
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        conn.request("GET", u.path + ("?" + u.query if u.query else ""),
+                     headers={"Accept": "text/event-stream"})
+        resp = conn.getresponse()
+        ctype = resp.getheader("content-type", "")
+        if resp.status != 200 or "text/event-stream" not in ctype:
+            die(f"{url}: HTTP {resp.status}, content-type {ctype!r}")
+        first = resp.read1(4096) if hasattr(resp, "read1") else resp.read(1)
+        if not first:
+            die(f"{url}: 200 but an empty body")
+        return f"ok: {url} 200 {ctype}"
+    except OSError as e:
+        die(f"{url}: {e}")
+        return ""
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------
+# machine facts
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kib = _meminfo("MemTotal")
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": os.uname().release,
+        "mem_total_gib": round(mem_kib / 2**20, 1),
+        "loadavg_at_start": list(os.getloadavg()),
+        "thp": _read("/sys/kernel/mm/transparent_hugepage/enabled"),
+    }
+
+
+def _meminfo(key: str) -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------
+# results.json
+
+
+def _load(path: str) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _save(path: str, data: dict) -> None:
+    tmp = Path(path + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _maybe_json(path: Path):
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        # The bench prints one object; take the last line that parses.
+        for line in reversed(text.splitlines()):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    return None
+
+
+def _tsv(path: str) -> list[list[str]]:
+    return [line.split("\t") for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def init(results: str, quick: str, nofile: str, targets: str, scenarios: str,
+         ssegate_version: str, peers_tsv: str, skips_tsv: str) -> None:
+    peers = {name: {"version": version, "h2_downstream": h2 == "1", "h2_how": how}
+             for name, version, h2, how in _tsv(peers_tsv)}
+    data = {
+        "schema": 1,
+        "quick": quick == "1",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "ssegate": {"version": ssegate_version, "h2_how": "h2c on the plain listener"},
+        "peers": peers,
+        "targets": targets.split(),
+        "scenarios": scenarios.split(),
+        "nofile": int(nofile),
+        "pinning": {"proxy": "core 0", "upstream_generator_samplers": "core 1"},
+        "skipped": [{"target": t, "scenario": s or None, "reason": r}
+                    for t, s, r in _tsv(skips_tsv)],
+        "runs": [],
+    }
+    _save(results, data)
+
+
+def skip(results: str, target: str, scenario: str, reason: str) -> None:
+    data = _load(results)
+    data["skipped"].append({"target": target, "scenario": scenario or None,
+                            "reason": reason})
+    _save(results, data)
+
+
+def _delta(after: dict | None, before: dict | None, key: str):
+    if not after or not before:
+        return None
+    return round(after[key] - before[key], 3)
+
+
+def add_run(results: str, scenario: str, target: str, cell: str) -> None:
+    d = Path(cell)
+    bench = _maybe_json(d / "bench.json")
+    p0, p1 = _maybe_json(d / "proxy_before.json"), _maybe_json(d / "proxy_after.json")
+    u0, u1 = _maybe_json(d / "upstream_before.json"), _maybe_json(d / "upstream_after.json")
+    idle = _maybe_json(d / "proxy_idle.json")
+    error = _read(str(d / "error")) or None
+    if bench is None and error is None:
+        error = f"no bench JSON in {d / 'bench.json'} (see {d / 'bench.err'})"
+    if error is None and target != "direct" and not (p0 and p1):
+        error = f"no /proc sample of the proxy: did it die? (see {d / 'proxy.err'})"
+    if error is None and not (u0 and u1):
+        error = f"no /proc sample of the upstream: did it die? (see {d / 'upstream.err'})"
+    run: dict = {"scenario": scenario, "target": target, "ok": error is None,
+                 "error": error, "cell_dir": str(d), "bench": bench}
+    params = _maybe_json(d / "params.json")
+    if params:
+        run["params"] = params
+    wall = _delta(p1 or u1, p0 or u0, "t")
+    run["wall_s"] = round(wall, 2) if wall is not None else None
+    run["proxy"] = None
+    if p0:
+        run["proxy"] = {
+            "pids": p0["pids"],
+            "before": p0, "after": p1, "idle_sample": idle,
+            "cpu_s": _delta(p1, p0, "cpu_s"),
+        }
+    run["upstream"] = {"cpu_s": _delta(u1, u0, "cpu_s")} if u0 else None
+    run["derived"] = derive(run)
+    run["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    data = _load(results)
+    data["runs"] = [r for r in data["runs"]
+                    if not (r["scenario"] == scenario and r["target"] == target)]
+    data["runs"].append(run)
+    data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    data["machine"]["loadavg_at_end"] = list(os.getloadavg())
+    _save(results, data)
+
+
+def derive(run: dict) -> dict:
+    """The figures the report and the chart use, from the raw samples."""
+    b = run.get("bench") or {}
+    out: dict = {}
+    opened = b.get("streams_opened")
+    events = b.get("events")
+    lat = b.get("latency_ms") or {}
+    for key in ("p50", "p90", "p99", "p999", "max"):
+        out[f"lat_{key}_ms"] = lat.get(key)
+    out["events_per_s"] = b.get("events_per_s")
+    out["gaps"] = b.get("gaps")
+    out["duplicates"] = b.get("duplicates")
+    out["streams_opened"] = opened
+    out["streams_failed"] = b.get("streams_failed")
+    errors = b.get("errors") or {}
+    out["errors_total"] = sum(v for v in errors.values() if isinstance(v, (int, float)))
+    out["generator_cpu_s"] = b.get("cpu_s")
+    proxy = run.get("proxy") or {}
+    up = run.get("upstream") or {}
+    wall = run.get("wall_s")
+    cpu = proxy.get("cpu_s")
+    out["proxy_cpu_s"] = cpu
+    out["upstream_cpu_s"] = up.get("cpu_s")
+    out["proxy_cpu_s_per_m_events"] = (
+        round(cpu / events * 1e6, 2) if cpu is not None and events else None)
+    out["proxy_core_pct"] = round(100 * cpu / wall, 1) if cpu is not None and wall else None
+    core1 = [v for v in (b.get("cpu_s"), up.get("cpu_s")) if v is not None]
+    out["core1_pct"] = (round(100 * sum(core1) / wall, 1)
+                        if len(core1) == 2 and wall else None)
+    idle = proxy.get("idle_sample")
+    before = proxy.get("before")
+    if idle and before and opened:
+        out["rss_before_kib"] = before["rss_kib"]
+        out["rss_idle_kib"] = idle["rss_kib"]
+        out["kib_per_stream"] = round((idle["rss_kib"] - before["rss_kib"]) / opened, 2)
+        out["pss_kib_per_stream"] = round((idle["pss_kib"] - before["pss_kib"]) / opened, 2)
+        # Each proxied HTTP/1.1 stream holds a client and an upstream socket.
+        out["streams_held_at_sample"] = (idle["sockets"] - before["sockets"]) // 2
+    return out
+
+
+# --------------------------------------------------------------------------
+# report
+
+
+def _num(v, unit: str = "") -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 100):
+        return f"{int(v):,}{unit}"
+    a = abs(v)
+    digits = 0 if a >= 100 else 1 if a >= 10 else 2 if a >= 1 else 3
+    return f"{v:,.{digits}f}{unit}"
+
+
+def _load_text(avg) -> str:
+    return "?" if not avg else " ".join(f"{x:.2f}" for x in avg)
+
+
+def _ratio(v, ref) -> str | None:
+    if v is None or ref is None or ref == 0:
+        return None
+    return f"{v / ref:.2f}×"
+
+
+def _cell(v, n_ref, d_ref, unit: str = "", nginx=True, direct=True) -> str:
+    text = _num(v, unit)
+    parts = []
+    if nginx and (r := _ratio(v, n_ref)):
+        parts.append(f"N {r}")
+    if direct and (r := _ratio(v, d_ref)):
+        parts.append(f"D {r}")
+    return f"{text} ({', '.join(parts)})" if parts and v is not None else text
+
+
+def _opened(d: dict) -> str:
+    text = f"{_num(d.get('streams_opened'))} / {_num(d.get('streams_failed'))}"
+    if d.get("errors_total"):
+        text += f" ({_num(d['errors_total'])} errors)"
+    return text
+
+
+def _label(run: dict) -> str:
+    return run["target"] if run["ok"] else f"{run['target']} (FAILED)"
+
+
+def _by_target(runs: list[dict], scenario: str) -> dict[str, dict]:
+    return {r["target"]: r for r in runs if r["scenario"] == scenario}
+
+
+def _targets(by: dict[str, dict]) -> list[str]:
+    return [t for t in TARGET_ORDER if t in by] + sorted(t for t in by if t not in TARGET_ORDER)
+
+
+def _params_line(by: dict[str, dict]) -> str:
+    for r in by.values():
+        if r.get("params"):
+            return r["params"].get("summary", "")
+    return ""
+
+
+def report(results: str) -> str:
+    data = _load(results)
+    runs = data["runs"]
+    m = data.get("machine", {})
+    lines = [
+        f"# ssegate comparison run{' (quick)' if data.get('quick') else ''}",
+        "",
+        f"{data.get('started', '?')} · {m.get('nproc')} cores, {m.get('cpu_model')}, "
+        f"kernel {m.get('kernel')} · load average (1, 5, 15 min) at start "
+        f"{_load_text(m.get('loadavg_at_start'))}, at end {_load_text(m.get('loadavg_at_end'))}",
+        f"ssegate {data.get('ssegate', {}).get('version', '?')}"
+        + "".join(f" · {name} {p.get('version', '?')}"
+                  for name, p in data.get("peers", {}).items()),
+        "",
+        "Each cell: the absolute figure, then its ratio to nginx (N) and to "
+        "direct (D), from this run only. Proxies on core 0 with one worker; "
+        "upstream and load generator on core 1.",
+        "",
+    ]
+    errors = [r for r in runs if not r["ok"]]
+
+    def row(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    def ref(by, name, key):
+        r = by.get(name)
+        return (r or {}).get("derived", {}).get(key) if r and r["ok"] else None
+
+    by = _by_target(runs, "idle")
+    if by:
+        lines += [f"## idle — {_params_line(by)}", "",
+                  row(["target", "opened / failed", "held at sample", "proxy RSS before → during",
+                       "KiB per idle stream", "PSS KiB per stream"]),
+                  row(["---"] + ["---:"] * 5)]
+        for t in _targets(by):
+            d = by[t]["derived"]
+            mib = (f"{d['rss_before_kib'] / 1024:,.1f} → {d['rss_idle_kib'] / 1024:,.1f} MiB"
+                   if d.get("rss_idle_kib") is not None else "—")
+            lines.append(row([
+                _label(by[t]), _opened(d), _num(d.get("streams_held_at_sample")), mib,
+                _cell(d.get("kib_per_stream"), ref(by, "nginx", "kib_per_stream"), None),
+                _cell(d.get("pss_kib_per_stream"), ref(by, "nginx", "pss_kib_per_stream"), None),
+            ]))
+        lines.append("")
+
+    for scen in ("fanout", "h2mux"):
+        by = _by_target(runs, scen)
+        if not by:
+            continue
+        lines += [f"## {scen} — {_params_line(by)}", "",
+                  row(["target", "opened / failed", "events/s", "gaps / dups",
+                       "p50 ms", "p99 ms", "p99.9 ms",
+                       "proxy CPU-s per M events", "proxy core %",
+                       "generator CPU-s", "upstream CPU-s", "core 1 %"]),
+                  row(["---"] + ["---:"] * 11)]
+        for t in _targets(by):
+            d = by[t]["derived"]
+
+            def c(key, nginx=True, direct=True):
+                return _cell(d.get(key), ref(by, "nginx", key), ref(by, "direct", key),
+                             nginx=nginx, direct=direct)
+
+            lines.append(row([
+                _label(by[t]), _opened(d), c("events_per_s"), f"{_num(d.get('gaps'))} / {_num(d.get('duplicates'))}",
+                c("lat_p50_ms"), c("lat_p99_ms"), c("lat_p999_ms"),
+                c("proxy_cpu_s_per_m_events", direct=False), _num(d.get("proxy_core_pct")),
+                _num(d.get("generator_cpu_s")), _num(d.get("upstream_cpu_s")),
+                _num(d.get("core1_pct")),
+            ]))
+        lines.append("")
+
+    by = _by_target(runs, "latency")
+    if by:
+        dp50, dp99 = ref(by, "direct", "lat_p50_ms"), ref(by, "direct", "lat_p99_ms")
+        lines += [f"## latency — {_params_line(by)}", "",
+                  row(["target", "opened / failed", "gaps", "p50 ms", "p90 ms", "p99 ms",
+                       "p99.9 ms", "max ms", "added p50 ms", "added p99 ms"]),
+                  row(["---"] + ["---:"] * 9)]
+        for t in _targets(by):
+            d = by[t]["derived"]
+
+            def c(key):
+                return _cell(d.get(key), ref(by, "nginx", key), ref(by, "direct", key))
+
+            def added(key, direct_value):
+                v = d.get(key)
+                return None if v is None or direct_value is None or t == "direct" else v - direct_value
+
+            lines.append(row([
+                _label(by[t]), _opened(d), _num(d.get("gaps")), c("lat_p50_ms"), c("lat_p90_ms"), c("lat_p99_ms"),
+                c("lat_p999_ms"), _num(d.get("lat_max_ms")),
+                _num(added("lat_p50_ms", dp50)), _num(added("lat_p99_ms", dp99)),
+            ]))
+        lines.append("")
+
+    lines += goals(runs)
+    if data.get("skipped"):
+        lines += ["## skipped", ""]
+        lines += [f"- {s['target']}{' / ' + s['scenario'] if s.get('scenario') else ''}: "
+                  f"{s['reason']}" for s in data["skipped"]]
+        lines.append("")
+    if errors:
+        lines += ["## failed cells", ""]
+        lines += [f"- {r['scenario']} / {r['target']}: {r['error']}" for r in errors]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def goals(runs: list[dict]) -> list[str]:
+    """The four goals of BENCHMARKS.md, judged on this run's figures."""
+    def get(scen, target, key):
+        for r in runs:
+            if r["scenario"] == scen and r["target"] == target and r["ok"]:
+                return r["derived"].get(key)
+        return None
+
+    out = ["## goals (ssegate, this run)", ""]
+
+    def verdict(ok):
+        return "n/a" if ok is None else ("met" if ok else "MISSED")
+
+    gaps = [get(s, "ssegate", "gaps") for s in ("fanout", "h2mux", "latency")]
+    gaps = [g for g in gaps if g is not None]
+    out.append(f"- zero gaps: {verdict(all(g == 0 for g in gaps) if gaps else None)} "
+               f"(gaps {gaps})")
+    s, n = (get("fanout", t, "proxy_cpu_s_per_m_events") for t in ("ssegate", "nginx"))
+    out.append(f"- CPU per event ≤ nginx: "
+               f"{verdict(s <= n if s is not None and n is not None else None)} "
+               f"({_num(s)} vs {_num(n)} CPU-s per million events)")
+    s, n = (get("idle", t, "kib_per_stream") for t in ("ssegate", "nginx"))
+    out.append(f"- memory per idle stream ≤ nginx: "
+               f"{verdict(s <= n if s is not None and n is not None else None)} "
+               f"({_num(s)} vs {_num(n)} KiB)")
+    s, d = (get("latency", t, "lat_p99_ms") for t in ("ssegate", "direct"))
+    added = s - d if s is not None and d is not None else None
+    out.append(f"- p99 added latency < 1 ms: "
+               f"{verdict(added < 1 if added is not None else None)} ({_num(added)} ms)")
+    out.append("")
+    return out
+
+
+# --------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> None:
+    if not argv:
+        die("no subcommand; see the module docstring")
+    cmd, args = argv[0], argv[1:]
+    if cmd == "free-ports":
+        print(" ".join(map(str, free_ports(int(args[0])))))
+    elif cmd == "wait-listen":
+        print(wait_listen(args[0], float(args[1])))
+    elif cmd == "wait-port":
+        wait_port(args[0], float(args[1]))
+    elif cmd == "probe":
+        print(probe(args[0], float(args[1])))
+    elif cmd == "pids":
+        print(" ".join(map(str, tree_pids(int(args[0])))))
+    elif cmd == "tree":
+        print(json.dumps(tree(int(args[0]))))
+    elif cmd == "idle-sample":
+        print(json.dumps(idle_sample(int(args[0]), int(args[1]), float(args[2]), float(args[3]))))
+    elif cmd == "machine":
+        print(json.dumps(machine(), indent=2))
+    elif cmd == "field":
+        doc = _maybe_json(Path(args[0])) or {}
+        v = doc.get(args[1])
+        print("" if v is None else v)
+    elif cmd == "init":
+        init(*args)
+    elif cmd == "skip":
+        skip(args[0], args[1], args[2], args[3])
+    elif cmd == "add-run":
+        add_run(args[0], args[1], args[2], args[3])
+    elif cmd == "report":
+        print(report(args[0]))
+    else:
+        die(f"unknown subcommand {cmd!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,477 @@
+#!/usr/bin/env bash
+# ssegate against direct, nginx, Caddy and HAProxy, on the same scenarios.
+#
+#   benches/compare.sh [--quick] [--scenarios idle,fanout,h2mux,latency]
+#                      [--targets direct,ssegate,nginx,caddy,haproxy]
+#                      [--out DIR] [--duration SECONDS] [--no-install] [--no-chart]
+#
+# Every (scenario, target) cell gets a fresh bench upstream and a fresh proxy:
+#   - the proxy (one worker/thread) runs pinned to core 0 (taskset -c 0);
+#   - the bench upstream, the load generator and this script's samplers run
+#     pinned to core 1;
+#   - "direct" is the load generator against the bench upstream, no proxy.
+# Scenarios run one after the other, each through every target in turn, so a
+# change in the machine's load hits all targets of a scenario alike.
+#
+# Results: DIR/results.json (every raw figure), a markdown report on stdout
+# (also DIR/report.md) and DIR/chart.png. Logs and rendered configs: DIR/run/.
+# DIR defaults to benches/results (benches/results/quick with --quick).
+#
+# --quick is a smoke test of a few seconds per cell: small counts, and only
+# direct, ssegate and the peers already installed (nothing is installed).
+# Without --quick, missing peers are installed from Debian's packages
+# (nginx-light, caddy, haproxy) when running as root; a peer that cannot be
+# had is skipped with a "skip:" line. See BENCHMARKS.md for the methodology.
+#
+# Environment: BENCH_BIN overrides the binary providing `bench` and
+# `bench upstream` (default: the release ssegate built by this script).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+HERE="$ROOT/benches"
+PY=(python3 "$HERE/compare.py")
+
+QUICK=0
+SCENARIOS=""
+TARGETS=""
+OUT=""
+DURATION_OVERRIDE=""
+INSTALL=1
+CHART=1
+# The bench upstream serves any path; one fixed path keeps logs readable.
+BENCH_PATH="/sse"
+
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
+say() { echo "compare: $*" >&2; }
+die() { echo "compare: error: $*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --scenarios) SCENARIOS="${2:?--scenarios needs a list}"; shift ;;
+    --targets) TARGETS="${2:?--targets needs a list}"; shift ;;
+    --out) OUT="${2:?--out needs a folder}"; shift ;;
+    --duration) DURATION_OVERRIDE="${2:?--duration needs seconds}"; shift ;;
+    --no-install) INSTALL=0 ;;
+    --no-chart) CHART=0 ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+  shift
+done
+
+ALL_SCENARIOS="idle fanout h2mux latency"
+ALL_TARGETS="direct ssegate nginx caddy haproxy"
+SCENARIOS="${SCENARIOS:-$ALL_SCENARIOS}"; SCENARIOS="${SCENARIOS//,/ }"
+for s in $SCENARIOS; do
+  case " $ALL_SCENARIOS " in *" $s "*) ;; *) die "unknown scenario: $s (known: $ALL_SCENARIOS)" ;; esac
+done
+TARGETS_GIVEN=1
+[ -n "$TARGETS" ] || { TARGETS="$ALL_TARGETS"; TARGETS_GIVEN=0; }
+TARGETS="${TARGETS//,/ }"
+for t in $TARGETS; do
+  case " $ALL_TARGETS " in *" $t "*) ;; *) die "unknown target: $t (known: $ALL_TARGETS)" ;; esac
+done
+if [ -z "$OUT" ]; then
+  if [ "$QUICK" = 1 ]; then OUT="$HERE/results/quick"; else OUT="$HERE/results"; fi
+fi
+[ -z "$DURATION_OVERRIDE" ] || [[ "$DURATION_OVERRIDE" =~ ^[1-9][0-9]*$ ]] ||
+  die "--duration takes whole seconds, got $DURATION_OVERRIDE"
+case "$(uname -s)" in Linux) ;; *) die "Linux only (/proc, taskset)" ;; esac
+command -v python3 >/dev/null || die "python3 is needed"
+command -v taskset >/dev/null || die "taskset is needed (Debian package util-linux)"
+
+# ---------------------------------------------------------------------------
+# processes: everything started here is recorded and stopped on exit
+
+LIVE_PIDS=()
+POLICY_RC_CREATED=0
+
+forget() {
+  local keep=() p
+  for p in "${LIVE_PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  LIVE_PIDS=("${keep[@]}")
+}
+
+# stop PID [SIGNAL]: signal the process, give it 5 s, then SIGKILL it and any
+# descendant it left behind (nginx workers), by pid.
+stop() {
+  local pid="$1" sig="${2:-TERM}" kids p
+  if ! kill -0 "$pid" 2>/dev/null; then
+    wait "$pid" 2>/dev/null || true
+    forget "$pid"
+    return 0
+  fi
+  kids="$("${PY[@]}" pids "$pid" 2>/dev/null || true)"
+  kill -s "$sig" "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  for p in $kids; do
+    if kill -0 "$p" 2>/dev/null; then kill -KILL "$p" 2>/dev/null || true; fi
+  done
+  wait "$pid" 2>/dev/null || true
+  forget "$pid"
+}
+
+cleanup() {
+  local p
+  for p in "${LIVE_PIDS[@]}"; do stop "$p" TERM; done
+  if [ "$POLICY_RC_CREATED" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+}
+trap cleanup EXIT
+trap 'say "interrupted"; exit 130' INT TERM
+
+# spawn OUT ERR CMD...: start CMD in the background; its pid is in SPAWNED.
+spawn() {
+  local out="$1" err="$2"
+  shift 2
+  "$@" >"$out" 2>"$err" &
+  SPAWNED=$!
+  LIVE_PIDS+=("$SPAWNED")
+}
+
+# ---------------------------------------------------------------------------
+# machine
+
+NPROC="$(nproc)"
+if [ "$NPROC" -ge 2 ]; then
+  PROXY_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1)
+else
+  say "warning: $NPROC core: nothing is pinned and the figures mix proxy and load"
+  PROXY_CPU=(); LOAD_CPU=()
+fi
+
+# Every process inherits the hard limit on open files. A proxied HTTP/1.1
+# stream holds two descriptors in the proxy (client and upstream side).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE="$(ulimit -n)"
+[ "$NOFILE" = unlimited ] && NOFILE=1048576
+IDLE_MAX=$(( (NOFILE - 200) / 2 ))
+
+# ---------------------------------------------------------------------------
+# scenarios: counts, rates and durations (full, then --quick)
+
+if [ "$QUICK" = 1 ]; then
+  IDLE_STREAMS=200; IDLE_RAMP=1; IDLE_DUR=5
+  FAN_STREAMS=100; FAN_RATE=20; FAN_DUR=3
+  H2_STREAMS=100; H2_CONNS=2; H2_DUR=3
+  LAT_STREAMS=20; LAT_RATE=10; LAT_DUR=3
+else
+  IDLE_STREAMS=10000; IDLE_RAMP=5; IDLE_DUR=20
+  FAN_STREAMS=1000; FAN_RATE=20; FAN_DUR=20
+  H2_STREAMS=1000; H2_CONNS=10; H2_DUR=20
+  LAT_STREAMS=100; LAT_RATE=10; LAT_DUR=20
+fi
+PAYLOAD=100
+RAMP=1
+if [ "$IDLE_STREAMS" -gt "$IDLE_MAX" ]; then
+  say "idle: $IDLE_MAX streams, not $IDLE_STREAMS: a proxy needs two descriptors per stream and the open-files limit is $NOFILE"
+  IDLE_STREAMS="$IDLE_MAX"
+fi
+if [ -n "$DURATION_OVERRIDE" ]; then
+  # The idle ramp is part of its duration and sampling needs a few seconds after it.
+  IDLE_DUR=$(( DURATION_OVERRIDE > IDLE_RAMP + 4 ? DURATION_OVERRIDE : IDLE_RAMP + 4 ))
+  FAN_DUR="$DURATION_OVERRIDE"
+  H2_DUR="$DURATION_OVERRIDE"; LAT_DUR="$DURATION_OVERRIDE"
+fi
+
+# ---------------------------------------------------------------------------
+# build
+
+say "building ssegate (release)"
+"$ROOT/dev" setup >&2
+(cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+SSEGATE="$ROOT/target/release/ssegate"
+BENCH_BIN="${BENCH_BIN:-$SSEGATE}"
+"$BENCH_BIN" bench --help >/dev/null 2>&1 ||
+  die "$BENCH_BIN has no 'bench' subcommand (the load generator lives on branch bench-harness)"
+"$BENCH_BIN" bench upstream --help >/dev/null 2>&1 ||
+  die "$BENCH_BIN has no 'bench upstream' subcommand"
+
+# ---------------------------------------------------------------------------
+# peers
+
+declare -A PEER_PKG=([nginx]=nginx-light [caddy]=caddy [haproxy]=haproxy)
+declare -A PEER_BIN=([nginx]=nginx [caddy]=caddy [haproxy]=haproxy)
+declare -A H2=([direct]=1 [ssegate]=1)
+declare -A VERSION=()
+declare -A H2_NOTE=()
+SKIPS=()
+
+want_target() { case " $TARGETS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+drop_target() {
+  local keep="" t
+  for t in $TARGETS; do [ "$t" = "$1" ] || keep="$keep $t"; done
+  TARGETS="${keep# }"
+}
+
+missing=()
+for peer in nginx caddy haproxy; do
+  want_target "$peer" || continue
+  command -v "${PEER_BIN[$peer]}" >/dev/null && continue
+  if [ "$QUICK" = 1 ] && [ "$TARGETS_GIVEN" = 0 ]; then
+    drop_target "$peer"   # quick smoke: only what is already here
+    continue
+  fi
+  missing+=("$peer")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  pkgs=()
+  for peer in "${missing[@]}"; do pkgs+=("${PEER_PKG[$peer]}"); done
+  why=""
+  if [ "$INSTALL" = 0 ]; then why="--no-install"
+  elif [ "$(id -u)" != 0 ]; then why="not root"
+  elif ! command -v apt-get >/dev/null; then why="no apt-get"
+  else
+    say "installing ${pkgs[*]} from Debian's packages"
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      # Packages must not start their system services (nginx on :80, ...).
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+      chmod +x /usr/sbin/policy-rc.d
+      POLICY_RC_CREATED=1
+    fi
+    if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}") >"/tmp/compare-apt.$$.log" 2>&1; then
+      why="apt-get install failed: $(tail -n 1 "/tmp/compare-apt.$$.log")"
+    fi
+    rm -f "/tmp/compare-apt.$$.log"
+    if [ "$POLICY_RC_CREATED" = 1 ]; then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=0; fi
+  fi
+  for peer in "${missing[@]}"; do
+    if ! command -v "${PEER_BIN[$peer]}" >/dev/null; then
+      echo "skip: $peer (not installable: ${why:-${PEER_PKG[$peer]} installed no ${PEER_BIN[$peer]}})"
+      SKIPS+=("$peer"$'\t\t'"not installable: ${why:-no binary}")
+      drop_target "$peer"
+    fi
+  done
+fi
+
+VERSION[ssegate]="$("$SSEGATE" --version | awk '{print $2}') ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo '+dirty'))"
+VERSION[direct]="bench upstream"
+H2_NOTE[ssegate]="h2c on the plain listener"
+H2_NOTE[direct]="bench upstream speaks h2c"
+if want_target nginx; then
+  VERSION[nginx]="$(nginx -v 2>&1 | sed 's/.*nginx\///')"
+  if nginx -V 2>&1 | grep -- '--with-http_v2_module' >/dev/null; then
+    H2[nginx]=1; H2_NOTE[nginx]="h2c via 'listen ... http2' on a second plain port"
+  else
+    H2[nginx]=0; H2_NOTE[nginx]="built without http_v2_module"
+  fi
+fi
+if want_target haproxy; then
+  VERSION[haproxy]="$(haproxy -v 2>&1 | awk 'NR == 1 {print $3}')"
+  if haproxy -vv 2>&1 | grep -E '^ *h2 : mode=HTTP +side=FE' >/dev/null; then
+    H2[haproxy]=1; H2_NOTE[haproxy]="h2c via 'bind ... proto h2' on a second port"
+  else
+    H2[haproxy]=0; H2_NOTE[haproxy]="no h2 frontend multiplexer"
+  fi
+fi
+if want_target caddy; then
+  VERSION[caddy]="$(caddy version 2>&1 | awk '{print $1}' | sed 's/^v//')"
+  # The `servers { protocols h1 h2c }` global option exists from Caddy 2.6.
+  if printf '%s\n' "2.6" "${VERSION[caddy]}" | sort -V -C; then
+    H2[caddy]=1; H2_NOTE[caddy]="h2c via 'servers { protocols h1 h2c }' on the same port"
+  else
+    H2[caddy]=0; H2_NOTE[caddy]="Caddy ${VERSION[caddy]} predates 'protocols h2c'"
+  fi
+fi
+for t in $TARGETS; do say "target $t ${VERSION[$t]:-}; h2 downstream: ${H2[$t]:-0} (${H2_NOTE[$t]:-})"; done
+[ -n "$TARGETS" ] || die "no target left to run"
+
+# ---------------------------------------------------------------------------
+# results
+
+LOAD1="$(cut -d ' ' -f 1 /proc/loadavg)"
+if awk -v l="$LOAD1" -v n="$NPROC" 'BEGIN { exit !(l > n / 4) }'; then
+  say "warning: load average $LOAD1 on $NPROC cores: other work shares these cores and the figures will be noisy"
+fi
+
+mkdir -p "$OUT"
+RUN="$OUT/run"
+rm -rf "$RUN"
+mkdir -p "$RUN"
+RESULTS="$OUT/results.json"
+
+: >"$RUN/peers.tsv"
+for t in nginx caddy haproxy; do
+  if want_target "$t"; then
+    printf '%s\t%s\t%s\t%s\n' "$t" "${VERSION[$t]}" "${H2[$t]}" "${H2_NOTE[$t]}" >>"$RUN/peers.tsv"
+  fi
+done
+printf '%s\n' "${SKIPS[@]+"${SKIPS[@]}"}" >"$RUN/skips.tsv"
+"${PY[@]}" init "$RESULTS" "$QUICK" "$NOFILE" "$TARGETS" "$SCENARIOS" \
+  "${VERSION[ssegate]}" "$RUN/peers.tsv" "$RUN/skips.tsv"
+
+# ---------------------------------------------------------------------------
+# one cell
+
+# render TEMPLATE DEST: fill the placeholders of a benches/conf template.
+render() {
+  sed -e "s#@LISTEN@#127.0.0.1:$P1#g" -e "s#@LISTEN_H2@#127.0.0.1:$P2#g" \
+      -e "s#@LISTEN_PORT@#$P1#g" -e "s#@UPSTREAM@#$UP_ADDR#g" \
+      -e "s#@RUNDIR@#$CELL#g" -e "s#@NOFILE@#$NOFILE#g" \
+      -e "s#@WORKER_CONNECTIONS@#$(( 2 * NOFILE ))#g" \
+      -e "s#@MAXCONN@#$(( (NOFILE - 100) / 2 ))#g" "$1" >"$2"
+  if grep -q '@[A-Z_0-9]*@' "$2"; then die "unfilled placeholder in $2"; fi
+}
+
+# start_proxy TARGET: config, check, start pinned; sets PROXY_PID, H1_BASE, H2_BASE.
+start_proxy() {
+  local t="$1" p
+  read -r P1 P2 <<<"$("${PY[@]}" free-ports 2)"
+  case "$t" in
+    ssegate)
+      render "$HERE/conf/ssegate.toml" "$CELL/ssegate.toml"
+      "$SSEGATE" check -c "$CELL/ssegate.toml" >"$CELL/check.log" 2>&1 ||
+        { cat "$CELL/check.log" >&2; return 1; }
+      spawn "$CELL/proxy.out" "$CELL/proxy.err" env RUST_LOG=warn "${PROXY_CPU[@]}" "$SSEGATE" run -c "$CELL/ssegate.toml"
+      H1_BASE="http://127.0.0.1:$P1"; H2_BASE="$H1_BASE" ;;
+    nginx)
+      render "$HERE/conf/nginx.conf" "$CELL/nginx.conf"
+      nginx -t -q -p "$CELL" -c "$CELL/nginx.conf" >"$CELL/check.log" 2>&1 ||
+        { cat "$CELL/check.log" >&2; return 1; }
+      spawn "$CELL/proxy.out" "$CELL/proxy.err" "${PROXY_CPU[@]}" nginx -p "$CELL" -c "$CELL/nginx.conf"
+      H1_BASE="http://127.0.0.1:$P1"; H2_BASE="http://127.0.0.1:$P2" ;;
+    haproxy)
+      render "$HERE/conf/haproxy.cfg" "$CELL/haproxy.cfg"
+      haproxy -c -q -f "$CELL/haproxy.cfg" >"$CELL/check.log" 2>&1 ||
+        { cat "$CELL/check.log" >&2; return 1; }
+      spawn "$CELL/proxy.out" "$CELL/proxy.err" "${PROXY_CPU[@]}" haproxy -db -f "$CELL/haproxy.cfg"
+      H1_BASE="http://127.0.0.1:$P1"; H2_BASE="http://127.0.0.1:$P2" ;;
+    caddy)
+      render "$HERE/conf/Caddyfile" "$CELL/Caddyfile"
+      mkdir -p "$CELL/caddy-home"
+      local cenv=(env GOMAXPROCS=1 HOME="$CELL/caddy-home" XDG_DATA_HOME="$CELL/caddy-home" XDG_CONFIG_HOME="$CELL/caddy-home")
+      "${cenv[@]}" caddy validate --config "$CELL/Caddyfile" --adapter caddyfile >"$CELL/check.log" 2>&1 ||
+        { tail -n 3 "$CELL/check.log" >&2; return 1; }
+      spawn "$CELL/proxy.out" "$CELL/proxy.err" "${cenv[@]}" "${PROXY_CPU[@]}" caddy run --config "$CELL/Caddyfile" --adapter caddyfile
+      H1_BASE="http://127.0.0.1:$P1"; H2_BASE="$H1_BASE" ;;
+    *) die "no proxy called $t" ;;
+  esac
+  PROXY_PID="$SPAWNED"
+  for p in $P1 $P2; do
+    [ "$p" = "$P2" ] && [ "$H2_BASE" = "$H1_BASE" ] && continue
+    "${PY[@]}" wait-port "127.0.0.1:$p" 15 || { tail -n 5 "$CELL/proxy.err" >&2; return 1; }
+  done
+}
+
+stop_signal() {
+  case "$1" in ssegate) echo INT ;; *) echo TERM ;; esac
+}
+
+# bench ARGS...: the load generator, pinned, bounded in time, JSON on stdout.
+bench() {
+  "${LOAD_CPU[@]}" "$BENCH_BIN" bench --json "$@"
+}
+
+run_cell() {
+  local scen="$1" t="$2" rate streams dur ramp url base flags=() summary want max_s sock_base
+  CELL="$RUN/$scen-$t"
+  mkdir -p "$CELL"
+  case "$scen" in
+    idle) rate=$FAN_RATE; streams=$IDLE_STREAMS; dur=$IDLE_DUR; ramp=$IDLE_RAMP
+          summary="$streams idle HTTP/1.1 streams (?idle=1), opened over ${ramp} s, held to ${dur} s; RSS sampled once all were open" ;;
+    fanout) rate=$FAN_RATE; streams=$FAN_STREAMS; dur=$FAN_DUR; ramp=$RAMP
+          summary="$streams HTTP/1.1 streams × $rate events/s, $PAYLOAD-byte payload, $dur s (ramp ${ramp} s included)" ;;
+    h2mux) rate=$FAN_RATE; streams=$H2_STREAMS; dur=$H2_DUR; ramp=$RAMP
+          flags=(--http2 --connections "$H2_CONNS")
+          summary="$streams streams over $H2_CONNS HTTP/2 (h2c) connections × $rate events/s, $PAYLOAD-byte payload, $dur s (ramp ${ramp} s included)" ;;
+    latency) rate=$LAT_RATE; streams=$LAT_STREAMS; dur=$LAT_DUR; ramp=$RAMP
+          summary="$streams HTTP/1.1 streams × $rate events/s, $PAYLOAD-byte payload, $dur s (ramp ${ramp} s included)" ;;
+  esac
+  printf '{"summary": "%s", "streams": %d, "rate": %d, "payload": %d, "duration_s": %d, "ramp_s": %d, "http2": %s}\n' \
+    "$summary" "$streams" "$rate" "$PAYLOAD" "$dur" "$ramp" "$([ "$scen" = h2mux ] && echo true || echo false)" >"$CELL/params.json"
+  say "── $scen / $t: $summary"
+
+  # The upstream: fresh for every cell, pinned with the load generator.
+  spawn "$CELL/upstream.out" "$CELL/upstream.err" "${LOAD_CPU[@]}" "$BENCH_BIN" bench upstream \
+    --listen 127.0.0.1:0 --rate "$rate" --payload "$PAYLOAD"
+  UP_PID="$SPAWNED"
+  if ! UP_ADDR="$("${PY[@]}" wait-listen "$CELL/upstream.out" 15)"; then
+    echo "bench upstream did not start: $(tail -n 3 "$CELL/upstream.err")" >"$CELL/error"
+    stop "$UP_PID"; "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL"; return 0
+  fi
+
+  PROXY_PID=""
+  if [ "$t" = direct ]; then
+    H1_BASE="http://$UP_ADDR"; H2_BASE="$H1_BASE"
+  elif ! start_proxy "$t"; then
+    echo "$t did not start (see $CELL)" >"$CELL/error"
+    [ -z "$PROXY_PID" ] || stop "$PROXY_PID" KILL
+    stop "$UP_PID"; "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL"; return 0
+  fi
+  base="$H1_BASE"; [ "$scen" = h2mux ] && base="$H2_BASE"
+  url="$base$BENCH_PATH"; [ "$scen" = idle ] && url="$url?idle=1"
+
+  # Readiness: one plain HTTP/1.1 event stream end to end, then a short
+  # warm-up with the scenario's own protocol, so lazy start-up allocations
+  # land in the memory baseline and a failing protocol shows up here.
+  if ! "${PY[@]}" probe "$H1_BASE$BENCH_PATH?count=1" 10 >"$CELL/probe.log" 2>&1 ||
+     ! bench --url "$url" --streams 10 "${flags[@]}" --duration 1s >"$CELL/warmup.json" 2>"$CELL/warmup.err" ||
+     [ "$("${PY[@]}" field "$CELL/warmup.json" streams_opened)" = 0 ]; then
+    if [ "$scen" = h2mux ]; then
+      echo "skip: $t h2mux (h2c warm-up failed: $(cat "$CELL/probe.log" "$CELL/warmup.err" | tail -n 1))"
+      "${PY[@]}" skip "$RESULTS" "$t" "$scen" "h2c warm-up failed (see $CELL)"
+    else
+      echo "warm-up failed: $(cat "$CELL/probe.log" "$CELL/warmup.err" | tail -n 2 | tr '\n' ' ')" >"$CELL/error"
+      "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL"
+    fi
+    [ -z "$PROXY_PID" ] || stop "$PROXY_PID" "$(stop_signal "$t")"
+    stop "$UP_PID"; return 0
+  fi
+  sleep 1
+
+  # A process that died leaves its sample file empty; add-run reports it.
+  [ -z "$PROXY_PID" ] || "${LOAD_CPU[@]}" "${PY[@]}" tree "$PROXY_PID" >"$CELL/proxy_before.json" || true
+  "${LOAD_CPU[@]}" "${PY[@]}" tree "$UP_PID" >"$CELL/upstream_before.json" || true
+
+  # Bounded: duration plus ramp plus a minute of slack for connecting and closing.
+  max_s=$(( dur + ramp + 60 ))
+  spawn "$CELL/bench.json" "$CELL/bench.err" timeout -s INT -k 5 "$max_s" \
+    "${LOAD_CPU[@]}" "$BENCH_BIN" bench --json --url "$url" --streams "$streams" "${flags[@]}" \
+    --ramp "${ramp}s" --duration "${dur}s"
+  local bench_pid="$SPAWNED"
+
+  if [ "$scen" = idle ] && [ -n "$PROXY_PID" ]; then
+    sock_base="$("${PY[@]}" field "$CELL/proxy_before.json" sockets || true)"
+    want=$(( ${sock_base:-0} + 2 * streams ))
+    # The ramp is part of --duration; sampling takes 2.5 s after the wait.
+    "${LOAD_CPU[@]}" "${PY[@]}" idle-sample "$PROXY_PID" "$want" $(( ramp + 2 )) $(( dur - 3 )) \
+      >"$CELL/proxy_idle.json" 2>"$CELL/idle-sample.err" || true
+  fi
+
+  local rc=0
+  wait "$bench_pid" || rc=$?
+  forget "$bench_pid"
+  [ -z "$PROXY_PID" ] || "${LOAD_CPU[@]}" "${PY[@]}" tree "$PROXY_PID" >"$CELL/proxy_after.json" || true
+  "${LOAD_CPU[@]}" "${PY[@]}" tree "$UP_PID" >"$CELL/upstream_after.json" || true
+  [ "$rc" = 0 ] || echo "bench exited $rc: $(tail -n 2 "$CELL/bench.err" | tr '\n' ' ')" >"$CELL/error"
+
+  [ -z "$PROXY_PID" ] || stop "$PROXY_PID" "$(stop_signal "$t")"
+  stop "$UP_PID"
+  "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL"
+}
+
+# ---------------------------------------------------------------------------
+# run
+
+START=$(date +%s)
+for scen in $SCENARIOS; do
+  for t in $TARGETS; do
+    if [ "$scen" = h2mux ] && [ "${H2[$t]:-0}" != 1 ]; then
+      echo "skip: $t h2mux (${H2_NOTE[$t]:-no h2 downstream})"
+      "${PY[@]}" skip "$RESULTS" "$t" h2mux "${H2_NOTE[$t]:-no h2 downstream}"
+      continue
+    fi
+    run_cell "$scen" "$t"
+  done
+done
+say "all cells done in $(( $(date +%s) - START )) s"
+
+"${PY[@]}" report "$RESULTS" | tee "$OUT/report.md"
+if [ "$CHART" = 1 ]; then
+  if (cd "$ROOT" && cargo bench --quiet --bench chart -- "$RESULTS" "$OUT/chart.png") >"$RUN/chart.log" 2>&1; then
+    say "chart: $OUT/chart.png"
+  else
+    say "chart failed (see $RUN/chart.log): $(tail -n 1 "$RUN/chart.log")"
+  fi
+fi
+say "results: $RESULTS"
