@@ -14,171 +14,14 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use ssegate::sse::{Framer, MAX_EVENT_TYPE_LEN, MAX_ID_LEN};
 
-const BOM: &[u8] = &[0xEF, 0xBB, 0xBF];
 const HEARTBEAT: &[u8] = b":\n\n";
 
-/// What the reference parser saw: dispatched events and the final state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Parsed {
-    events: Vec<RefEvent>,
-    /// The last event ID string; `None` until an `id` was dispatched.
-    last_id: Option<Vec<u8>>,
-    retry: Option<u64>,
-    comments: u64,
-    at_boundary: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RefEvent {
-    id: Vec<u8>,
-    event_type: Vec<u8>,
-    data: Vec<u8>,
-}
-
-/// Splits `body` into complete lines (CRLF, LF or CR) and the unterminated rest.
-fn split_lines(body: &[u8]) -> (Vec<&[u8]>, &[u8]) {
-    let mut lines = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    while i < body.len() {
-        match body[i] {
-            b'\r' if body.get(i + 1) == Some(&b'\n') => {
-                lines.push(&body[start..i]);
-                i += 2;
-                start = i;
-            }
-            b'\r' | b'\n' => {
-                lines.push(&body[start..i]);
-                i += 1;
-                start = i;
-            }
-            _ => i += 1,
-        }
-    }
-    (lines, &body[start..])
-}
-
-/// The standard's algorithm over a whole stream, with unbounded buffers.
-fn reference(input: &[u8]) -> Parsed {
-    // Until three bytes have arrived, a BOM prefix may still become a BOM.
-    let bom_pending = input.len() < BOM.len() && BOM.starts_with(input);
-    let body = input.strip_prefix(BOM).unwrap_or(input);
-    let (lines, rest) = split_lines(body);
-    let mut out = Parsed {
-        events: Vec::new(),
-        last_id: None,
-        retry: None,
-        comments: 0,
-        at_boundary: false,
-    };
-    let (mut data, mut event_type) = (Vec::new(), Vec::new());
-    let mut id_buffer: Option<Vec<u8>> = None;
-    let mut in_event = false;
-    for line in lines {
-        if line.is_empty() {
-            in_event = false;
-            out.last_id.clone_from(&id_buffer);
-            if data.is_empty() {
-                event_type.clear();
-                continue;
-            }
-            data.pop();
-            out.events.push(RefEvent {
-                id: id_buffer.clone().unwrap_or_default(),
-                event_type: std::mem::take(&mut event_type),
-                data: std::mem::take(&mut data),
-            });
-            continue;
-        }
-        if line[0] == b':' {
-            out.comments += 1;
-            continue;
-        }
-        in_event = true;
-        let (name, value) = match line.iter().position(|&b| b == b':') {
-            Some(c) => {
-                let value = &line[c + 1..];
-                (&line[..c], value.strip_prefix(b" ").unwrap_or(value))
-            }
-            None => (line, &b""[..]),
-        };
-        match name {
-            b"event" => event_type = value.to_vec(),
-            b"data" => {
-                data.extend_from_slice(value);
-                data.push(b'\n');
-            }
-            b"id" if !value.contains(&0) => id_buffer = Some(value.to_vec()),
-            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
-                let ms = value.iter().fold(0u64, |acc, &d| {
-                    acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
-                });
-                out.retry = Some(ms);
-            }
-            _ => {}
-        }
-    }
-    out.at_boundary = !bom_pending && rest.is_empty() && !in_event;
-    out
-}
-
-/// One dispatched event as the framer reported it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Seen {
-    id: Vec<u8>,
-    event_type: Vec<u8>,
-    data: Vec<u8>,
-    data_truncated: bool,
-    data_len: u64,
-    event_type_truncated: bool,
-    id_too_long: bool,
-}
-
-/// Everything observable about a framer after some input.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Snapshot {
-    events: Vec<Seen>,
-    last_id: Option<Vec<u8>>,
-    retry: Option<u64>,
-    count: u64,
-    comments: u64,
-    bytes: u64,
-    at_boundary: bool,
-}
-
-fn feed(framer: &mut Framer, chunk: &[u8], events: &mut Vec<Seen>) {
-    framer.feed_with(chunk, |e| {
-        events.push(Seen {
-            id: e.id.to_vec(),
-            event_type: e.event_type.to_vec(),
-            data: e.data.to_vec(),
-            data_truncated: e.data_truncated,
-            data_len: e.data_len,
-            event_type_truncated: e.event_type_truncated,
-            id_too_long: e.id_too_long,
-        })
-    });
-}
-
-fn snapshot(framer: &Framer, events: Vec<Seen>) -> Snapshot {
-    Snapshot {
-        events,
-        last_id: framer.last_event_id().map(<[u8]>::to_vec),
-        retry: framer.retry(),
-        count: framer.events(),
-        comments: framer.comments(),
-        bytes: framer.bytes(),
-        at_boundary: framer.at_event_boundary(),
-    }
-}
-
-fn run(mut framer: Framer, chunks: &[&[u8]]) -> Snapshot {
-    let mut events = Vec::new();
-    for chunk in chunks {
-        feed(&mut framer, chunk, &mut events);
-    }
-    snapshot(&framer, events)
-}
+// The reference parser and the framer observer, shared with the fuzz target
+// `framer` so that the two oracles cannot drift apart.
+#[path = "../fuzz/src/sse_reference.rs"]
+#[allow(dead_code)]
+mod sse_reference;
+use sse_reference::{expected, reference, run, RefEvent, Seen, BOM};
 
 /// Cuts `input` at the given points; repeated points make empty chunks.
 fn chunk<'a>(input: &'a [u8], cuts: &[Index]) -> Vec<&'a [u8]> {
@@ -192,24 +35,6 @@ fn chunk<'a>(input: &'a [u8], cuts: &[Index]) -> Vec<&'a [u8]> {
     }
     chunks.push(&input[start..]);
     chunks
-}
-
-/// What the framer must report for a reference event, given its caps.
-fn expected(event: &RefEvent, max_data: usize) -> Seen {
-    let id_too_long = event.id.len() > MAX_ID_LEN;
-    Seen {
-        id: if id_too_long {
-            Vec::new()
-        } else {
-            event.id.clone()
-        },
-        event_type: event.event_type[..event.event_type.len().min(MAX_EVENT_TYPE_LEN)].to_vec(),
-        data: event.data[..event.data.len().min(max_data)].to_vec(),
-        data_truncated: event.data.len() > max_data,
-        data_len: event.data.len() as u64,
-        event_type_truncated: event.event_type.len() > MAX_EVENT_TYPE_LEN,
-        id_too_long,
-    }
 }
 
 fn line_end() -> impl Strategy<Value = Vec<u8>> {
@@ -328,7 +153,7 @@ proptest! {
         let chunks = chunk(&input, &cuts);
         for max in [usize::MAX, max_data] {
             let got = run(Framer::with_data_capture(max), &chunks);
-            let events: Vec<Seen> = want.events.iter().map(|e| expected(e, max)).collect();
+            let events: Vec<Seen> = want.events.iter().map(|e| expected(e, max, MAX_EVENT_TYPE_LEN)).collect();
             prop_assert_eq!(&got.events, &events);
             prop_assert_eq!(got.count, want.events.len() as u64);
             let last_id = want.last_id.clone().filter(|id| id.len() <= MAX_ID_LEN);

@@ -2,9 +2,10 @@
 //! straight from the WHATWG text ("Parsing an event stream", "Interpreting an
 //! event stream") with unbounded buffers.
 //!
-//! It is the reference parser of `tests/sse_framer.rs`, ported unchanged in
-//! behaviour; keep the two in step. It is deliberately simple rather than
-//! fast: every line is a slice of the whole input.
+//! `tests/sse_framer.rs` includes this same file (`#[path]`), so the property
+//! tests and the fuzz target check the framer against one oracle. It is
+//! deliberately simple rather than fast: every line is a slice of the whole
+//! input.
 
 use ssegate::sse::{Framer, MAX_EVENT_TYPE_LEN, MAX_ID_LEN};
 
