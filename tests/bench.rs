@@ -99,6 +99,19 @@ async fn bench(args: &[&str]) -> Run {
     }
 }
 
+/// `ssegate bench` with one stream on `http://ADDR/` for at most 8 s.
+async fn one_stream(addr: impl std::fmt::Display) -> Run {
+    bench(&[
+        "--url",
+        &format!("http://{addr}/"),
+        "--streams",
+        "1",
+        "--duration",
+        "8s",
+    ])
+    .await
+}
+
 /// Numbers under `errors`, in the schema's order.
 fn errors(run: &Run) -> [u64; 6] {
     ["connect", "tls", "status", "closed", "timeout", "other"]
@@ -497,15 +510,7 @@ async fn gaps_and_duplicates_are_counted() {
         "id: 2\ndata: b\n\n",
     ]))
     .await;
-    let run = bench(&[
-        "--url",
-        &format!("http://{dup}/"),
-        "--streams",
-        "1",
-        "--duration",
-        "8s",
-    ])
-    .await;
+    let run = one_stream(dup).await;
     assert_eq!(
         (
             num(&run, "events"),
@@ -526,15 +531,7 @@ async fn length_and_close_delimited_bodies_and_truncation() {
         b"id: 8\n",
     ])
     .await;
-    let run = bench(&[
-        "--url",
-        &format!("http://{sized}/"),
-        "--streams",
-        "1",
-        "--duration",
-        "8s",
-    ])
-    .await;
+    let run = one_stream(sized).await;
     assert_eq!(
         (num(&run, "events"), num(&run, "bytes")),
         (1, 20),
@@ -548,15 +545,7 @@ async fn length_and_close_delimited_bodies_and_truncation() {
         b"data: one\n\ndata: two\n\n",
     ])
     .await;
-    let run = bench(&[
-        "--url",
-        &format!("http://{until_close}/"),
-        "--streams",
-        "1",
-        "--duration",
-        "8s",
-    ])
-    .await;
+    let run = one_stream(until_close).await;
     assert_eq!(num(&run, "events"), 2, "{}", run.json);
 
     let truncated = scripted(vec![
@@ -564,15 +553,7 @@ async fn length_and_close_delimited_bodies_and_truncation() {
         b"f\r\ndata: a\n\ndata: ",
     ])
     .await;
-    let run = bench(&[
-        "--url",
-        &format!("http://{truncated}/"),
-        "--streams",
-        "1",
-        "--duration",
-        "8s",
-    ])
-    .await;
+    let run = one_stream(truncated).await;
     assert_eq!(num(&run, "events"), 1, "{}", run.json);
     assert_eq!(errors(&run), [0, 0, 0, 1, 0, 0]);
     assert_eq!(run.code, Some(0), "the stream did open");
@@ -582,15 +563,7 @@ async fn length_and_close_delimited_bodies_and_truncation() {
         b"zz\r\n",
     ])
     .await;
-    let run = bench(&[
-        "--url",
-        &format!("http://{garbage}/"),
-        "--streams",
-        "1",
-        "--duration",
-        "8s",
-    ])
-    .await;
+    let run = one_stream(garbage).await;
     assert_eq!(errors(&run), [0, 0, 0, 0, 0, 1], "{}", run.json);
 }
 
