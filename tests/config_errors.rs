@@ -213,6 +213,19 @@ fn no_listener() {
 }
 
 #[test]
+fn control_characters_in_values_are_escaped_in_messages() {
+    // A raw CR or ESC would let a value overwrite the FILE:LINE:COL prefix on a terminal.
+    let text = doc("[[listener]]\naddress = \"x\\ry\\u001b[31m\"\n");
+    let errors = parse_errors(&text, Path::new("."));
+    let shown: String = errors.iter().map(|e| e.to_string()).collect();
+    assert!(
+        shown.contains(r#""x\ry\u{1b}[31m" is not an IP:port address"#),
+        "{shown}"
+    );
+    assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+}
+
+#[test]
 fn bad_listener_address() {
     assert_error(
         &doc("[[listener]]\naddress = \"localhost:8080\"\n"),

@@ -252,7 +252,7 @@ impl Checker<'_> {
             Ok(address) => Some(address),
             Err(_) => {
                 let message = format!(
-                    "\"{}\" is not an IP:port address; write e.g. \"{example}\" (host names are not resolved)",
+                    "{:?} is not an IP:port address; write e.g. {example:?} (host names are not resolved)",
                     value.get_ref()
                 );
                 self.error(Some(value.span()), key, message);
@@ -442,9 +442,8 @@ impl Checker<'_> {
             if name.is_empty() {
                 self.error(name_span, &format!("{key}.name"), "must not be empty");
             } else if let Some(first) = seen.get(name.as_str()) {
-                let message = format!(
-                    "duplicate upstream name \"{name}\" (already used by upstream[{first}])"
-                );
+                let message =
+                    format!("duplicate upstream name {name:?} (already used by upstream[{first}])");
                 self.error(name_span, &format!("{key}.name"), message);
             } else {
                 seen.insert(name, i);
@@ -486,8 +485,7 @@ impl Checker<'_> {
             None | Some("http1") => UpstreamProtocol::Http1,
             Some("h2c") => UpstreamProtocol::H2c,
             Some(other) => {
-                let message =
-                    format!("unknown protocol \"{other}\"; expected \"http1\" or \"h2c\"");
+                let message = format!("unknown protocol {other:?}; expected \"http1\" or \"h2c\"");
                 self.error(
                     value.map(Spanned::span),
                     &format!("{upstream}.protocol"),
@@ -518,15 +516,18 @@ impl Checker<'_> {
             let key = format!("route[{i}]");
             let path = entry.path.get_ref();
             if !path.starts_with('/') {
-                let message = format!("\"{path}\" must start with \"/\", e.g. \"/{path}\"");
+                let message = format!(
+                    "{path:?} must start with \"/\", e.g. {:?}",
+                    format!("/{path}")
+                );
                 self.error(Some(entry.path.span()), &format!("{key}.path"), message);
             }
             let host = entry.host.as_ref().map(|h| h.get_ref().to_lowercase());
             if let Some(first) = seen.get(&(host.clone(), path.as_str())) {
                 let message = format!(
-                    "duplicate route: route[{first}] already has {} and path \"{path}\"",
+                    "duplicate route: route[{first}] already has {} and path {path:?}",
                     host.as_ref()
-                        .map_or("any host".to_string(), |h| format!("host \"{h}\""))
+                        .map_or("any host".to_string(), |h| format!("host {h:?}"))
                 );
                 self.error(Some(entry.path.span()), &format!("{key}.path"), message);
             } else {
@@ -550,7 +551,7 @@ impl Checker<'_> {
             .and_then(|h| match host_pattern(h.get_ref()) {
                 Ok(host) => Some(host),
                 Err(reason) => {
-                    let message = format!("invalid host pattern \"{}\": {reason}", h.get_ref());
+                    let message = format!("invalid host pattern {:?}: {reason}", h.get_ref());
                     self.error(Some(h.span()), &format!("{key}.host"), message);
                     None
                 }
@@ -589,11 +590,11 @@ impl Checker<'_> {
         } else {
             let names: Vec<String> = upstreams
                 .iter()
-                .map(|u| format!("\"{}\"", u.name.get_ref()))
+                .map(|u| format!("{:?}", u.name.get_ref()))
                 .collect();
             format!("known upstreams: {}", names.join(", "))
         };
-        let message = format!("unknown upstream \"{}\"; {known}", name.get_ref());
+        let message = format!("unknown upstream {:?}; {known}", name.get_ref());
         self.error(Some(name.span()), &format!("{route}.upstream"), message);
         0
     }
@@ -666,7 +667,7 @@ impl Checker<'_> {
                 } else {
                     ""
                 };
-                let message = format!("invalid duration \"{text}\": {reason}{or_off}");
+                let message = format!("invalid duration {text:?}: {reason}{or_off}");
                 self.error(span, key, message);
                 return None;
             }
