@@ -109,7 +109,6 @@ pub async fn relay(
     probe: &RelayProbe,
 ) -> (StreamEnd, StreamStats) {
     let mut framer = Framer::new();
-    let mut shutdown = shutdown.clone();
     let mut stats = StreamStats::default();
     let heartbeat = if compressed { None } else { policy.heartbeat };
     let mut last_upstream = Instant::now();
@@ -118,6 +117,25 @@ pub async fn relay(
     if *shutdown.borrow() {
         drain_deadline = Some(Instant::now() + policy.drain_limit);
     }
+    // Resolves once shutdown starts (or the server is torn down). Created
+    // once, so its waker registration survives the loop's turns.
+    let mut shutdown_rx = shutdown.clone();
+    let shutdown_started = async move {
+        while !*shutdown_rx.borrow_and_update() {
+            if shutdown_rx.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::pin!(shutdown_started);
+    // One timer for whichever deadline comes first. It is moved only when
+    // the deadline comes earlier than where it is set, or after it fired:
+    // every event pushes the heartbeat deadline later, and leaving the timer
+    // in place (it then fires early and is re-set once) saves a timer update
+    // per event.
+    let timer = sleep_until(far_future());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
 
     let end = loop {
         // Before the first upstream byte the framer cannot rule out a BOM to
@@ -136,12 +154,18 @@ pub async fn relay(
         }
         let heartbeat_at = heartbeat.map(|h| last_upstream.max(last_heartbeat) + h);
         let idle_at = policy.idle_timeout.map(|t| last_upstream + t);
-        // One timer for whichever deadline comes first, so an idle stream
-        // holds a single sleep.
         let next_deadline = [heartbeat_at, idle_at, drain_deadline]
             .into_iter()
             .flatten()
             .min();
+        match (next_deadline, armed) {
+            (Some(due), Some(at)) if due >= at => {}
+            (Some(due), _) => {
+                timer.as_mut().reset(due);
+                armed = Some(due);
+            }
+            (None, _) => armed = None,
+        }
 
         let turn = tokio::select! {
             biased;
@@ -151,22 +175,21 @@ pub async fn relay(
                 Err(e) => Turn::UpstreamError(e),
             },
             _ = client.closed() => Turn::ClientGone,
-            _ = sleep_until(next_deadline.unwrap_or_else(far_future)), if next_deadline.is_some() => {
+            _ = &mut timer, if armed.is_some() => {
+                armed = None;
                 let now = Instant::now();
                 if drain_deadline.is_some_and(|d| d <= now) {
                     Turn::DrainExpired
                 } else if idle_at.is_some_and(|d| d <= now) {
                     Turn::IdleDue
-                } else {
+                } else if heartbeat_at.is_some_and(|d| d <= now) {
                     Turn::HeartbeatDue
+                } else {
+                    // Set for a deadline that has since moved later.
+                    continue;
                 }
             }
-            changed = shutdown.changed(), if drain_deadline.is_none() => match changed {
-                Ok(()) if *shutdown.borrow() => Turn::ShutdownStarted,
-                // The sender is gone only when the server is being torn down.
-                Err(_) => Turn::ShutdownStarted,
-                Ok(()) => continue,
-            },
+            _ = &mut shutdown_started, if drain_deadline.is_none() => Turn::ShutdownStarted,
         };
 
         match turn {
