@@ -191,7 +191,7 @@ fn log_bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     }
     (
         10f64.powf((lo / 1.5).log10().floor()),
-        10f64.powf((hi * 3.0).log10().ceil()),
+        10f64.powf((hi * 1.5).log10().ceil()),
     )
 }
 

@@ -362,20 +362,23 @@ bench() {
   "${LOAD_CPU[@]}" "$BENCH_BIN" bench --json "$@"
 }
 
+# thousands N: 9900 -> 9,900 (locale-independent).
+thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
+
 run_cell() {
   local scen="$1" t="$2" rate streams dur ramp url base flags=() summary want max_s sock_base
   CELL="$RUN/$scen-$t"
   mkdir -p "$CELL"
   case "$scen" in
     idle) rate=$FAN_RATE; streams=$IDLE_STREAMS; dur=$IDLE_DUR; ramp=$IDLE_RAMP
-          summary="$streams idle HTTP/1.1 streams (?idle=1), opened over ${ramp} s, held to ${dur} s; RSS sampled once all were open" ;;
+          summary="$(thousands "$streams") idle HTTP/1.1 streams (?idle=1), opened over ${ramp} s, held to ${dur} s; RSS sampled once all were open" ;;
     fanout) rate=$FAN_RATE; streams=$FAN_STREAMS; dur=$FAN_DUR; ramp=$RAMP
-          summary="$streams HTTP/1.1 streams × $rate events/s, $PAYLOAD-byte payload, $dur s (ramp ${ramp} s included)" ;;
+          summary="$(thousands "$streams") HTTP/1.1 streams × $rate events/s, $PAYLOAD-byte payload, $dur s (ramp ${ramp} s included)" ;;
     h2mux) rate=$FAN_RATE; streams=$H2_STREAMS; dur=$H2_DUR; ramp=$RAMP
           flags=(--http2 --connections "$H2_CONNS")
-          summary="$streams streams over $H2_CONNS HTTP/2 (h2c) connections × $rate events/s, $PAYLOAD-byte payload, $dur s (ramp ${ramp} s included)" ;;
+          summary="$(thousands "$streams") streams over $H2_CONNS HTTP/2 (h2c) connections × $rate events/s, $PAYLOAD-byte payload, $dur s (ramp ${ramp} s included)" ;;
     latency) rate=$LAT_RATE; streams=$LAT_STREAMS; dur=$LAT_DUR; ramp=$RAMP
-          summary="$streams HTTP/1.1 streams × $rate events/s, $PAYLOAD-byte payload, $dur s (ramp ${ramp} s included)" ;;
+          summary="$(thousands "$streams") HTTP/1.1 streams × $rate events/s, $PAYLOAD-byte payload, $dur s (ramp ${ramp} s included)" ;;
   esac
   printf '{"summary": "%s", "streams": %d, "rate": %d, "payload": %d, "duration_s": %d, "ramp_s": %d, "http2": %s}\n' \
     "$summary" "$streams" "$rate" "$PAYLOAD" "$dur" "$ramp" "$([ "$scen" = h2mux ] && echo true || echo false)" >"$CELL/params.json"
