@@ -445,29 +445,6 @@ fn hex_value(byte: u8) -> Option<u8> {
         .and_then(|d| u8::try_from(d).ok())
 }
 
-/// `data` as one chunk: size line, data, CRLF. Empty data would end the body,
-/// so callers never pass it (the terminator is [`LAST_CHUNK`]).
-pub fn encode_chunk(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + 20);
-    let _ = write!(SliceWriter(&mut out), "{:x}\r\n", data.len());
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
-/// The last chunk with an empty trailer section.
-pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
-
-/// Lets `write!` append to a byte vector.
-struct SliceWriter<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for SliceWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
-}
-
 /// A request head: `METHOD target HTTP/1.1`, `Host`, `Accept:
 /// text/event-stream` unless `headers` has an Accept, `Content-Length` when a
 /// body is sent, then `headers` as given.
@@ -501,6 +478,7 @@ pub fn request_head(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunked::{encode_chunk, LAST_CHUNK};
     use proptest::prelude::*;
 
     /// Decodes `input` fed in the pieces given by `cuts`; returns body, where

@@ -34,9 +34,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::broadcast;
 
-use super::http1::{self, BodyDecoder, Framing, Head, Progress, LAST_CHUNK};
+use super::http1::{self, BodyDecoder, Framing, Head, Progress};
 use super::stats::unix_micros;
 use super::{sys, EXIT_USAGE};
+use crate::chunked::{encode_chunk, LAST_CHUNK};
 use crate::cli::BenchUpstreamArgs;
 
 /// Events kept for `Last-Event-ID`, and how far a subscriber may lag.
@@ -194,7 +195,7 @@ impl Frame {
     fn new(sse: Vec<u8>, seq: u64) -> Self {
         Frame {
             seq,
-            chunk: Bytes::from(http1::encode_chunk(&sse)),
+            chunk: encode_chunk(&sse).freeze(),
             sse: Bytes::from(sse),
         }
     }
@@ -638,7 +639,7 @@ async fn tokens_h1(tcp: &mut TcpStream, count: u64, chunked: bool) -> io::Result
         tokio::time::sleep(TOKEN_INTERVAL).await;
         let token = token_text(i);
         if chunked {
-            tcp.write_all(&http1::encode_chunk(&token)).await?;
+            tcp.write_all(&encode_chunk(&token)).await?;
         } else {
             tcp.write_all(&token).await?;
         }

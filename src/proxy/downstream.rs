@@ -8,13 +8,14 @@
 //! operations: write a chunk and flush it, notice the client leaving, and
 //! end the body.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::chunked::{encode_chunk, LAST_CHUNK};
 
 /// A write to the client failed, timed out, or the client is gone.
 #[derive(Debug)]
@@ -63,18 +64,6 @@ impl H1Client {
     }
 }
 
-/// One chunk of a chunked body: size line, data, CRLF.
-fn chunk_frame(data: &[u8]) -> BytesMut {
-    let mut frame = BytesMut::with_capacity(data.len() + 20);
-    // Writing to a BytesMut cannot fail.
-    let _ = write!(frame, "{:X}\r\n", data.len());
-    frame.extend_from_slice(data);
-    frame.extend_from_slice(b"\r\n");
-    frame
-}
-
-const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
-
 impl Downstream {
     /// Writes `data` and flushes it to the client's socket. Empty data is not written.
     pub async fn write(&mut self, data: Bytes) -> Result<(), ClientWriteFailed> {
@@ -82,7 +71,7 @@ impl Downstream {
             return Ok(());
         }
         match self {
-            Downstream::H1(c) => c.write_frame(&chunk_frame(&data)).await,
+            Downstream::H1(c) => c.write_frame(&encode_chunk(&data)).await,
             Downstream::Session(s) => s
                 .write_response_body(data, false)
                 .await
@@ -127,20 +116,5 @@ impl Downstream {
             }
             Downstream::Session(s) => s.shutdown().await,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunk_frames() {
-        assert_eq!(&chunk_frame(b"hello")[..], b"5\r\nhello\r\n");
-        let big = vec![b'x'; 300];
-        let f = chunk_frame(&big);
-        assert!(f.starts_with(b"12C\r\n"));
-        assert!(f.ends_with(b"x\r\n"));
-        assert_eq!(f.len(), 5 + 300 + 2);
     }
 }

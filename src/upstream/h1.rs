@@ -27,7 +27,7 @@ use pingora_error::{Error, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
-use super::chunked::ChunkedDecoder;
+use crate::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
 
 /// Largest response header section accepted.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -137,11 +137,7 @@ impl H1Conn {
             return Ok(());
         }
         if self.chunked_request {
-            let mut frame = BytesMut::with_capacity(data.len() + 20);
-            frame.extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
-            frame.extend_from_slice(data);
-            frame.extend_from_slice(b"\r\n");
-            self.write_all(&frame).await
+            self.write_all(&encode_chunk(data)).await
         } else {
             self.write_all(data).await
         }
@@ -150,7 +146,7 @@ impl H1Conn {
     /// Ends the request body (the last chunk, when chunked).
     pub async fn finish_request_body(&mut self) -> Result<()> {
         if self.chunked_request {
-            self.write_all(b"0\r\n\r\n").await
+            self.write_all(LAST_CHUNK).await
         } else {
             Ok(())
         }

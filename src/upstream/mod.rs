@@ -7,7 +7,6 @@
 //! h2c upstreams go through pingora's HTTP `Connector`. `UpstreamSession`
 //! gives the proxy one interface to both.
 
-pub mod chunked;
 pub mod h1;
 
 use std::net::SocketAddr;

@@ -1,13 +1,31 @@
-//! An incremental decoder for HTTP/1.1 chunked bodies (RFC 9112 §7.1):
-//! pure, no I/O, fed whatever bytes a read returned.
+//! HTTP/1.1 chunked transfer coding (RFC 9112 §7.1): the encoder every
+//! writer of a chunked body uses (the proxy toward its HTTP/1 clients and
+//! upstreams, the bench origin), and an incremental decoder: pure, no I/O,
+//! fed whatever bytes a read returned.
 //!
-//! It keeps a few words of state between calls, never the bytes: data is
+//! The decoder keeps a few words of state between calls, never the bytes: data is
 //! copied out as it is decoded, so a stream that is silent between reads
 //! holds nothing. It is strict where leniency would let two parsers
 //! disagree about where a body ends: CRLF line ends, hex sizes that fit in
 //! 64 bits, bounded extensions and trailers.
 
+use std::fmt::Write as _;
+
 use bytes::BytesMut;
+
+/// The last chunk with an empty trailer section: the end of a chunked body.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// One chunk of a chunked body: size line, data, CRLF. `data` must not be
+/// empty (an empty chunk is the end of the body: see [`LAST_CHUNK`]).
+pub fn encode_chunk(data: &[u8]) -> BytesMut {
+    let mut frame = BytesMut::with_capacity(data.len() + 20);
+    // Writing to a BytesMut cannot fail.
+    let _ = write!(frame, "{:X}\r\n", data.len());
+    frame.extend_from_slice(data);
+    frame.extend_from_slice(b"\r\n");
+    frame
+}
 
 /// Longest chunk extension (the part after `;` on a size line) accepted.
 const MAX_EXTENSION: usize = 4096;
@@ -219,6 +237,20 @@ mod tests {
             done = pr.done;
         }
         Ok((out.to_vec(), done, leftover))
+    }
+
+    #[test]
+    fn chunks_are_encoded_with_their_hex_size() {
+        assert_eq!(&encode_chunk(b"hello")[..], b"5\r\nhello\r\n");
+        let big = vec![b'x'; 300];
+        let f = encode_chunk(&big);
+        assert!(f.starts_with(b"12C\r\n"));
+        assert!(f.ends_with(b"x\r\n"));
+        assert_eq!(f.len(), 5 + 300 + 2);
+        let mut wire = encode_chunk(b"hi");
+        wire.extend_from_slice(LAST_CHUNK);
+        let (out, done, left) = decode_all(&[&wire]).unwrap();
+        assert_eq!((out.as_slice(), done, left), (&b"hi"[..], true, 0));
     }
 
     #[test]
