@@ -391,10 +391,7 @@ impl ProxyApp {
                 Err(e) => Err(e),
             }
         };
-        match sent {
-            Ok(()) if session.is_body_done() => Outcome::Clean,
-            _ => Outcome::Abort,
-        }
+        outcome_of(sent, session)
     }
 
     /// Serves further requests on a kept-alive client connection.
@@ -737,7 +734,14 @@ async fn respond_with(
 /// Responds, and decides whether the connection survives: only if the response
 /// went out and the request body (if any) is fully read.
 async fn respond_or_abort(session: &mut ServerSession, status: u16, body: &'static str) -> Outcome {
-    match respond(session, status, body).await {
+    let sent = respond(session, status, body).await;
+    outcome_of(sent, session)
+}
+
+/// A response of our own leaves the connection usable only if it went out
+/// and the request body (if any) is fully read.
+fn outcome_of(sent: Result<()>, session: &mut ServerSession) -> Outcome {
+    match sent {
         Ok(()) if session.is_body_done() => Outcome::Clean,
         _ => Outcome::Abort,
     }
