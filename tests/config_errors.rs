@@ -756,7 +756,9 @@ fn reference_config_summary() {
         "notify.example.com / -> notifications, heartbeat 5s, idle timeout 1h",
         "* /events/ -> app (strip prefix), heartbeat 15s, idle timeout off, max streams 5000",
         "* / -> app, heartbeat 15s, idle timeout 1h, max streams unlimited",
-        "limits: max streams 10000, per client 100, shed retry 5s + up to 5s jitter",
+        "limits: max streams 10000, per client 100, max connections 20000, shed retry 5s + up to 5s jitter",
+        "max streams 5000, resume on-error (3 attempts, backoff 1s without retry:)",
+        "drain window 5s, client write timeout 1m, client buffer 262144 bytes",
         "stream defaults: heartbeat 15s (\":\\n\\n\"), idle timeout 1h",
         "timeouts: connect 5s, read 1m, write 1m, upstream keepalive 1m",
         "admin: 127.0.0.1:9090  GET /metrics",
@@ -843,7 +845,7 @@ fn unknown_key_in_limits() {
         2,
         1,
         "limits.max_stream",
-        "expected one of `max_streams`, `max_streams_per_client`, `shed_retry`, `shed_retry_jitter`",
+        "expected one of `max_streams`, `max_streams_per_client`, `max_connections`, `shed_retry`, `shed_retry_jitter`",
     );
 }
 
@@ -867,4 +869,29 @@ proptest::proptest! {
     fn toml_like_text_never_panics(text in "(\\[{1,2}[a-z]{1,8}\\]{1,2}\n|[a-z_]{1,12} = (\"[^\"\n]{0,12}\"|[0-9]{1,4}|\\[\\]|\\{\\})\n){0,12}") {
         let _ = config::parse(&text, "fuzz.toml", Path::new("/nonexistent"));
     }
+}
+
+#[test]
+fn stream_robustness_keys_name_line_and_key() {
+    assert_error(
+        &doc("[stream]\nclient_buffer = -5\n"),
+        2,
+        17,
+        "stream.client_buffer",
+        "-5 is negative",
+    );
+    assert_error(
+        &doc("[server]\ngrace_period = \"3s\"\n[stream]\ndrain_window = \"3s\"\n"),
+        4,
+        16,
+        "stream.drain_window",
+        "shorter than server.grace_period, 3s",
+    );
+    assert_error(
+        &doc("[[route]]\npath = \"/\"\nupstream = \"app\"\nresume = \"on_error\"\n"),
+        4,
+        10,
+        "route[0].resume",
+        "unknown value \"on_error\"",
+    );
 }

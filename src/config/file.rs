@@ -90,6 +90,9 @@ pub struct StreamSection {
     pub cache_control: Option<Spanned<String>>,
     pub shutdown_retry: Option<Spanned<DurationValue>>,
     pub shutdown_retry_jitter: Option<Spanned<DurationValue>>,
+    pub drain_window: Option<Spanned<DurationValue>>,
+    pub client_write_timeout: Option<Spanned<DurationValue>>,
+    pub client_buffer: Option<Spanned<SizeValue>>,
 }
 
 /// `[limits]`: open-stream limits and the backoff given to shed clients.
@@ -99,6 +102,7 @@ pub struct LimitsSection {
     /// `i64` so `0` and `-1` reach validation, as for `server.threads`.
     pub max_streams: Option<Spanned<i64>>,
     pub max_streams_per_client: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
     pub shed_retry: Option<Spanned<DurationValue>>,
     pub shed_retry_jitter: Option<Spanned<DurationValue>>,
 }
@@ -125,6 +129,10 @@ pub struct RouteEntry {
     pub heartbeat: Option<Spanned<DurationValue>>,
     pub idle_timeout: Option<Spanned<DurationValue>>,
     pub max_streams: Option<Spanned<i64>>,
+    /// A string rather than an enum so an unknown value is one error among many.
+    pub resume: Option<Spanned<String>>,
+    pub resume_attempts: Option<Spanned<i64>>,
+    pub resume_backoff: Option<Spanned<DurationValue>>,
 }
 
 /// `[admin]`: the listener for `/metrics` and `/healthz`.
@@ -174,6 +182,26 @@ impl Visitor<'_> for DurationVisitor {
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<DurationValue, E> {
         Ok(DurationValue::Float(v))
+    }
+}
+
+/// A size as written: a whole number of bytes, or a string with a unit
+/// (`"256KiB"`); kept loose so validation phrases every mistake.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SizeValue {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+}
+
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // The duration visitor accepts exactly the same shapes.
+        Ok(match deserializer.deserialize_any(DurationVisitor)? {
+            DurationValue::Text(t) => SizeValue::Text(t),
+            DurationValue::Integer(n) => SizeValue::Integer(n),
+            DurationValue::Float(f) => SizeValue::Float(f),
+        })
     }
 }
 

@@ -98,6 +98,16 @@ pub struct StreamSettings {
     pub shutdown_retry: Duration,
     /// Random extra added to `shutdown_retry`, uniform in [0, jitter]. Default 1 s.
     pub shutdown_retry_jitter: Duration,
+    /// On a graceful shutdown or upgrade, each stream ends at its first event
+    /// boundary after a random moment in [0, drain_window], so that the
+    /// reconnections are spread out. Default 5 s; less than `grace_period`.
+    pub drain_window: Duration,
+    /// End a stream whose client accepts no byte for this long. Default 60 s.
+    pub client_write_timeout: Duration,
+    /// Bytes one stream may hold queued towards a client that does not read
+    /// (its socket send buffer plus the chunk in hand); past it the
+    /// upstream is not read. Default 256 KiB.
+    pub client_buffer: usize,
 }
 
 /// `[limits]`: how many event streams may be open at once, and the backoff
@@ -108,6 +118,9 @@ pub struct LimitSettings {
     pub max_streams: Option<usize>,
     /// Open event streams per client IP address.
     pub max_streams_per_client: Option<usize>,
+    /// Client connections open at once across all listeners; past it a new
+    /// connection is closed at once.
+    pub max_connections: Option<usize>,
     /// Backoff for a shed client: the `retry:` of the 200 given to an
     /// `EventSource`, or `Retry-After` of a 503. Default 5 s, > 0.
     pub shed_retry: Duration,
@@ -148,6 +161,23 @@ pub struct Route {
     pub idle_timeout: Option<Option<Duration>>,
     /// Open event streams on this route; `None` = unlimited.
     pub max_streams: Option<usize>,
+    /// What to do when the upstream of an event stream fails mid-stream.
+    pub resume: Resume,
+    /// Reconnection attempts before a resume gives up. Default 3.
+    pub resume_attempts: u32,
+    /// Wait before a reconnection when the upstream sent no `retry:`. Default 1 s.
+    pub resume_backoff: Duration,
+}
+
+/// A route's `resume` option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// `"off"` (the default): an upstream failure aborts the client's stream.
+    Off,
+    /// `"on-error"`: a GET stream whose upstream fails (reset, truncated
+    /// body, idle timeout) is continued from another connection with
+    /// `Last-Event-ID`, the client's stream staying open.
+    OnError,
 }
 
 #[cfg(test)]
@@ -162,6 +192,9 @@ impl Route {
             heartbeat: None,
             idle_timeout: None,
             max_streams: None,
+            resume: Resume::Off,
+            resume_attempts: 3,
+            resume_backoff: Duration::from_secs(1),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use super::duration::format_duration;
-use super::model::{Config, HostMatch, UpstreamProtocol};
+use super::model::{Config, HostMatch, Resume, UpstreamProtocol};
 
 /// Renders `config` as plain text, one item per line, without a trailing newline.
 /// It does not repeat the file name: the caller prints that with its verdict.
@@ -27,20 +27,24 @@ pub fn summary(config: &Config) -> String {
     let s = &config.stream;
     let _ = writeln!(
         out,
-        "stream defaults: heartbeat {} ({:?}), idle timeout {}, cache-control {:?}, shutdown retry {} + up to {} jitter",
+        "stream defaults: heartbeat {} ({:?}), idle timeout {}, cache-control {:?}, shutdown retry {} + up to {} jitter, drain window {}, client write timeout {}, client buffer {} bytes",
         on_off(s.heartbeat),
         s.heartbeat_text,
         on_off(s.idle_timeout),
         s.cache_control,
         format_duration(s.shutdown_retry),
         format_duration(s.shutdown_retry_jitter),
+        format_duration(s.drain_window),
+        format_duration(s.client_write_timeout),
+        s.client_buffer,
     );
     let l = &config.limits;
     let _ = writeln!(
         out,
-        "limits: max streams {}, per client {}, shed retry {} + up to {} jitter",
+        "limits: max streams {}, per client {}, max connections {}, shed retry {} + up to {} jitter",
         limit(l.max_streams),
         limit(l.max_streams_per_client),
+        limit(l.max_connections),
         format_duration(l.shed_retry),
         format_duration(l.shed_retry_jitter),
     );
@@ -114,7 +118,7 @@ fn routes(out: &mut String, config: &Config) {
         let idle = r.idle_timeout.unwrap_or(config.stream.idle_timeout);
         let _ = writeln!(
             out,
-            "  {host} {} -> {upstream}{}, heartbeat {}, idle timeout {}, max streams {}",
+            "  {host} {} -> {upstream}{}, heartbeat {}, idle timeout {}, max streams {}, resume {}",
             r.path,
             if r.strip_prefix {
                 " (strip prefix)"
@@ -124,6 +128,14 @@ fn routes(out: &mut String, config: &Config) {
             on_off(heartbeat),
             on_off(idle),
             limit(r.max_streams),
+            match r.resume {
+                Resume::Off => "off".to_string(),
+                Resume::OnError => format!(
+                    "on-error ({} attempts, backoff {} without retry:)",
+                    r.resume_attempts,
+                    format_duration(r.resume_backoff)
+                ),
+            },
         );
     }
 }

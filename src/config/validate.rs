@@ -17,10 +17,10 @@ use toml::Spanned;
 
 use super::duration::{parse_duration, UNIT_HELP};
 use super::error::{ConfigError, ConfigErrors};
-use super::file::{self, DurationValue};
+use super::file::{self, DurationValue, SizeValue};
 use super::model::{
-    Admin, Config, HostMatch, LimitSettings, Listener, Route, Server, StreamSettings, Timeouts,
-    Tls, Upstream, UpstreamProtocol,
+    Admin, Config, HostMatch, LimitSettings, Listener, Resume, Route, Server, StreamSettings,
+    Timeouts, Tls, Upstream, UpstreamProtocol,
 };
 
 // Defaults, as documented in `config::model` and `conf/ssegate.toml`.
@@ -43,6 +43,15 @@ const SHUTDOWN_RETRY: Duration = Duration::from_secs(1);
 const SHUTDOWN_RETRY_JITTER: Duration = Duration::from_secs(1);
 const SHED_RETRY: Duration = Duration::from_secs(5);
 const SHED_RETRY_JITTER: Duration = Duration::from_secs(5);
+const DRAIN_WINDOW: Duration = Duration::from_secs(5);
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+const CLIENT_BUFFER: usize = 256 * 1024;
+/// At least one upstream read (16 KiB) plus its chunk framing must fit.
+const CLIENT_BUFFER_MIN: usize = 32 * 1024;
+const CLIENT_BUFFER_MAX: usize = 64 * 1024 * 1024;
+const RESUME_ATTEMPTS: u32 = 3;
+const RESUME_ATTEMPTS_MAX: i64 = 100;
+const RESUME_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A parsed file plus what validation needs to phrase its errors.
 pub struct Document<'a> {
@@ -66,13 +75,14 @@ impl TryFrom<Document<'_>> for Config {
         };
         let file = doc.schema;
         let listeners = check.listeners(&file.listener, doc.base_dir);
+        let server = check.server(&file.server);
         let config = Config {
             source: doc.source.to_string(),
-            server: check.server(&file.server),
+            stream: check.stream(&file.stream, &file.server, server.grace_period),
+            server,
             admin: file.admin.as_ref().and_then(|a| check.admin(a, &listeners)),
             listeners,
             timeouts: check.timeouts(&file.timeouts),
-            stream: check.stream(&file.stream),
             upstreams: check.upstreams(&file.upstream),
             routes: check.routes(&file.route, &file.upstream),
             limits: check.limits(&file.limits),
@@ -333,8 +343,50 @@ impl Checker<'_> {
         }
     }
 
-    fn stream(&mut self, s: &file::StreamSection) -> StreamSettings {
+    fn stream(
+        &mut self,
+        s: &file::StreamSection,
+        server: &file::ServerSection,
+        grace_period: Duration,
+    ) -> StreamSettings {
+        let drain_window = match &s.drain_window {
+            // The default fits inside any grace period: at most half of it.
+            None => DRAIN_WINDOW.min(grace_period / 2),
+            Some(value) => {
+                let window = self.duration(
+                    "stream.drain_window",
+                    Some(value),
+                    DRAIN_WINDOW,
+                    Accept::ZeroToo,
+                );
+                if !window.is_zero() && window >= grace_period {
+                    let from = if server.grace_period.is_some() {
+                        ""
+                    } else {
+                        " (its default)"
+                    };
+                    let message = format!(
+                        "must be shorter than server.grace_period{from}, {grace_period:?}: streams still open when the grace period ends are cut without a `retry:` hint"
+                    );
+                    self.error(Some(value.span()), "stream.drain_window", message);
+                }
+                window
+            }
+        };
         StreamSettings {
+            drain_window,
+            client_write_timeout: self.duration(
+                "stream.client_write_timeout",
+                s.client_write_timeout.as_ref(),
+                CLIENT_WRITE_TIMEOUT,
+                Accept::PositiveOnly,
+            ),
+            client_buffer: self.size(
+                "stream.client_buffer",
+                s.client_buffer.as_ref(),
+                CLIENT_BUFFER,
+                CLIENT_BUFFER_MIN..=CLIENT_BUFFER_MAX,
+            ),
             heartbeat: self.switch("stream.heartbeat", s.heartbeat.as_ref(), Some(HEARTBEAT)),
             heartbeat_text: self.text_value(
                 "stream.heartbeat_text",
@@ -375,6 +427,11 @@ impl Checker<'_> {
                 "limits.max_streams_per_client",
                 l.max_streams_per_client.as_ref(),
             ),
+            max_connections: self.positive_count(
+                "limits.max_connections",
+                l.max_connections.as_ref(),
+                "connections",
+            ),
             // A zero backoff would turn every shed EventSource into a
             // reconnect loop against a proxy that is already full.
             shed_retry: self.duration(
@@ -394,13 +451,23 @@ impl Checker<'_> {
 
     /// A `max_streams`-style limit: absent is unlimited, else at least 1.
     fn stream_limit(&mut self, key: &str, value: Option<&Spanned<i64>>) -> Option<usize> {
+        self.positive_count(key, value, "streams")
+    }
+
+    /// A limit counting `what`: absent is unlimited, else at least 1.
+    fn positive_count(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<i64>>,
+        what: &str,
+    ) -> Option<usize> {
         let value = value?;
         let n = *value.get_ref();
         match usize::try_from(n) {
             Ok(limit) if limit >= 1 => Some(limit),
             _ => {
                 let message = format!(
-                    "must be a positive whole number of streams, got {n}; leave the key out for no limit"
+                    "must be a positive whole number of {what}, got {n}; leave the key out for no limit"
                 );
                 self.error(Some(value.span()), key, message);
                 None
@@ -570,6 +637,84 @@ impl Checker<'_> {
             idle_timeout: override_of(self, "idle_timeout", entry.idle_timeout.as_ref()),
             max_streams: self
                 .stream_limit(&format!("{key}.max_streams"), entry.max_streams.as_ref()),
+            resume: self.resume(&format!("{key}.resume"), entry.resume.as_ref()),
+            resume_attempts: self.resume_attempts(
+                &format!("{key}.resume_attempts"),
+                entry.resume_attempts.as_ref(),
+            ),
+            resume_backoff: self.duration(
+                &format!("{key}.resume_backoff"),
+                entry.resume_backoff.as_ref(),
+                RESUME_BACKOFF,
+                Accept::PositiveOnly,
+            ),
+        }
+    }
+
+    fn resume(&mut self, key: &str, value: Option<&Spanned<String>>) -> Resume {
+        let Some(value) = value else {
+            return Resume::Off;
+        };
+        match value.get_ref().as_str() {
+            "off" => Resume::Off,
+            "on-error" => Resume::OnError,
+            other => {
+                let message = format!("unknown value {other:?}; expected \"off\" or \"on-error\"");
+                self.error(Some(value.span()), key, message);
+                Resume::Off
+            }
+        }
+    }
+
+    fn resume_attempts(&mut self, key: &str, value: Option<&Spanned<i64>>) -> u32 {
+        let Some(value) = value else {
+            return RESUME_ATTEMPTS;
+        };
+        let n = *value.get_ref();
+        if (1..=RESUME_ATTEMPTS_MAX).contains(&n) {
+            return n as u32;
+        }
+        let message = format!("must be a whole number from 1 to {RESUME_ATTEMPTS_MAX}, got {n}; use resume = \"off\" for none");
+        self.error(Some(value.span()), key, message);
+        RESUME_ATTEMPTS
+    }
+
+    /// A byte size: a whole number of bytes or a string such as `"256KiB"`.
+    fn size(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<SizeValue>>,
+        default: usize,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> usize {
+        let Some(value) = value else {
+            return default;
+        };
+        let parsed = match value.get_ref() {
+            SizeValue::Integer(n) => usize::try_from(*n).map_err(|_| format!("{n} is negative")),
+            SizeValue::Float(f) => Err(format!("{f} is not a whole number of bytes")),
+            SizeValue::Text(t) => parse_size(t),
+        };
+        let result = parsed.and_then(|n| {
+            if range.contains(&n) {
+                Ok(n)
+            } else {
+                Err(format!(
+                    "{n} bytes is out of range: from {} to {} bytes",
+                    range.start(),
+                    range.end()
+                ))
+            }
+        });
+        match result {
+            Ok(n) => n,
+            Err(reason) => {
+                let message = format!(
+                    "{reason}; write a size such as \"256KiB\", \"1MiB\" or 262144 (bytes)"
+                );
+                self.error(Some(value.span()), key, message);
+                default
+            }
         }
     }
 
@@ -693,6 +838,32 @@ impl Accept {
             _ => Ok(()),
         }
     }
+}
+
+/// `"262144"`, `"256KiB"`, `"1MiB"`, `"64KB"`: binary units (KiB, MiB)
+/// and, as their everyday aliases, K/KB and M/MB, all powers of 1024.
+pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    if digits.is_empty() {
+        return Err(format!("invalid size {text:?}: no number"));
+    }
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: number too large"))?;
+    let factor: usize = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "KiB" | "k" | "kB" => 1024,
+        "M" | "MB" | "MiB" => 1024 * 1024,
+        other => {
+            return Err(format!(
+                "invalid size {text:?}: unknown unit {other:?} (B, KiB or MiB)"
+            ))
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("invalid size {text:?}: too large"))
 }
 
 /// Would binding both fail? Same port, and the same IP or a wildcard that
@@ -929,6 +1100,90 @@ mod tests {
             "route[0].max_streams",
             "leave the key out for no limit",
         );
+    }
+
+    #[test]
+    fn stream_robustness_keys() {
+        let c = config("");
+        assert_eq!(c.stream.drain_window, Duration::from_secs(5));
+        assert_eq!(c.stream.client_write_timeout, Duration::from_secs(60));
+        assert_eq!(c.stream.client_buffer, 256 * 1024);
+        assert_eq!(c.limits.max_connections, None);
+        let r = &c.routes[0];
+        assert_eq!(
+            (r.resume, r.resume_attempts, r.resume_backoff),
+            (Resume::Off, 3, Duration::from_secs(1))
+        );
+        // The default window shrinks to half of a short grace period.
+        let c = config("[server]\ngrace_period = \"2s\"");
+        assert_eq!(c.stream.drain_window, Duration::from_secs(1));
+        let c = config(
+            "[stream]\ndrain_window = \"0s\"\nclient_write_timeout = \"5s\"\nclient_buffer = \"1MiB\"\n\
+             [limits]\nmax_connections = 10\n\
+             [[route]]\npath = \"/e/\"\nupstream = \"app\"\nresume = \"on-error\"\n\
+             resume_attempts = 7\nresume_backoff = \"250ms\"\n",
+        );
+        assert_eq!(c.stream.drain_window, Duration::ZERO);
+        assert_eq!(c.stream.client_write_timeout, Duration::from_secs(5));
+        assert_eq!(c.stream.client_buffer, 1024 * 1024);
+        assert_eq!(c.limits.max_connections, Some(10));
+        let r = &c.routes[0];
+        assert_eq!(
+            (r.resume, r.resume_attempts, r.resume_backoff),
+            (Resume::OnError, 7, Duration::from_millis(250))
+        );
+        assert_eq!(
+            config("[stream]\nclient_buffer = 65536")
+                .stream
+                .client_buffer,
+            65536
+        );
+        assert_one_error(
+            "[stream]\ndrain_window = \"10s\"",
+            "stream.drain_window",
+            "shorter than server.grace_period (its default)",
+        );
+        assert_one_error(
+            "[stream]\nclient_write_timeout = \"0s\"",
+            "stream.client_write_timeout",
+            "greater than zero",
+        );
+        assert_one_error(
+            "[stream]\nclient_buffer = \"1KiB\"",
+            "stream.client_buffer",
+            "out of range",
+        );
+        assert_one_error(
+            "[stream]\nclient_buffer = \"256 parsecs\"",
+            "stream.client_buffer",
+            "unknown unit",
+        );
+        assert_one_error(
+            "[limits]\nmax_connections = 0",
+            "limits.max_connections",
+            "positive whole number of connections",
+        );
+        assert_one_error(
+            "[[route]]\npath = \"/e/\"\nupstream = \"app\"\nresume = \"always\"",
+            "route[0].resume",
+            "expected \"off\" or \"on-error\"",
+        );
+        assert_one_error(
+            "[[route]]\npath = \"/e/\"\nupstream = \"app\"\nresume_attempts = 0",
+            "route[0].resume_attempts",
+            "from 1 to 100",
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("262144"), Ok(262144));
+        assert_eq!(parse_size("256KiB"), Ok(262144));
+        assert_eq!(parse_size("256 KB"), Ok(262144));
+        assert_eq!(parse_size("2MiB"), Ok(2 << 20));
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("1.5MiB").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
     }
 
     #[test]
