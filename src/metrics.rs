@@ -56,7 +56,7 @@ const RELAY_DELAY_BUCKETS: &[f64] = &[
 ];
 
 /// Every way a stream can end, in the order of [`end_reason`]'s indexes.
-const STREAM_ENDS: [StreamEnd; 7] = [
+const STREAM_ENDS: [StreamEnd; 9] = [
     StreamEnd::UpstreamDone,
     StreamEnd::UpstreamError,
     StreamEnd::ClientGone,
@@ -64,6 +64,8 @@ const STREAM_ENDS: [StreamEnd; 7] = [
     StreamEnd::IdleTimeout,
     StreamEnd::Shutdown,
     StreamEnd::ShutdownAborted,
+    StreamEnd::ClientStalled,
+    StreamEnd::ResumeFailed,
 ];
 
 /// The `reason` label (and access-log `end=`) of a stream end, with its index
@@ -77,6 +79,8 @@ pub fn end_reason(end: StreamEnd) -> (usize, &'static str) {
         StreamEnd::IdleTimeout => (4, "idle_timeout"),
         StreamEnd::Shutdown => (5, "shutdown"),
         StreamEnd::ShutdownAborted => (6, "shutdown_aborted"),
+        StreamEnd::ClientStalled => (7, "client_write_timeout"),
+        StreamEnd::ResumeFailed => (8, "resume_failed"),
     }
 }
 
@@ -104,8 +108,21 @@ pub struct Metrics {
     connect_errors: IntCounterVec,
     upstream_timeouts: IntCounterVec,
     streams_shed: IntCounterVec,
+    client_write_timeouts: IntCounterVec,
+    resume_attempts: IntCounterVec,
+    resumes: IntCounterVec,
     relay_delay: Histogram,
     unrouted: Responses,
+    connections: ConnectionMetrics,
+}
+
+/// Client connections, process-wide.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    /// `ssegate_connections_open`
+    pub open: IntGauge,
+    /// `ssegate_connections_rejected_total`
+    pub rejected: IntCounter,
 }
 
 impl Metrics {
@@ -163,6 +180,33 @@ impl Metrics {
             "Event streams turned away because a stream limit was reached, by the limit: global, route or client.",
             &["route", "limit"],
         )?;
+        let client_write_timeouts = counter(
+            "ssegate_client_write_timeouts_total",
+            "Event streams ended because their client accepted no byte for stream.client_write_timeout.",
+            &["route"],
+        )?;
+        let resume_attempts = counter(
+            "ssegate_resume_attempts_total",
+            "Reconnections to the upstream pool made to resume an event stream whose upstream failed (route resume = \"on-error\").",
+            &["route"],
+        )?;
+        let resumes = counter(
+            "ssegate_resumes_total",
+            "Upstream failures of resumable event streams, by result: succeeded (the stream continued from a new upstream connection) or failed (it ended with a retry: hint).",
+            &["route", "result"],
+        )?;
+        let connections = ConnectionMetrics {
+            open: IntGauge::new(
+                "ssegate_connections_open",
+                "Client connections open now, across all listeners.",
+            )?,
+            rejected: IntCounter::new(
+                "ssegate_connections_rejected_total",
+                "Client connections closed on accept because limits.max_connections was reached.",
+            )?,
+        };
+        registry.register(Box::new(connections.open.clone()))?;
+        registry.register(Box::new(connections.rejected.clone()))?;
         let streams_open = IntGaugeVec::new(
             Opts::new("ssegate_streams_open", "Event streams open now."),
             &["route"],
@@ -199,8 +243,12 @@ impl Metrics {
             connect_errors,
             upstream_timeouts,
             streams_shed,
+            client_write_timeouts,
+            resume_attempts,
+            resumes,
             relay_delay,
             unrouted,
+            connections,
         })
     }
 
@@ -233,6 +281,18 @@ impl Metrics {
             events: self.stream_events.get_metric_with_label_values(&one)?,
             heartbeats: self.heartbeats.get_metric_with_label_values(&one)?,
             client_disconnects: self.client_disconnects.get_metric_with_label_values(&one)?,
+            client_write_timeouts: self
+                .client_write_timeouts
+                .get_metric_with_label_values(&one)?,
+            resume: ResumeMetrics {
+                attempts: self.resume_attempts.get_metric_with_label_values(&one)?,
+                succeeded: self
+                    .resumes
+                    .get_metric_with_label_values(&[label, "succeeded"])?,
+                failed: self
+                    .resumes
+                    .get_metric_with_label_values(&[label, "failed"])?,
+            },
             relay: RelayProbe {
                 delay: self.relay_delay.clone(),
                 bytes: self.stream_bytes.get_metric_with_label_values(&one)?,
@@ -248,6 +308,11 @@ impl Metrics {
                 .upstream_timeouts
                 .get_metric_with_label_values(&[name])?,
         })
+    }
+
+    /// The process-wide client connection metrics.
+    pub fn connections(&self) -> &ConnectionMetrics {
+        &self.connections
     }
 
     /// The response counters of requests no route matched.
@@ -336,6 +401,8 @@ pub struct RouteMetrics {
     events: IntCounter,
     heartbeats: IntCounter,
     client_disconnects: IntCounter,
+    client_write_timeouts: IntCounter,
+    resume: ResumeMetrics,
     relay: RelayProbe,
     /// Indexed like [`Limit::ALL`].
     shed: Box<[IntCounter]>,
@@ -359,6 +426,11 @@ impl RouteMetrics {
         &self.responses
     }
 
+    /// The resume counters of this route.
+    pub fn resume(&self) -> &ResumeMetrics {
+        &self.resume
+    }
+
     /// What the stream phase reports each relayed chunk to.
     pub fn relay(&self) -> &RelayProbe {
         &self.relay
@@ -375,6 +447,30 @@ impl RouteMetrics {
             open: self.streams_open.clone(),
             started: Instant::now(),
         }
+    }
+}
+
+/// A route's resume counters, moved as they happen.
+pub struct ResumeMetrics {
+    attempts: IntCounter,
+    succeeded: IntCounter,
+    failed: IntCounter,
+}
+
+impl ResumeMetrics {
+    /// A reconnection to the pool is being made.
+    pub fn attempted(&self) {
+        self.attempts.inc();
+    }
+
+    /// The stream continued from a new upstream connection.
+    pub fn succeeded(&self) {
+        self.succeeded.inc();
+    }
+
+    /// Every attempt failed; the client's stream is being ended.
+    pub fn failed(&self) {
+        self.failed.inc();
     }
 }
 
@@ -425,8 +521,14 @@ impl StreamTally {
         if let Some(counter) = r.ends.get(index) {
             counter.inc();
         }
-        if matches!(end, StreamEnd::ClientGone | StreamEnd::ClientWriteError) {
+        if matches!(
+            end,
+            StreamEnd::ClientGone | StreamEnd::ClientWriteError | StreamEnd::ClientStalled
+        ) {
             r.client_disconnects.inc();
+        }
+        if end == StreamEnd::ClientStalled {
+            r.client_write_timeouts.inc();
         }
         r.duration.observe(elapsed.as_secs_f64());
         r.events.inc_by(stats.events);
@@ -606,6 +708,7 @@ mod tests {
         drop(a);
         assert_eq!(route.streams_open.get(), 1);
         let stats = StreamStats {
+            resumes: 0,
             bytes: 30,
             events: 3,
             heartbeats: 2,
@@ -627,6 +730,7 @@ mod tests {
     #[test]
     fn access_line_is_one_line_of_key_value_pairs() {
         let stats = StreamStats {
+            resumes: 0,
             bytes: 1234,
             events: 5,
             heartbeats: 2,

@@ -16,6 +16,7 @@ use pingora_core::services::ServiceHandle;
 use crate::admin::AdminApp;
 use crate::config::{Config, Listener};
 use crate::metrics::Metrics;
+use crate::proxy::connections::Limited;
 use crate::proxy::{ProxyApp, Shared};
 use crate::upstream::tcp_keepalive;
 
@@ -142,6 +143,7 @@ pub fn build_after(
             listener.tls.is_some(),
             listener.h2_max_streams,
         );
+        let app = Limited::new(app, shared.connection_limit());
         let mut service = Service::new(format!("ssegate {}", listener.address), app);
         service.add_listener(listener_config(listener)?);
         server.add_service(service).add_dependencies(&prerequisites);

@@ -7,6 +7,13 @@
 //! which frames DATA itself. Either way the stream phase sees three
 //! operations: write a chunk and flush it, notice the client leaving, and
 //! end the body.
+//!
+//! A client that stops reading is bounded twice: its socket's send buffer
+//! is sized to the stream's `client_buffer` (HTTP/1; an HTTP/2 stream is
+//! bounded by its flow-control window and the per-stream send buffer set
+//! in `h2_options`), and a write that makes no progress for
+//! `client_write_timeout` fails as [`WriteFailure::Stalled`]. While a write
+//! waits, the stream does not read its upstream: TCP backpressure.
 
 use std::time::Duration;
 
@@ -17,9 +24,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::chunked::{encode_chunk, LAST_CHUNK};
 
-/// A write to the client failed, timed out, or the client is gone.
-#[derive(Debug)]
-pub struct ClientWriteFailed;
+/// Why a write to the client did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// The connection failed or the client is gone.
+    Failed,
+    /// The client accepted no byte for the write timeout.
+    Stalled,
+}
 
 /// The client of one event stream.
 pub enum Downstream {
@@ -39,7 +51,17 @@ pub struct H1Client {
 }
 
 impl H1Client {
-    pub fn new(stream: Stream, write_timeout: Duration) -> Self {
+    /// `buffer`: the most bytes the kernel may hold queued for this client
+    /// (0 leaves the socket's send buffer as it is).
+    pub fn new(stream: Stream, write_timeout: Duration, buffer: usize) -> Self {
+        if buffer > 0 {
+            // Linux doubles the value for its own bookkeeping and counts
+            // that against the buffer, so half of it is asked for.
+            let fd = stream.id();
+            if let Err(e) = pingora_core::protocols::l4::ext::set_snd_buf(fd, buffer / 2) {
+                log::debug!("client send buffer not set: {e}");
+            }
+        }
         H1Client {
             stream,
             write_timeout,
@@ -52,21 +74,31 @@ impl H1Client {
         (!self.sent_extra).then_some(self.stream)
     }
 
-    async fn write_frame(&mut self, frame: &[u8]) -> Result<(), ClientWriteFailed> {
-        let io = async {
-            self.stream.write_all(frame).await?;
-            self.stream.flush().await
-        };
-        match tokio::time::timeout(self.write_timeout, io).await {
+    /// Writes all of `frame` and flushes it; fails as `Stalled` only when
+    /// one step accepts no byte for the write timeout, so a slow client
+    /// that keeps making progress is served.
+    async fn write_frame(&mut self, mut frame: &[u8]) -> Result<(), WriteFailure> {
+        let t = self.write_timeout;
+        while !frame.is_empty() {
+            match tokio::time::timeout(t, self.stream.write(frame)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(WriteFailure::Failed),
+                Ok(Ok(n)) => frame = &frame[n..],
+                Err(_) => return Err(WriteFailure::Stalled),
+            }
+        }
+        // pingora's stream keeps a small write buffer (one segment); the
+        // flush empties it.
+        match tokio::time::timeout(t, self.stream.flush()).await {
             Ok(Ok(())) => Ok(()),
-            _ => Err(ClientWriteFailed),
+            Ok(Err(_)) => Err(WriteFailure::Failed),
+            Err(_) => Err(WriteFailure::Stalled),
         }
     }
 }
 
 impl Downstream {
     /// Writes `data` and flushes it to the client's socket. Empty data is not written.
-    pub async fn write(&mut self, data: Bytes) -> Result<(), ClientWriteFailed> {
+    pub async fn write(&mut self, data: Bytes) -> Result<(), WriteFailure> {
         if data.is_empty() {
             return Ok(());
         }
@@ -75,7 +107,7 @@ impl Downstream {
             Downstream::Session(s) => s
                 .write_response_body(data, false)
                 .await
-                .map_err(|_| ClientWriteFailed),
+                .map_err(|e| session_failure(&e)),
         }
     }
 
@@ -100,10 +132,10 @@ impl Downstream {
     }
 
     /// Ends the response body properly (last chunk, or END_STREAM).
-    pub async fn finish(&mut self) -> Result<(), ClientWriteFailed> {
+    pub async fn finish(&mut self) -> Result<(), WriteFailure> {
         match self {
             Downstream::H1(c) => c.write_frame(LAST_CHUNK).await,
-            Downstream::Session(s) => s.finish_body().await.map_err(|_| ClientWriteFailed),
+            Downstream::Session(s) => s.finish_body().await.map_err(|e| session_failure(&e)),
         }
     }
 
@@ -116,5 +148,15 @@ impl Downstream {
             }
             Downstream::Session(s) => s.shutdown().await,
         }
+    }
+}
+
+/// A pingora write error as a [`WriteFailure`]: its write timeout (the
+/// session's, set to `client_write_timeout`) is the stall.
+fn session_failure(e: &pingora_error::Error) -> WriteFailure {
+    if e.etype() == &pingora_error::ErrorType::WriteTimedout {
+        WriteFailure::Stalled
+    } else {
+        WriteFailure::Failed
     }
 }

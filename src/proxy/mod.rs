@@ -30,9 +30,11 @@
 //!  finish: upstream back to pool only if fully read; client kept alive if clean
 //! ```
 
+pub mod connections;
 pub mod downstream;
 pub mod headers;
 pub mod limits;
+pub mod resume;
 pub mod stream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,7 +54,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_error::{ErrorType, Result};
 
-use crate::config::{Config, Route};
+use crate::config::{Config, Resume, Route};
 use crate::metrics::{self, Metrics, RouteMetrics};
 use crate::router::{self, Router};
 use crate::server::StartError;
@@ -70,6 +72,7 @@ pub struct Shared {
     routes: Vec<RouteRuntime>,
     metrics: Arc<Metrics>,
     limits: Limits,
+    connections: Arc<connections::ConnectionLimit>,
 }
 
 /// A route's effective stream settings and metric handles, computed once at startup.
@@ -112,6 +115,7 @@ impl Shared {
                     shutdown_retry: s.shutdown_retry,
                     shutdown_retry_jitter: s.shutdown_retry_jitter,
                     drain_limit,
+                    drain_window: s.drain_window,
                 },
                 compressed_logged: AtomicBool::new(false),
                 metrics: m,
@@ -119,12 +123,21 @@ impl Shared {
             .collect();
         Ok(Arc::new(Shared {
             limits: Limits::new(&config),
+            connections: Arc::new(connections::ConnectionLimit::new(
+                config.limits.max_connections,
+                metrics.connections().clone(),
+            )),
             config,
             router,
             pools,
             routes,
             metrics,
         }))
+    }
+
+    /// The connection limit every listener's connections count against.
+    pub fn connection_limit(&self) -> Arc<connections::ConnectionLimit> {
+        self.connections.clone()
     }
 
     /// The index of the route serving this request, if any.
@@ -203,6 +216,12 @@ struct StreamJob {
     /// Holds the stream's places under the stream limits until it is done.
     permit: StreamPermit,
     client: Option<std::net::SocketAddr>,
+    /// The request as sent upstream, kept only when the stream may be
+    /// resumed on another connection (route `resume = "on-error"`, GET).
+    resume_request: Option<Box<pingora_http::RequestHeader>>,
+    /// The client connection's place under `max_connections` (HTTP/1: the
+    /// stream carries the connection; HTTP/2 streams leave it with theirs).
+    connection: Option<connections::ConnectionGuard>,
 }
 
 #[async_trait]
@@ -238,15 +257,22 @@ impl HttpServerApp for ProxyApp {
         self.shared.count_response(&session, route);
         let outcome = match handled {
             Handled::Done(outcome) => outcome,
-            Handled::Stream(job) => {
+            Handled::Stream(mut job) => {
+                job.connection = connections::take_current();
                 // The stream outlives this call: everything pingora holds for
                 // the request (its session, buffers and this future) is freed
                 // now, and the stream keeps only the two connections.
+                let st = &self.shared.config.stream;
                 let client = match session {
-                    ServerSession::H1(s) => {
-                        Downstream::H1(H1Client::new(s.into_inner(), timeouts.write))
+                    ServerSession::H1(s) => Downstream::H1(H1Client::new(
+                        s.into_inner(),
+                        st.client_write_timeout,
+                        st.client_buffer,
+                    )),
+                    mut other => {
+                        other.set_write_timeout(Some(st.client_write_timeout));
+                        Downstream::Session(Box::new(other))
                     }
-                    other => Downstream::Session(Box::new(other)),
                 };
                 tokio::spawn(self.clone().run_stream(client, job, shutdown.clone()));
                 return None;
@@ -300,14 +326,34 @@ impl ProxyApp {
         mut job: Box<StreamJob>,
         shutdown: ShutdownWatch,
     ) {
-        let runtime = &self.shared.routes[job.route];
+        let shared = &self.shared;
+        let runtime = &shared.routes[job.route];
+        let route = &shared.config.routes[job.route];
+        let StreamJob {
+            up,
+            resume_request,
+            compressed,
+            ..
+        } = &mut *job;
+        let resumer = match (resume_request.as_deref(), shared.pools.get(route.upstream)) {
+            (Some(request), Some(pool)) => Some(resume::Resumer {
+                pools: &shared.pools,
+                pool,
+                request,
+                attempts: route.resume_attempts,
+                backoff: route.resume_backoff,
+                metrics: runtime.metrics.resume(),
+            }),
+            _ => None,
+        };
         let (end, st) = stream::relay(
             &mut client,
-            &mut job.up.session,
+            up,
             &runtime.policy,
-            job.compressed,
+            *compressed,
             &shutdown,
             runtime.metrics.relay(),
+            resumer.as_ref(),
         )
         .await;
         Box::pin(self.end_stream(client, job, end, st, shutdown)).await;
@@ -331,6 +377,7 @@ impl ProxyApp {
             tally,
             permit,
             client: addr,
+            connection,
             ..
         } = *job;
         let route_cfg = &shared.config.routes[route];
@@ -350,7 +397,7 @@ impl ProxyApp {
         if let Downstream::H1(c) = client {
             if let Some(stream) = c.into_reusable() {
                 if !*shutdown.borrow() {
-                    self.serve_next(stream, &shutdown).await;
+                    connections::holding(connection, self.serve_next(stream, &shutdown)).await;
                 }
             }
         }
@@ -571,6 +618,10 @@ impl ProxyApp {
                 shared.pools.release(up, false).await;
                 return Outcome::Abort.into();
             }
+            // Only what is safe to repeat: a GET, uncompressed, on a route that asks for it.
+            let resume_request =
+                (route.resume == Resume::OnError && method == http::Method::GET && !compressed)
+                    .then(|| Box::new(upstream_req.clone()));
             return Handled::Stream(Box::new(StreamJob {
                 up,
                 route: route_index,
@@ -578,6 +629,8 @@ impl ProxyApp {
                 tally,
                 permit,
                 client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+                resume_request,
+                connection: None,
             }));
         }
 

@@ -20,6 +20,8 @@
 //! them, so the client receives the upstream's bytes plus whole comment
 //! lines inserted only between events.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,10 +29,11 @@ use pingora_core::server::ShutdownWatch;
 use rand::Rng;
 use tokio::time::{sleep_until, Instant};
 
-use super::downstream::Downstream;
+use super::downstream::{Downstream, WriteFailure};
+use super::resume::Resumer;
 use crate::metrics::RelayProbe;
 use crate::sse::Framer;
-use crate::upstream::UpstreamSession;
+use crate::upstream::Connected;
 
 /// The settings one stream runs with (the route's, over `[stream]`).
 #[derive(Debug, Clone)]
@@ -42,6 +45,9 @@ pub struct StreamPolicy {
     pub shutdown_retry_jitter: Duration,
     /// How long after the shutdown signal a stream may wait for an event boundary.
     pub drain_limit: Duration,
+    /// Each stream ends at a random moment in [0, drain_window] after the
+    /// shutdown signal (at its next event boundary), spreading reconnections.
+    pub drain_window: Duration,
 }
 
 /// How a stream ended, for the access log and metrics (`crate::metrics`).
@@ -54,14 +60,19 @@ pub enum StreamEnd {
     UpstreamError,
     /// The client went away.
     ClientGone,
-    /// A write to the client failed or timed out.
+    /// A write to the client failed.
     ClientWriteError,
+    /// The client accepted no byte for `client_write_timeout`.
+    ClientStalled,
     /// No upstream byte for `idle_timeout`.
     IdleTimeout,
     /// Ended at an event boundary with a `retry:` hint for a graceful shutdown.
     Shutdown,
     /// Shutdown grace ran out before the stream reached an event boundary.
     ShutdownAborted,
+    /// The upstream failed and every resume attempt failed; ended at an
+    /// event boundary with a `retry:` hint.
+    ResumeFailed,
 }
 
 impl StreamEnd {
@@ -69,7 +80,10 @@ impl StreamEnd {
     pub fn is_clean(self) -> bool {
         matches!(
             self,
-            StreamEnd::UpstreamDone | StreamEnd::IdleTimeout | StreamEnd::Shutdown
+            StreamEnd::UpstreamDone
+                | StreamEnd::IdleTimeout
+                | StreamEnd::Shutdown
+                | StreamEnd::ResumeFailed
         )
     }
 }
@@ -83,7 +97,65 @@ enum Turn {
     HeartbeatDue,
     IdleDue,
     ShutdownStarted,
+    /// The moment this stream picked in the drain window has come.
+    DrainDue,
     DrainExpired,
+    /// A resume's backoff is over: time for the next reconnection.
+    BackoffOver,
+    Reconnected(Result<Box<Connected>, String>),
+}
+
+/// Where the stream's upstream bytes come from at the moment.
+enum Source<'r> {
+    /// The upstream connection in `up`.
+    Live,
+    /// The upstream failed; waiting before reconnection `attempt`.
+    Waiting { until: Instant, attempt: u32 },
+    /// Reconnection `attempt` is under way.
+    Connecting {
+        attempt: u32,
+        reconnect: Pin<Box<dyn Future<Output = Result<Box<Connected>, String>> + Send + 'r>>,
+    },
+}
+
+/// The next thing the upstream side has for the loop. Cancel-safe: the
+/// read, the sleep and the boxed reconnection all survive being dropped
+/// half-way through a turn.
+async fn next_upstream(source: &mut Source<'_>, up: &mut Connected) -> Turn {
+    match source {
+        Source::Live => match up.session.read_response_body().await {
+            Ok(Some(chunk)) => Turn::Chunk(chunk),
+            Ok(None) => Turn::UpstreamDone,
+            Err(e) => Turn::UpstreamError(e),
+        },
+        Source::Waiting { until, .. } => {
+            sleep_until(*until).await;
+            Turn::BackoffOver
+        }
+        Source::Connecting { reconnect, .. } => Turn::Reconnected(reconnect.as_mut().await),
+    }
+}
+
+/// A graceful shutdown in progress for this stream.
+struct Drain {
+    /// The moment picked in the drain window; `None` once it has passed,
+    /// and the stream ends at its next event boundary.
+    from: Option<Instant>,
+    /// The stream is cut here even if mid-event.
+    abort_at: Instant,
+}
+
+impl Drain {
+    fn start(policy: &StreamPolicy) -> Drain {
+        let now = Instant::now();
+        let window = policy.drain_window.as_millis() as u64;
+        let from = (window > 0)
+            .then(|| now + Duration::from_millis(rand::thread_rng().gen_range(0..=window)));
+        Drain {
+            from,
+            abort_at: now + policy.drain_limit,
+        }
+    }
 }
 
 /// Counters for one stream, reported in its end-of-stream log line.
@@ -92,6 +164,15 @@ pub struct StreamStats {
     pub bytes: u64,
     pub events: u64,
     pub heartbeats: u64,
+    /// Upstream failures the stream was resumed across.
+    pub resumes: u64,
+}
+
+fn write_end(failure: WriteFailure) -> StreamEnd {
+    match failure {
+        WriteFailure::Failed => StreamEnd::ClientWriteError,
+        WriteFailure::Stalled => StreamEnd::ClientStalled,
+    }
 }
 
 /// Relays the upstream body to the client until one side ends.
@@ -100,23 +181,32 @@ pub struct StreamStats {
 /// see event boundaries; the bytes pass through untouched and no heartbeat
 /// or `retry:` is ever injected. `probe` is told of every relayed chunk;
 /// everything else is reported through the returned end and stats.
+/// `resumer`: the stream may be resumed from a new upstream connection when
+/// `up` fails (see `resume.rs`); `up` is then replaced.
 pub async fn relay(
     client: &mut Downstream,
-    upstream: &mut UpstreamSession,
+    up: &mut Connected,
     policy: &StreamPolicy,
     compressed: bool,
     shutdown: &ShutdownWatch,
     probe: &RelayProbe,
+    resumer: Option<&Resumer<'_>>,
 ) -> (StreamEnd, StreamStats) {
     let mut framer = Framer::new();
     let mut stats = StreamStats::default();
     let heartbeat = if compressed { None } else { policy.heartbeat };
     let mut last_upstream = Instant::now();
     let mut last_heartbeat = last_upstream;
-    let mut drain_deadline: Option<Instant> = None;
+    let mut drain: Option<Drain> = None;
     if *shutdown.borrow() {
-        drain_deadline = Some(Instant::now() + policy.drain_limit);
+        drain = Some(Drain::start(policy));
     }
+    let mut source = Source::Live;
+    // After a resume, the new response's body starts here: a BOM there is
+    // the new stream's, not an event's, and is not passed on.
+    let mut strip_bom = false;
+    // The id a resume continues after, as decided when the upstream failed.
+    let mut resume_id: Option<Vec<u8>> = None;
     // Resolves once shutdown starts (or the server is torn down). Created
     // once, so its waker registration survives the loop's turns.
     let mut shutdown_rx = shutdown.clone();
@@ -145,16 +235,25 @@ pub async fn relay(
         // that starts its body with a BOM only after a whole heartbeat interval
         // of silence loses that BOM's meaning (documented in README.md).
         let at_boundary = !compressed && (framer.at_event_boundary() || framer.bytes() == 0);
-        if drain_deadline.is_some() && at_boundary {
+        if at_boundary && drain.as_ref().is_some_and(|d| d.from.is_none()) {
             let retry = retry_hint(policy.shutdown_retry, policy.shutdown_retry_jitter);
-            if client.write(retry).await.is_err() {
-                break StreamEnd::ClientWriteError;
+            if let Err(e) = client.write(retry).await {
+                break write_end(e);
             }
             break StreamEnd::Shutdown;
         }
+        let live = matches!(source, Source::Live);
         let heartbeat_at = heartbeat.map(|h| last_upstream.max(last_heartbeat) + h);
-        let idle_at = policy.idle_timeout.map(|t| last_upstream + t);
-        let next_deadline = [heartbeat_at, idle_at, drain_deadline]
+        // No idle timeout while a resume is under way: its attempts bound it.
+        let idle_at = policy
+            .idle_timeout
+            .filter(|_| live)
+            .map(|t| last_upstream + t);
+        let (drain_from, drain_abort) = match &drain {
+            Some(d) => (d.from, Some(d.abort_at)),
+            None => (None, None),
+        };
+        let next_deadline = [heartbeat_at, idle_at, drain_from, drain_abort]
             .into_iter()
             .flatten()
             .min();
@@ -169,17 +268,15 @@ pub async fn relay(
 
         let turn = tokio::select! {
             biased;
-            read = upstream.read_response_body() => match read {
-                Ok(Some(chunk)) => Turn::Chunk(chunk),
-                Ok(None) => Turn::UpstreamDone,
-                Err(e) => Turn::UpstreamError(e),
-            },
+            turn = next_upstream(&mut source, up) => turn,
             _ = client.closed() => Turn::ClientGone,
             _ = &mut timer, if armed.is_some() => {
                 armed = None;
                 let now = Instant::now();
-                if drain_deadline.is_some_and(|d| d <= now) {
+                if drain_abort.is_some_and(|d| d <= now) {
                     Turn::DrainExpired
+                } else if drain_from.is_some_and(|d| d <= now) {
+                    Turn::DrainDue
                 } else if idle_at.is_some_and(|d| d <= now) {
                     Turn::IdleDue
                 } else if heartbeat_at.is_some_and(|d| d <= now) {
@@ -189,11 +286,17 @@ pub async fn relay(
                     continue;
                 }
             }
-            _ = &mut shutdown_started, if drain_deadline.is_none() => Turn::ShutdownStarted,
+            _ = &mut shutdown_started, if drain.is_none() => Turn::ShutdownStarted,
         };
 
         match turn {
-            Turn::Chunk(chunk) => {
+            Turn::Chunk(mut chunk) => {
+                if strip_bom {
+                    strip_bom = false;
+                    if chunk.starts_with(b"\xEF\xBB\xBF") {
+                        let _ = chunk.split_to(3);
+                    }
+                }
                 if chunk.is_empty() {
                     continue;
                 }
@@ -203,16 +306,91 @@ pub async fn relay(
                 }
                 let len = chunk.len();
                 stats.bytes += len as u64;
-                if client.write(chunk).await.is_err() {
-                    break StreamEnd::ClientWriteError;
+                if let Err(e) = client.write(chunk).await {
+                    break write_end(e);
                 }
                 // `last_upstream` is when this chunk's read completed.
                 probe.relayed(len, last_upstream.elapsed());
             }
             Turn::UpstreamDone => break StreamEnd::UpstreamDone,
-            Turn::UpstreamError(e) => {
-                log::info!("upstream failed mid-stream: {e}");
-                break StreamEnd::UpstreamError;
+            Turn::UpstreamError(e) => match start_resume(resumer, &framer, at_boundary) {
+                Some((id, wait)) => {
+                    log::info!("upstream failed mid-stream: {e}; resuming in {wait:?}");
+                    resume_id = id;
+                    source = Source::Waiting {
+                        until: Instant::now() + wait,
+                        attempt: 1,
+                    };
+                }
+                None => {
+                    log::info!("upstream failed mid-stream: {e}");
+                    break StreamEnd::UpstreamError;
+                }
+            },
+            Turn::IdleDue => match start_resume(resumer, &framer, at_boundary) {
+                Some((id, wait)) => {
+                    log::info!("upstream silent for the idle timeout; resuming in {wait:?}");
+                    resume_id = id;
+                    source = Source::Waiting {
+                        until: Instant::now() + wait,
+                        attempt: 1,
+                    };
+                }
+                None => break StreamEnd::IdleTimeout,
+            },
+            Turn::BackoffOver => {
+                let (Some(r), Source::Waiting { attempt, .. }) = (resumer, &source) else {
+                    continue;
+                };
+                let attempt = *attempt;
+                r.metrics.attempted();
+                let id = resume_id.clone();
+                source = Source::Connecting {
+                    attempt,
+                    reconnect: Box::pin(
+                        async move { r.reconnect(id.as_deref()).await.map(Box::new) },
+                    ),
+                };
+            }
+            Turn::Reconnected(result) => {
+                let (Some(r), Source::Connecting { attempt, .. }) = (resumer, &source) else {
+                    continue;
+                };
+                let attempt = *attempt;
+                match result {
+                    Ok(new) => {
+                        log::info!("stream resumed from {} after attempt {attempt}", new.peer);
+                        let old = std::mem::replace(up, *new);
+                        r.pools.release(old, false).await;
+                        r.metrics.succeeded();
+                        stats.resumes += 1;
+                        source = Source::Live;
+                        strip_bom = true;
+                        last_upstream = Instant::now();
+                    }
+                    Err(reason) if attempt < r.attempts => {
+                        let wait = r.delay(attempt + 1, framer.retry());
+                        log::info!("resume attempt {attempt} failed: {reason}; next in {wait:?}");
+                        source = Source::Waiting {
+                            until: Instant::now() + wait,
+                            attempt: attempt + 1,
+                        };
+                    }
+                    Err(reason) => {
+                        log::warn!(
+                            "resume failed after {attempt} attempts ({reason}); ending the stream"
+                        );
+                        r.metrics.failed();
+                        // Resumes start only at an event boundary, and only
+                        // heartbeats went out since.
+                        let base = r.base(framer.retry());
+                        let retry = retry_hint(base, base / 2);
+                        if let Err(e) = client.write(retry).await {
+                            break write_end(e);
+                        }
+                        break StreamEnd::ResumeFailed;
+                    }
+                }
             }
             Turn::ClientGone => break StreamEnd::ClientGone,
             Turn::HeartbeatDue => {
@@ -221,23 +399,42 @@ pub async fn relay(
                 last_heartbeat = Instant::now();
                 if at_boundary {
                     stats.heartbeats += 1;
-                    if client.write(policy.heartbeat_text.clone()).await.is_err() {
-                        break StreamEnd::ClientWriteError;
+                    if let Err(e) = client.write(policy.heartbeat_text.clone()).await {
+                        break write_end(e);
                     }
                 }
             }
-            Turn::IdleDue => break StreamEnd::IdleTimeout,
-            Turn::ShutdownStarted => {
-                drain_deadline = Some(Instant::now() + policy.drain_limit);
+            Turn::ShutdownStarted => drain = Some(Drain::start(policy)),
+            Turn::DrainDue => {
+                if let Some(d) = drain.as_mut() {
+                    d.from = None;
+                }
             }
             Turn::DrainExpired => break StreamEnd::ShutdownAborted,
         }
     };
     stats.events = framer.events();
-    if end.is_clean() && client.finish().await.is_err() {
-        return (StreamEnd::ClientWriteError, stats);
+    if end.is_clean() {
+        if let Err(e) = client.finish().await {
+            return (write_end(e), stats);
+        }
     }
     (end, stats)
+}
+
+/// Whether a failed upstream can be replaced, and if so the id to resume
+/// after (see `Resumer::reconnect`) and the wait before the first attempt.
+fn start_resume(
+    resumer: Option<&Resumer<'_>>,
+    framer: &Framer,
+    at_boundary: bool,
+) -> Option<(Option<Vec<u8>>, Duration)> {
+    let r = resumer?;
+    if !at_boundary {
+        return None;
+    }
+    let point = Resumer::resume_point(framer.last_event_id(), framer.events())?;
+    Some((point.map(<[u8]>::to_vec), r.delay(1, framer.retry())))
 }
 
 /// `retry: N` plus the blank line that closes it, N in milliseconds with jitter
