@@ -1,0 +1,646 @@
+//! Streams that survive: upstream failover with `Last-Event-ID`
+//! (`resume = "on-error"`), the drain window, the connection limit, and a
+//! stuck client among healthy ones. The real binary, real sockets; the
+//! resume test uses two `ssegate bench upstream` processes.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::process::{Child, Command};
+
+// ---------------------------------------------------------------------------
+// Harness
+
+/// A running `ssegate bench upstream`, killed on drop.
+struct BenchUpstream {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl BenchUpstream {
+    /// Listens on `listen` (`127.0.0.1:0` for any port) and ticks `rate` events/s.
+    async fn start(listen: &str, rate: &str) -> BenchUpstream {
+        let mut child = Command::new(bin())
+            .args(["bench", "upstream", "--listen", listen, "--rate", rate])
+            .args(["--payload", "100"])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let line = within("the bench upstream's address", async {
+            BufReader::new(stdout).lines().next_line().await
+        })
+        .await
+        .unwrap()
+        .expect("bench upstream printed nothing");
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        BenchUpstream { child, addr }
+    }
+
+    /// SIGKILL: its connections close mid-stream, its port refuses.
+    async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+/// What one SSE block (up to a blank line) was.
+#[derive(Debug, PartialEq, Eq)]
+enum Block {
+    Event(u64),
+    Comment,
+    Retry(u64),
+}
+
+/// Reads an HTTP/1.1 chunked event stream block by block.
+struct SseStream {
+    client: H1Client<TcpStream>,
+    pending: Vec<u8>,
+}
+
+impl SseStream {
+    async fn open(proxy: SocketAddr, path: &str) -> SseStream {
+        let mut client = H1Client::connect(proxy).await;
+        client.get(path, &[("accept", "text/event-stream")]).await;
+        SseStream::on(client).await
+    }
+
+    /// The stream on `client`, whose request is sent: reads the head.
+    async fn on(mut client: H1Client<TcpStream>) -> SseStream {
+        let head = client.response_head().await;
+        assert_eq!(head.status, 200);
+        assert_eq!(head.header("content-type"), Some("text/event-stream"));
+        SseStream {
+            client,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The next block, or `None` at the stream's clean end (last chunk).
+    async fn next(&mut self) -> Option<Block> {
+        loop {
+            if let Some(end) = find(&self.pending, b"\n\n") {
+                let block: Vec<u8> = self.pending.drain(..end + 2).collect();
+                return Some(parse_block(&block));
+            }
+            let chunk = self.client.next_chunk().await?;
+            self.pending.extend_from_slice(&chunk);
+        }
+    }
+
+    /// The next event's id, counting comments skipped on the way.
+    async fn next_id(&mut self, comments: &mut usize) -> u64 {
+        loop {
+            match self.next().await {
+                Some(Block::Event(id)) => return id,
+                Some(Block::Comment) => *comments += 1,
+                other => panic!("expected an event, got {other:?}"),
+            }
+        }
+    }
+}
+
+fn parse_block(block: &[u8]) -> Block {
+    let text = std::str::from_utf8(block).expect("utf-8 block");
+    if let Some(ms) = text.strip_prefix("retry: ") {
+        return Block::Retry(ms.trim().parse().expect("retry value"));
+    }
+    if text.starts_with(':') {
+        return Block::Comment;
+    }
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .unwrap_or_else(|| panic!("block without id: {text:?}"));
+    Block::Event(id.parse().expect("numeric id"))
+}
+
+/// The value of the sample `name` (with its labels, as exposed) on the admin listener.
+async fn metric(proxy: &Proxy, sample: &str) -> f64 {
+    let admin = proxy.admin_addr.expect("admin listener");
+    let mut client = H1Client::connect(admin).await;
+    client.get("/metrics", &[]).await;
+    let head = client.response_head().await;
+    let body = client.body(&head).await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Waits until the sample reaches `want`, failing after `WAIT`.
+async fn metric_reaches(proxy: &Proxy, sample: &str, want: f64) {
+    let start = Instant::now();
+    loop {
+        let v = metric(proxy, sample).await;
+        if v >= want {
+            return;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{sample} stayed at {v}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn resume_config(servers: &[SocketAddr], route_extra: &str) -> String {
+    let servers: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
+    config_with(
+        "2s",
+        "heartbeat = \"100ms\"",
+        &format!(
+            "[[upstream]]\nname = \"app\"\nservers = [{}]\n\n\
+             [[route]]\npath = \"/\"\nupstream = \"app\"\nresume = \"on-error\"\n{route_extra}\n",
+            servers.join(", ")
+        ),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Resume
+
+/// Two bench upstreams; the first is killed mid-stream. The client's one
+/// connection carries consecutive ids across the failover, with heartbeats
+/// while no upstream was there.
+#[tokio::test]
+async fn a_killed_upstream_is_resumed_on_the_other_without_gap_or_duplicate() {
+    let mut first = BenchUpstream::start("127.0.0.1:0", "50").await;
+    // The second server's port, not listening yet: the stream starts on the first.
+    let second_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cfg = ProxyConfig::new(resume_config(
+        &[first.addr, second_addr],
+        "resume_backoff = \"200ms\"\nresume_attempts = 5",
+    ));
+    cfg.admin = true;
+    let proxy = Proxy::start(cfg).await;
+
+    let mut sse = SseStream::open(proxy.addr, "/events").await;
+    let mut comments = 0;
+    let mut last = sse.next_id(&mut comments).await;
+    for _ in 0..10 {
+        let id = sse.next_id(&mut comments).await;
+        assert_eq!(id, last + 1, "before the failover");
+        last = id;
+    }
+    let second = BenchUpstream::start(&second_addr.to_string(), "50").await;
+    assert_eq!(second.addr, second_addr);
+    first.kill().await;
+    let killed_after = last;
+
+    // Every id from here on follows the previous one, whichever server sent it.
+    comments = 0;
+    let mut heartbeats_in_outage = None;
+    while last < killed_after + 40 {
+        let id = within("the stream to continue", sse.next_id(&mut comments)).await;
+        assert_eq!(
+            id,
+            last + 1,
+            "gap or duplicate across the failover (killed after {killed_after})"
+        );
+        if heartbeats_in_outage.is_none() && comments > 0 {
+            heartbeats_in_outage = Some(comments);
+        }
+        last = id;
+    }
+    assert!(
+        heartbeats_in_outage.is_some(),
+        "no heartbeat while the upstream was away"
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "ssegate_resumes_total{result=\"succeeded\",route=\"/\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "ssegate_resumes_total{result=\"failed\",route=\"/\"}"
+        )
+        .await,
+        0.0
+    );
+    let attempts = metric(&proxy, "ssegate_resume_attempts_total{route=\"/\"}").await;
+    assert!(attempts >= 1.0, "{attempts}");
+    assert_eq!(
+        metric(&proxy, "ssegate_streams_open{route=\"/\"}").await,
+        1.0,
+        "the client's stream is still the one open stream"
+    );
+}
+
+/// No server left: after `resume_attempts` the client's stream ends cleanly
+/// with a `retry:` hint at an event boundary.
+#[tokio::test]
+async fn resume_gives_up_with_a_retry_hint() {
+    let mut up = Upstream::start().await;
+    let mut cfg = ProxyConfig::new(resume_config(
+        &[up.addr],
+        "resume_backoff = \"100ms\"\nresume_attempts = 2",
+    ));
+    cfg.admin = true;
+    let proxy = Proxy::start(cfg).await;
+    let mut client = H1Client::connect(proxy.addr).await;
+    client.get("/", &[("accept", "text/event-stream")]).await;
+    let mut conn = up.next().await;
+    conn.head_chunked("text/event-stream", &[]).await;
+    conn.chunk(b"id: 7\ndata: a\n\n").await;
+    let mut sse = SseStream::on(client).await;
+    let mut comments = 0;
+    assert_eq!(sse.next_id(&mut comments).await, 7);
+    // The upstream goes away mid-stream (a truncated chunked body); each
+    // reconnection finds the server answering 503.
+    drop(conn);
+    for _ in 0..2 {
+        let mut again = up.next().await;
+        assert_eq!(again.req.header("last-event-id"), Some("7"));
+        again
+            .write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+            .await;
+    }
+    let retry = loop {
+        match within("the retry hint", sse.next()).await {
+            Some(Block::Comment) => continue,
+            Some(Block::Retry(ms)) => break ms,
+            other => panic!("expected retry:, got {other:?}"),
+        }
+    };
+    // resume_backoff with up to half of it as jitter.
+    assert!((100..=150).contains(&retry), "{retry}");
+    assert_eq!(sse.next().await, None, "a clean end after the hint");
+    metric_reaches(
+        &proxy,
+        "ssegate_resumes_total{result=\"failed\",route=\"/\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(&proxy, "ssegate_resume_attempts_total{route=\"/\"}").await,
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "ssegate_stream_ends_total{reason=\"resume_failed\",route=\"/\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+/// A POST is never repeated: its upstream failing aborts the client's stream.
+#[tokio::test]
+async fn a_post_stream_is_not_resumed() {
+    let mut up = Upstream::start().await;
+    let mut cfg = ProxyConfig::new(resume_config(&[up.addr], "resume_backoff = \"100ms\""));
+    cfg.admin = true;
+    let proxy = Proxy::start(cfg).await;
+    let mut client = H1Client::connect(proxy.addr).await;
+    client
+        .send(b"POST /chat HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\ncontent-length: 2\r\n\r\nhi")
+        .await;
+    let mut conn = up.next().await;
+    assert_eq!(conn.req.method, "POST");
+    conn.head_chunked("text/event-stream", &[]).await;
+    conn.chunk(b"id: 1\ndata: token\n\n").await;
+    let head = client.response_head().await;
+    assert_eq!(head.status, 200);
+    let first = client.next_chunk().await.expect("the first event");
+    assert_eq!(&first[..], b"id: 1\ndata: token\n\n");
+    drop(conn);
+    // The client's connection is closed without the last chunk.
+    let rest = client.until_closed().await;
+    assert!(!rest.ends_with(b"0\r\n\r\n"), "{rest:?}");
+    metric_reaches(
+        &proxy,
+        "ssegate_stream_ends_total{reason=\"upstream_error\",route=\"/\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(&proxy, "ssegate_resume_attempts_total{route=\"/\"}").await,
+        0.0
+    );
+    assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// Events without ids cannot be resumed without repeating them.
+#[tokio::test]
+async fn a_stream_without_ids_is_not_resumed() {
+    let mut up = Upstream::start().await;
+    let mut cfg = ProxyConfig::new(resume_config(&[up.addr], "resume_backoff = \"100ms\""));
+    cfg.admin = true;
+    let proxy = Proxy::start(cfg).await;
+    let mut client = H1Client::connect(proxy.addr).await;
+    client.get("/", &[("accept", "text/event-stream")]).await;
+    let mut conn = up.next().await;
+    conn.head_chunked("text/event-stream", &[]).await;
+    conn.chunk(b"data: no id\n\n").await;
+    let head = client.response_head().await;
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        &client.next_chunk().await.expect("the event")[..],
+        b"data: no id\n\n"
+    );
+    drop(conn);
+    let rest = client.until_closed().await;
+    assert!(!rest.ends_with(b"0\r\n\r\n"), "{rest:?}");
+    assert_eq!(
+        metric(&proxy, "ssegate_resume_attempts_total{route=\"/\"}").await,
+        0.0
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Drain window
+
+/// On SIGTERM, streams end at moments spread over `drain_window`, each with
+/// a `retry:` hint and a clean end.
+#[tokio::test]
+async fn shutdown_spreads_stream_ends_over_the_drain_window() {
+    let up = BenchUpstream::start("127.0.0.1:0", "50").await;
+    let cfg = config_with(
+        "2s",
+        "drain_window = \"2s\"\nshutdown_retry = \"1s\"\nshutdown_retry_jitter = \"0s\"",
+        &format!(
+            "[[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n[[route]]\npath = \"/\"\nupstream = \"app\"\n",
+            up.addr
+        ),
+    )
+    .replace("grace_period = \"2s\"", "grace_period = \"4s\"");
+    let mut proxy = Proxy::start(ProxyConfig::new(cfg)).await;
+    const STREAMS: usize = 20;
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        let mut sse = SseStream::open(proxy.addr, "/").await;
+        let mut comments = 0;
+        sse.next_id(&mut comments).await;
+        streams.push(sse);
+    }
+    let signalled = Instant::now();
+    proxy.signal("TERM");
+    let ends = futures_join(streams.into_iter().map(|mut sse| async move {
+        loop {
+            match sse.next().await {
+                Some(Block::Retry(ms)) => {
+                    let at = signalled.elapsed();
+                    assert_eq!(ms, 1000);
+                    assert_eq!(sse.next().await, None, "clean end after retry:");
+                    return at;
+                }
+                Some(_) => continue,
+                None => panic!("ended without retry:"),
+            }
+        }
+    }))
+    .await;
+    let first = ends.iter().min().unwrap();
+    let last = ends.iter().max().unwrap();
+    assert!(
+        *last < Duration::from_millis(3500),
+        "all within the window: {ends:?}"
+    );
+    assert!(
+        *last - *first >= Duration::from_millis(500),
+        "ends not spread: {ends:?}"
+    );
+    proxy.wait_exit().await;
+}
+
+/// Awaits all futures concurrently, in order of the input.
+async fn futures_join<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(within("every stream to end", h).await.unwrap());
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Connection limit
+
+/// Past `max_connections` a new connection is closed at once; a place
+/// freed is a place usable again. Streams hold their connection's place.
+#[tokio::test]
+async fn connections_past_the_limit_are_closed() {
+    let up = BenchUpstream::start("127.0.0.1:0", "20").await;
+    let mut cfg = ProxyConfig::new(
+        basic_config(up.addr, "").replace("[stream]", "[limits]\nmax_connections = 2\n\n[stream]"),
+    );
+    cfg.admin = true;
+    let proxy = Proxy::start(cfg).await;
+    // One event stream and one idle keep-alive connection fill it.
+    let mut sse = SseStream::open(proxy.addr, "/").await;
+    let mut comments = 0;
+    sse.next_id(&mut comments).await;
+    let mut idle = H1Client::connect(proxy.addr).await;
+    idle.get("/?count=1", &[]).await;
+    let head = idle.response_head().await;
+    assert_eq!(head.status, 200);
+    idle.body(&head).await;
+    metric_reaches(&proxy, "ssegate_connections_open", 2.0).await;
+
+    let mut third = TcpStream::connect(proxy.addr).await.unwrap();
+    let _ = third
+        .write_all(b"GET /?count=1 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let n = within("the third connection to be closed", third.read(&mut buf))
+        .await
+        .unwrap_or(0);
+    assert_eq!(n, 0, "got {:?}", String::from_utf8_lossy(&buf[..n]));
+    assert_eq!(
+        metric(&proxy, "ssegate_connections_rejected_total").await,
+        1.0
+    );
+
+    // The stream's connection closing gives its place back.
+    drop(sse);
+    let start = Instant::now();
+    loop {
+        let mut client = H1Client::connect(proxy.addr).await;
+        client.get("/?count=1", &[]).await;
+        let served = tokio::time::timeout(Duration::from_secs(1), client.response_head()).await;
+        if let Ok(head) = served {
+            assert_eq!(head.status, 200);
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "no place came free");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Slow and stuck clients
+
+/// A connection to the proxy that reads the response head of an event
+/// stream and then nothing, with a small receive buffer.
+async fn stuck_client(proxy: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(proxy).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        within("the stuck client's head", stream.read_exact(&mut byte))
+            .await
+            .unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    stream
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// One client stops reading among 100 that read: the 100 keep receiving
+/// every event, the stuck one holds at most its budget, and after
+/// `client_write_timeout` without progress its stream is ended and counted.
+#[tokio::test]
+async fn a_stuck_client_is_bounded_and_cut_while_100_others_flow() {
+    // 2 KiB events at 100/s: the stuck client's budget fills within a second.
+    let mut child = Command::new(bin())
+        .args([
+            "bench",
+            "upstream",
+            "--listen",
+            "127.0.0.1:0",
+            "--rate",
+            "100",
+        ])
+        .args(["--payload", "2048"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let line = within("the bench upstream's address", async {
+        BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .next_line()
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let upstream: SocketAddr = line.strip_prefix("listening on ").unwrap().parse().unwrap();
+    let mut cfg = ProxyConfig::new(basic_config(
+        upstream,
+        "client_write_timeout = \"2s\"\nclient_buffer = \"64KiB\"",
+    ));
+    cfg.admin = true;
+    let proxy = Proxy::start(cfg).await;
+
+    let mut healthy = Vec::new();
+    for _ in 0..100 {
+        let mut sse = SseStream::open(proxy.addr, "/").await;
+        let mut comments = 0;
+        let first = sse.next_id(&mut comments).await;
+        healthy.push((sse, first));
+    }
+    let baseline_rss = rss_kib(proxy.child.id());
+    let mut stuck = stuck_client(proxy.addr).await;
+    let stuck_since = Instant::now();
+
+    // The healthy ones read on, each checking it misses nothing, until the
+    // stuck stream has been cut.
+    let readers: Vec<_> = healthy
+        .into_iter()
+        .map(|(mut sse, mut last)| {
+            tokio::spawn(async move {
+                let mut comments = 0;
+                let mut received = 0u64;
+                let deadline = Instant::now() + Duration::from_secs(4);
+                while Instant::now() < deadline {
+                    let id = sse.next_id(&mut comments).await;
+                    assert_eq!(id, last + 1, "a healthy stream lost an event");
+                    last = id;
+                    received += 1;
+                }
+                received
+            })
+        })
+        .collect();
+    let mut peak_rss = baseline_rss;
+    let cut = Instant::now();
+    loop {
+        peak_rss = peak_rss.max(rss_kib(proxy.child.id()));
+        if metric(&proxy, "ssegate_client_write_timeouts_total{route=\"/\"}").await >= 1.0 {
+            break;
+        }
+        assert!(cut.elapsed() < WAIT, "the stuck stream was never cut");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cut_after = stuck_since.elapsed();
+    assert!(
+        cut_after >= Duration::from_secs(2),
+        "cut before client_write_timeout: {cut_after:?}"
+    );
+    for r in readers {
+        let received = within("a healthy reader", r).await.unwrap();
+        // 4 s at 100 events/s; well over half must have arrived.
+        assert!(
+            received >= 200,
+            "a healthy stream got only {received} events"
+        );
+    }
+    // What the stuck client can still read is what was queued for it: its
+    // own receive buffer plus the proxy's bounded send buffer and one chunk.
+    let mut queued = 0usize;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match within("the stuck connection to close", stuck.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => queued += n,
+        }
+    }
+    assert!(
+        queued < 200 * 1024,
+        "{queued} bytes were queued for a client that read nothing"
+    );
+    assert!(
+        queued > 8 * 1024,
+        "the stuck client got only {queued} bytes"
+    );
+    let growth = peak_rss.saturating_sub(baseline_rss);
+    assert!(
+        growth < 4 * 1024,
+        "proxy RSS grew by {growth} KiB while a client was stuck"
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            "ssegate_stream_ends_total{reason=\"client_write_timeout\",route=\"/\"}"
+        )
+        .await,
+        1.0
+    );
+}
