@@ -575,7 +575,12 @@ impl fmt::Display for AccessLine<'_> {
             self.stats.bytes,
             self.stats.heartbeats,
             end_reason(self.end).1,
-        )
+        )?;
+        // Only on streams that were resumed, so the usual line stays short.
+        if self.stats.resumes > 0 {
+            write!(f, " resumes={}", self.stats.resumes)?;
+        }
+        Ok(())
     }
 }
 

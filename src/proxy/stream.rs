@@ -11,9 +11,15 @@
 //!   loop ────┼───────────── client closed ───► drop upstream (never pooled)
 //!            │
 //!            ├───────────── silence ≥ heartbeat, at event boundary ─► write comment
-//!            ├───────────── silence ≥ idle_timeout ─► end stream
-//!            └───────────── shutdown ──► at next boundary: `retry: N`, end
+//!            ├───────────── silence ≥ idle_timeout ─► end stream (or resume)
+//!            ├───────────── upstream fails ─► abort (or resume: resume.rs)
+//!            └───────────── shutdown ──► at a random moment in the drain window,
+//!                                        at the next boundary: `retry: N`, end
 //! ```
+//!
+//! With a resumer, the upstream side is a small state machine ([`Source`]):
+//! live, waiting out a backoff, or reconnecting; the loop keeps serving
+//! heartbeats, the client watch and shutdown in every state.
 //!
 //! Nothing is buffered: each upstream chunk is on the client's socket
 //! before the next read. The framer watches the bytes but never changes
