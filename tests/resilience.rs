@@ -644,3 +644,79 @@ async fn a_stuck_client_is_bounded_and_cut_while_100_others_flow() {
         1.0
     );
 }
+
+/// HTTP/2: one stream left unread on a connection whose other stream is
+/// read. The unread one stalls on its flow-control window and is reset
+/// after `client_write_timeout`; its neighbour misses nothing.
+#[tokio::test]
+async fn a_stuck_h2_stream_is_cut_and_its_neighbour_flows() {
+    let up = BenchUpstream::start("127.0.0.1:0", "100").await;
+    let mut cfg = ProxyConfig::new(basic_config(
+        up.addr,
+        "client_write_timeout = \"1s\"\nheartbeat = \"off\"",
+    ));
+    cfg.admin = true;
+    let proxy = Proxy::start(cfg).await;
+    // A connection window far larger than the stream windows, so that the
+    // unread stream exhausts only its own.
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (send, conn) = h2::client::Builder::new()
+        .initial_connection_window_size(16 << 20)
+        .initial_window_size(16 * 1024)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let authority = proxy.addr.to_string();
+    let (head, mut unread) = h2_get(&mut send.clone(), &authority, "/").await;
+    assert_eq!(head.status, 200);
+    let (head, mut read) = h2_get(&mut send.clone(), &authority, "/").await;
+    assert_eq!(head.status, 200);
+
+    let mut pending = Vec::new();
+    let mut last: Option<u64> = None;
+    let mut events = 0;
+    let started = Instant::now();
+    let cut = loop {
+        let data = within("h2 data on the read stream", read.data())
+            .await
+            .expect("the read stream ended")
+            .expect("the read stream failed");
+        let _ = read.flow_control().release_capacity(data.len());
+        pending.extend_from_slice(&data);
+        while let Some(end) = find(&pending, b"\n\n") {
+            let block: Vec<u8> = pending.drain(..end + 2).collect();
+            if let Block::Event(id) = parse_block(&block) {
+                if let Some(prev) = last {
+                    assert_eq!(id, prev + 1, "the read stream lost an event");
+                }
+                last = Some(id);
+                events += 1;
+            }
+        }
+        if events % 20 == 0
+            && metric(&proxy, "ssegate_client_write_timeouts_total{route=\"/\"}").await >= 1.0
+        {
+            break started.elapsed();
+        }
+        assert!(started.elapsed() < WAIT, "the unread stream was never cut");
+    };
+    assert!(cut >= Duration::from_secs(1), "cut too early: {cut:?}");
+    // The unread stream holds what its window let through, then its reset.
+    let mut buffered = 0;
+    let end = loop {
+        match within("the unread stream's end", unread.data()).await {
+            Some(Ok(d)) => buffered += d.len(),
+            Some(Err(e)) => break Some(e),
+            None => break None,
+        }
+    };
+    assert!(end.is_some(), "the unread stream ended cleanly");
+    assert!(
+        buffered <= 16 * 1024,
+        "{buffered} bytes beyond the stream window"
+    );
+    assert!(events >= 50, "the read stream got only {events} events");
+}
