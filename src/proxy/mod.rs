@@ -403,6 +403,17 @@ impl ProxyApp {
     /// `route` is the index of the matching route (`Shared::route_for`).
     async fn handle(&self, session: &mut ServerSession, route: Option<usize>) -> Handled {
         let shared = &self.shared;
+        // ssegate is never a forward proxy: CONNECT is refused whatever its
+        // target, before routing, and an HTTP/1.1 connection that asked for a
+        // tunnel is not kept (what follows would be tunnel bytes).
+        if session.req_header().method == http::Method::CONNECT {
+            if session.as_http1().is_some() {
+                session.set_keepalive(None);
+            }
+            return respond_or_abort(session, 405, "CONNECT is not supported\n")
+                .await
+                .into();
+        }
         let has_body = !session.is_body_empty();
         let Some(route_index) = route else {
             return respond_or_abort(session, 404, "no route for this request\n")
