@@ -68,6 +68,19 @@ pub fn request_host(req: &RequestHeader) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The largest request header section ssegate accepts (request line and
+/// fields), as for upstream responses; HTTP/2's header list limit is the same.
+pub const MAX_REQUEST_HEADER_SIZE: usize = 64 * 1024;
+
+/// The size of a request's header section as HTTP/1.1 would write it: the
+/// request line and every field with its `: ` and CRLF.
+pub fn request_header_size(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.raw_path().len() + " HTTP/1.1\r\n ".len();
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
 /// Builds the HTTP/1.1 request header sent to the upstream from the client's.
 pub fn upstream_request(client: &RequestHeader, fwd: &Forwarding<'_>) -> Result<RequestHeader> {
     let mut req = client.clone();

@@ -230,6 +230,15 @@ impl HttpServerApp for ProxyApp {
                 return None;
             }
         }
+        // pingora reads request headers of up to 1 MiB; ssegate forwards
+        // none over 64 KiB (its own limit for upstream responses).
+        if headers::request_header_size(session.req_header()) > headers::MAX_REQUEST_HEADER_SIZE {
+            log::debug!("request header section over 64 KiB");
+            session.set_keepalive(None);
+            let _ = respond(&mut session, 431, "request header fields too large\n").await;
+            self.shared.count_response(&session, None);
+            return None;
+        }
         session.set_read_timeout(Some(timeouts.read));
         session.set_write_timeout(Some(timeouts.write));
 
