@@ -659,18 +659,31 @@ async fn exchange(
             Failure::Upstream(e)
         });
     }
-    loop {
-        if let Err(e) = up.session.read_response_header().await {
-            return Err(if e.etype() == &ErrorType::ReadTimedout {
-                Failure::Timeout
-            } else {
-                Failure::Upstream(e)
-            });
+    let header = async {
+        loop {
+            if let Err(e) = up.session.read_response_header().await {
+                return Err(if e.etype() == &ErrorType::ReadTimedout {
+                    Failure::Timeout
+                } else {
+                    Failure::Upstream(e)
+                });
+            }
+            match up.session.response_header().map(|h| h.status) {
+                Some(s) if s.is_informational() && s.as_u16() != 101 => continue,
+                _ => return Ok(()),
+            }
         }
-        match up.session.response_header().map(|h| h.status) {
-            Some(s) if s.is_informational() && s.as_u16() != 101 => continue,
-            _ => return Ok(()),
-        }
+    };
+    // An HTTP/2 client that resets its stream (RST_STREAM) while the
+    // upstream thinks gives the upstream request up at once: h2 frees the
+    // stream's concurrency slot on reset, so without this a client could
+    // reset and reopen streams to hold any number of upstream requests.
+    match client.watch_h2_stream_close() {
+        Some(reset) => tokio::select! {
+            r = header => r,
+            _ = reset => Err(Failure::Client),
+        },
+        None => header.await,
     }
 }
 
