@@ -68,6 +68,19 @@ pub fn request_host(req: &RequestHeader) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The largest request header section ssegate accepts (request line and
+/// fields), as for upstream responses; HTTP/2's header list limit is the same.
+pub const MAX_REQUEST_HEADER_SIZE: usize = 64 * 1024;
+
+/// The size of a request's header section as HTTP/1.1 would write it: the
+/// request line and every field with its `: ` and CRLF.
+pub fn request_header_size(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.raw_path().len() + " HTTP/1.1\r\n ".len();
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
 /// Builds the HTTP/1.1 request header sent to the upstream from the client's.
 pub fn upstream_request(client: &RequestHeader, fwd: &Forwarding<'_>) -> Result<RequestHeader> {
     let mut req = client.clone();
@@ -92,10 +105,42 @@ pub fn upstream_request(client: &RequestHeader, fwd: &Forwarding<'_>) -> Result<
     if let Some(host) = &host {
         req.insert_header("x-forwarded-host", host.as_str())?;
     }
+    if let Some(len) = single_content_length(&client.headers)? {
+        // One field with one value, whatever repetition the client used.
+        req.insert_header(header::CONTENT_LENGTH, len)?;
+    }
     if fwd.chunked_body {
         req.insert_header(header::TRANSFER_ENCODING, "chunked")?;
     }
     Ok(req)
+}
+
+/// The request's Content-Length as one value: repeated fields and lists of
+/// the same number (`5, 5`) collapse to it (RFC 9110 §8.6); anything else
+/// (differing values, non-digits) is an error, so that the upstream never
+/// frames the body differently from us.
+fn single_content_length(headers: &http::HeaderMap) -> Result<Option<String>> {
+    let mut found: Option<&str> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let text = value.to_str().unwrap_or("!");
+        for token in text.split(',').map(str::trim) {
+            let digits = !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit());
+            match found {
+                _ if !digits => {
+                    return Error::e_explain(ErrorType::InvalidHTTPHeader, "invalid Content-Length")
+                }
+                Some(prev) if prev.trim_start_matches('0') != token.trim_start_matches('0') => {
+                    return Error::e_explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "conflicting Content-Length",
+                    )
+                }
+                Some(_) => {}
+                None => found = Some(token),
+            }
+        }
+    }
+    Ok(found.map(str::to_string))
 }
 
 /// Is this response an event stream? `text/event-stream`, any case, parameters allowed.
@@ -309,6 +354,29 @@ mod tests {
         let up = upstream_request(&client, &fwd).unwrap();
         assert_eq!(up.headers["x-forwarded-for"], "1.2.3.4, 5.6.7.8");
         assert_eq!(up.headers["transfer-encoding"], "chunked");
+    }
+
+    #[test]
+    fn repeated_content_length_is_forwarded_once() {
+        let fwd = Forwarding {
+            client_ip: None,
+            proto: "http",
+            target: b"/",
+            chunked_body: false,
+        };
+        for lengths in [&["5", "5"][..], &["5, 5"], &["5"]] {
+            let h: Vec<(&str, &str)> = lengths.iter().map(|v| ("content-length", *v)).collect();
+            let up = upstream_request(&req("POST", "/", &h), &fwd).unwrap();
+            let all: Vec<_> = up.headers.get_all("content-length").iter().collect();
+            assert_eq!(all, ["5"], "{lengths:?}");
+        }
+        for bad in [&["5", "6"][..], &["5, 6"], &["+5"], &[""]] {
+            let h: Vec<(&str, &str)> = bad.iter().map(|v| ("content-length", *v)).collect();
+            assert!(
+                upstream_request(&req("POST", "/", &h), &fwd).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -249,6 +249,15 @@ impl HttpServerApp for ProxyApp {
                 return None;
             }
         }
+        // pingora reads request headers of up to 1 MiB; ssegate forwards
+        // none over 64 KiB (its own limit for upstream responses).
+        if headers::request_header_size(session.req_header()) > headers::MAX_REQUEST_HEADER_SIZE {
+            log::debug!("request header section over 64 KiB");
+            session.set_keepalive(None);
+            let _ = respond(&mut session, 431, "request header fields too large\n").await;
+            self.shared.count_response(&session, None);
+            return None;
+        }
         session.set_read_timeout(Some(timeouts.read));
         session.set_write_timeout(Some(timeouts.write));
 
@@ -450,6 +459,17 @@ impl ProxyApp {
     /// `route` is the index of the matching route (`Shared::route_for`).
     async fn handle(&self, session: &mut ServerSession, route: Option<usize>) -> Handled {
         let shared = &self.shared;
+        // ssegate is never a forward proxy: CONNECT is refused whatever its
+        // target, before routing, and an HTTP/1.1 connection that asked for a
+        // tunnel is not kept (what follows would be tunnel bytes).
+        if session.req_header().method == http::Method::CONNECT {
+            if session.as_http1().is_some() {
+                session.set_keepalive(None);
+            }
+            return respond_or_abort(session, 405, "CONNECT is not supported\n")
+                .await
+                .into();
+        }
         let has_body = !session.is_body_empty();
         let Some(route_index) = route else {
             return respond_or_abort(session, 404, "no route for this request\n")
@@ -692,18 +712,31 @@ async fn exchange(
             Failure::Upstream(e)
         });
     }
-    loop {
-        if let Err(e) = up.session.read_response_header().await {
-            return Err(if e.etype() == &ErrorType::ReadTimedout {
-                Failure::Timeout
-            } else {
-                Failure::Upstream(e)
-            });
+    let header = async {
+        loop {
+            if let Err(e) = up.session.read_response_header().await {
+                return Err(if e.etype() == &ErrorType::ReadTimedout {
+                    Failure::Timeout
+                } else {
+                    Failure::Upstream(e)
+                });
+            }
+            match up.session.response_header().map(|h| h.status) {
+                Some(s) if s.is_informational() && s.as_u16() != 101 => continue,
+                _ => return Ok(()),
+            }
         }
-        match up.session.response_header().map(|h| h.status) {
-            Some(s) if s.is_informational() && s.as_u16() != 101 => continue,
-            _ => return Ok(()),
-        }
+    };
+    // An HTTP/2 client that resets its stream (RST_STREAM) while the
+    // upstream thinks gives the upstream request up at once: h2 frees the
+    // stream's concurrency slot on reset, so without this a client could
+    // reset and reopen streams to hold any number of upstream requests.
+    match client.watch_h2_stream_close() {
+        Some(reset) => tokio::select! {
+            r = header => r,
+            _ = reset => Err(Failure::Client),
+        },
+        None => header.await,
     }
 }
 
