@@ -127,6 +127,7 @@ pub fn build_after(
     let conf = server_conf(&config, opts);
     let listeners = config.listeners.clone();
     let admin = config.admin.clone();
+    let read_timeout = config.timeouts.read;
     let metrics = Arc::new(Metrics::new()?);
     let shared = Shared::new(config, metrics.clone())?;
     let pingora_opt = Opt {
@@ -143,7 +144,9 @@ pub fn build_after(
             listener.tls.is_some(),
             listener.h2_max_streams,
         );
-        let app = Limited::new(app, shared.connection_limit());
+        // A plain listener's first bytes are waited for under timeouts.read.
+        let first_bytes = listener.tls.is_none().then_some(read_timeout);
+        let app = Limited::new(app, shared.connection_limit(), first_bytes, read_timeout);
         let mut service = Service::new(format!("ssegate {}", listener.address), app);
         service.add_listener(listener_config(listener)?);
         server.add_service(service).add_dependencies(&prerequisites);

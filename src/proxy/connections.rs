@@ -1,5 +1,7 @@
-//! The client connection limit (`[limits] max_connections`) and the
-//! `ssegate_connections_open` gauge.
+//! What every accepted client connection goes through before pingora's HTTP
+//! handling sees it: the connection limit (`[limits] max_connections`, with
+//! the `ssegate_connections_open` gauge), and on plain listeners a bound on
+//! the wait for the first bytes (see [`Limited`]).
 //!
 //! Every accepted connection takes a [`ConnectionGuard`] before pingora's
 //! HTTP handling sees it ([`Limited`] wraps the listener's app); past the
@@ -16,16 +18,22 @@
 //! ```
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
-use pingora_core::protocols::Stream;
+use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 
 use crate::metrics::ConnectionMetrics;
+
+/// The HTTP/2 connection preface pingora looks for on plain connections.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 tokio::task_local! {
     /// The guard of the connection the current task is serving, if it holds one.
@@ -96,17 +104,136 @@ pub async fn holding<F: Future>(guard: Option<ConnectionGuard>, f: F) -> F::Outp
     CONNECTION.scope(RefCell::new(guard), f).await
 }
 
+/// An HTTP/2 connection's requests in progress, event streams included, and
+/// since when it has had none. pingora's own h2 idle timeout cannot serve
+/// here: it counts an event stream only until its task is detached from
+/// the request (`ProxyApp::run_stream`), so it would close connections that
+/// carry nothing but streams.
+struct Activity {
+    open: AtomicUsize,
+    /// Milliseconds since `epoch` when `open` last went to 0.
+    idle_since_ms: AtomicU64,
+    epoch: Instant,
+}
+
+/// A connection's two ends, as the key of [`ACTIVITY`].
+type ConnKey = (SocketAddr, SocketAddr);
+
+/// Every HTTP/2 connection being watched, by (local, peer) address: the
+/// request tasks pingora spawns per stream find their connection's
+/// [`Activity`] here.
+static ACTIVITY: Mutex<Option<HashMap<ConnKey, Weak<Activity>>>> = Mutex::new(None);
+
+/// One request (or event stream) in progress on an HTTP/2 connection.
+pub struct ActivityGuard(Arc<Activity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.idle_since_ms
+            .store(a.epoch.elapsed().as_millis() as u64, Ordering::Release);
+        a.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Marks a request of the HTTP/2 connection `key` as in progress until the
+/// guard drops; `None` if the connection is not watched.
+pub fn h2_request_started(key: Option<ConnKey>) -> Option<ActivityGuard> {
+    let key = key?;
+    let registry = ACTIVITY.lock().ok()?;
+    let activity = registry.as_ref()?.get(&key)?.upgrade()?;
+    activity.open.fetch_add(1, Ordering::AcqRel);
+    Some(ActivityGuard(activity))
+}
+
+/// The (local, peer) addresses of a session's connection.
+pub fn connection_key(digest: Option<&pingora_core::protocols::Digest>) -> Option<ConnKey> {
+    let socket = digest?.socket_digest.as_ref()?;
+    let local = *socket.local_addr()?.as_inet()?;
+    let peer = *socket.peer_addr()?.as_inet()?;
+    Some((local, peer))
+}
+
+/// Watches an HTTP/2 connection while it is registered.
+struct Watched {
+    key: Option<ConnKey>,
+    activity: Arc<Activity>,
+}
+
+impl Watched {
+    fn register(key: Option<ConnKey>) -> Watched {
+        let activity = Arc::new(Activity {
+            open: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        if let (Some(key), Ok(mut registry)) = (key, ACTIVITY.lock()) {
+            registry
+                .get_or_insert_with(HashMap::new)
+                .insert(key, Arc::downgrade(&activity));
+        }
+        Watched { key, activity }
+    }
+
+    /// Resolves once the connection has had no request in progress for
+    /// `limit`: a connection that opens no stream, or only half a header
+    /// block, is closed rather than held forever.
+    async fn idle_for(&self, limit: Duration) {
+        let a = &self.activity;
+        loop {
+            let idle_since =
+                a.epoch + Duration::from_millis(a.idle_since_ms.load(Ordering::Acquire));
+            if a.open.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(limit).await;
+            } else if idle_since.elapsed() >= limit {
+                return;
+            } else {
+                tokio::time::sleep_until((idle_since + limit).into()).await;
+            }
+        }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let (Some(key), Ok(mut registry)) = (self.key, ACTIVITY.lock()) {
+            if let Some(map) = registry.as_mut() {
+                map.remove(&key);
+            }
+        }
+    }
+}
+
 /// A listener's app behind the connection limit.
+///
+/// On a plain listener pingora first reads 24 bytes to tell an h2c preface
+/// from HTTP/1, and that read has no timeout of its own: a client sending
+/// fewer bytes, or none, would hold its connection (and its place under the
+/// limit) forever. `first_bytes` bounds that wait; the bytes are peeked, so
+/// pingora then finds them where it expects them.
 pub struct Limited<A> {
     app: Arc<A>,
     limit: Arc<ConnectionLimit>,
+    first_bytes: Option<Duration>,
+    h2_idle: Duration,
 }
 
 impl<A> Limited<A> {
-    pub fn new(app: A, limit: Arc<ConnectionLimit>) -> Self {
+    /// `first_bytes`: for plain listeners, the longest wait for the first
+    /// 24 bytes of a connection; `None` on TLS listeners, where the
+    /// handshake has its own. `h2_idle`: how long an HTTP/2 connection may
+    /// have no request in progress. Both are `timeouts.read`.
+    pub fn new(
+        app: A,
+        limit: Arc<ConnectionLimit>,
+        first_bytes: Option<Duration>,
+        h2_idle: Duration,
+    ) -> Self {
         Limited {
             app: Arc::new(app),
             limit,
+            first_bytes,
+            h2_idle,
         }
     }
 }
@@ -123,7 +250,45 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
             drop(stream);
             return None;
         };
-        holding(Some(guard), self.app.process_new(stream, shutdown)).await
+        let mut stream = stream;
+        let mut h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        if let Some(wait) = self
+            .first_bytes
+            .filter(|_| stream.get_ssl_digest().is_none())
+        {
+            let mut preface = [0u8; H2_PREFACE.len()];
+            match tokio::time::timeout(wait, stream.try_peek(&mut preface)).await {
+                Ok(Ok(_)) => h2 = preface == *H2_PREFACE,
+                // Closed or failed before 24 bytes: pingora's own peek ends
+                // the same way.
+                Ok(Err(e)) => {
+                    log::debug!("connection ended before its first request: {e}");
+                    return None;
+                }
+                Err(_) => {
+                    log::debug!("no request within {wait:?} of accepting: connection closed");
+                    return None;
+                }
+            }
+        }
+        if !h2 {
+            return holding(Some(guard), self.app.process_new(stream, shutdown)).await;
+        }
+        // An HTTP/2 connection without a request in progress for the idle
+        // limit is dropped (pingora's accept loop with it).
+        let limit = self.h2_idle;
+        let key = stream
+            .get_socket_digest()
+            .and_then(|d| Some((*d.local_addr()?.as_inet()?, *d.peer_addr()?.as_inet()?)));
+        let watched = Watched::register(key);
+        let serve = holding(Some(guard), self.app.process_new(stream, shutdown));
+        tokio::select! {
+            result = serve => result,
+            _ = watched.idle_for(limit) => {
+                log::debug!("HTTP/2 connection without a request for {limit:?}: closed");
+                None
+            }
+        }
     }
 
     async fn cleanup(&self) {

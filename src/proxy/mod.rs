@@ -222,6 +222,8 @@ struct StreamJob {
     /// The client connection's place under `max_connections` (HTTP/1: the
     /// stream carries the connection; HTTP/2 streams leave it with theirs).
     connection: Option<connections::ConnectionGuard>,
+    /// An HTTP/2 stream's mark on its connection's activity.
+    activity: Option<connections::ActivityGuard>,
 }
 
 #[async_trait]
@@ -232,6 +234,14 @@ impl HttpServerApp for ProxyApp {
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         let timeouts = &self.shared.config.timeouts;
+        // An HTTP/2 request keeps its connection from counting as idle
+        // until it is over, its event stream included (connections.rs).
+        let activity = match &session {
+            ServerSession::H2(_) => {
+                connections::h2_request_started(connections::connection_key(session.digest()))
+            }
+            _ => None,
+        };
         match tokio::time::timeout(timeouts.read, session.read_request()).await {
             Ok(Ok(true)) => {}
             // A clean close between keep-alive requests.
@@ -268,6 +278,7 @@ impl HttpServerApp for ProxyApp {
             Handled::Done(outcome) => outcome,
             Handled::Stream(mut job) => {
                 job.connection = connections::take_current();
+                job.activity = activity;
                 // The stream outlives this call: everything pingora holds for
                 // the request (its session, buffers and this future) is freed
                 // now, and the stream keeps only the two connections.
@@ -651,6 +662,7 @@ impl ProxyApp {
                 client: session.client_addr().and_then(|a| a.as_inet()).copied(),
                 resume_request,
                 connection: None,
+                activity: None,
             }));
         }
 
