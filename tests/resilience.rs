@@ -513,15 +513,6 @@ async fn stuck_client(proxy: SocketAddr) -> TcpStream {
     stream
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// One client stops reading among 100 that read: the 100 keep receiving
 /// every event, the stuck one holds at most its budget, and after
 /// `client_write_timeout` without progress its stream is ended and counted.

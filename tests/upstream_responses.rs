@@ -160,15 +160,6 @@ async fn non_utf8_bytes_pass_through_untouched() {
     assert_eq!(client.next_chunk().await.as_deref(), Some(event));
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mb_event_without_newline_passes_with_bounded_memory() {
     use tokio::io::AsyncReadExt;

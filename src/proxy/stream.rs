@@ -319,31 +319,28 @@ pub async fn relay(
                 probe.relayed(len, last_upstream.elapsed());
             }
             Turn::UpstreamDone => break StreamEnd::UpstreamDone,
-            Turn::UpstreamError(e) => match start_resume(resumer, &framer, at_boundary) {
-                Some((id, wait)) => {
-                    log::info!("upstream failed mid-stream: {e}; resuming in {wait:?}");
-                    resume_id = id;
-                    source = Source::Waiting {
-                        until: Instant::now() + wait,
-                        attempt: 1,
-                    };
-                }
-                None => {
-                    log::info!("upstream failed mid-stream: {e}");
-                    break StreamEnd::UpstreamError;
-                }
-            },
-            Turn::IdleDue => match start_resume(resumer, &framer, at_boundary) {
-                Some((id, wait)) => {
-                    log::info!("upstream silent for the idle timeout; resuming in {wait:?}");
-                    resume_id = id;
-                    source = Source::Waiting {
-                        until: Instant::now() + wait,
-                        attempt: 1,
-                    };
-                }
-                None => break StreamEnd::IdleTimeout,
-            },
+            Turn::UpstreamError(_) | Turn::IdleDue => {
+                let (why, end) = match turn {
+                    Turn::UpstreamError(e) => (
+                        format!("upstream failed mid-stream: {e}"),
+                        StreamEnd::UpstreamError,
+                    ),
+                    _ => (
+                        "upstream silent for the idle timeout".to_string(),
+                        StreamEnd::IdleTimeout,
+                    ),
+                };
+                let Some((id, wait)) = start_resume(resumer, &framer, at_boundary) else {
+                    log::info!("{why}");
+                    break end;
+                };
+                log::info!("{why}; resuming in {wait:?}");
+                resume_id = id;
+                source = Source::Waiting {
+                    until: Instant::now() + wait,
+                    attempt: 1,
+                };
+            }
             Turn::BackoffOver => {
                 let (Some(r), Source::Waiting { attempt, .. }) = (resumer, &source) else {
                     continue;
