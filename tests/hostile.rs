@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use common::{config_with, find, h2_get, h2c_connect, within, Proxy, ProxyConfig, WAIT};
+use common::{config_with, find, h2_get, h2c_connect, rss_kib, within, Proxy, ProxyConfig, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

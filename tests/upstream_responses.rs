@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{basic_config, within, H1Client, Proxy, ProxyConfig, Upstream};
+use common::{basic_config, rss_kib, within, H1Client, Proxy, ProxyConfig, Upstream};
 
 async fn proxy_for(up: &Upstream) -> Proxy {
     Proxy::start(ProxyConfig::new(basic_config(
