@@ -178,6 +178,11 @@ pub struct BenchUpstreamArgs {
     /// about 50 bytes).
     #[arg(long, value_name = "BYTES", default_value_t = 100)]
     pub payload: usize,
+    /// The id of the first event. A restarted origin given the last id its
+    /// predecessor sent plus one continues the same sequence, so clients
+    /// resuming with Last-Event-ID see no gap.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub first_id: u64,
 }
 
 #[derive(Debug, Args)]

@@ -29,6 +29,10 @@ struct BenchUpstream {
 
 impl BenchUpstream {
     async fn start(rate: &str) -> BenchUpstream {
+        Self::start_with(rate, &[]).await
+    }
+
+    async fn start_with(rate: &str, extra: &[&str]) -> BenchUpstream {
         let mut child = Command::new(bin())
             .args([
                 "bench",
@@ -39,6 +43,7 @@ impl BenchUpstream {
                 rate,
             ])
             .args(["--payload", "100"])
+            .args(extra)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -400,6 +405,16 @@ async fn last_event_id_resumes_right_after_it() {
     let (head, rest) = read_head(&mut second).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert_eq!(read_events(&mut second, rest).await.len(), 1);
+}
+
+#[tokio::test]
+async fn first_id_starts_the_sequence_there() {
+    let up = BenchUpstream::start_with("100", &["--first-id", "5000"]).await;
+    let (mut tcp, _, rest) =
+        raw_request(up.addr, "GET /?count=2 HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    let seen = ids(&read_events(&mut tcp, rest).await);
+    assert!(seen[0] >= 5000 && seen[1] == seen[0] + 1, "{seen:?}");
+    assert!(seen[0] < 5100, "{seen:?}");
 }
 
 #[tokio::test]
@@ -875,6 +890,7 @@ async fn help_explains_every_flag() {
         "--listen",
         "--rate",
         "--payload",
+        "--first-id",
         "Last-Event-ID",
         "?count=N",
         "?idle=1",
