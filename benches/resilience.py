@@ -9,6 +9,7 @@
     resilience.py sampler PID SECONDS OUT        a CSV line of the above every SECONDS
     resilience.py wait-fds PID MAX SECONDS       until PID has at most MAX descriptors
     resilience.py last-id HOST:PORT SECONDS      the id of the next event an origin sends
+    resilience.py metric HOST:PORT NAME          a metric's sum from an admin listener
     resilience.py churn ...                      soak clients in waves (see churn())
     resilience.py upgrade-report ...             verdict of benches/upgrade.sh
     resilience.py soak-report ...                verdict of benches/soak.sh
@@ -98,7 +99,22 @@ def sample(pid: int) -> dict:
                 sockets += 1
         except OSError:
             pass  # closed meanwhile
-    return {"t": round(time.time(), 3), "rss_kib": rss, "fds": fds, "sockets": sockets}
+    heap = anon = 0
+    try:
+        region = ""
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                first = line.split(" ", 1)[0]
+                if "-" in first and not first.endswith(":"):
+                    region = line.split()[-1] if len(line.split()) >= 6 else ""
+                elif line.startswith("Rss:") and region == "[heap]":
+                    heap += int(line.split()[1])
+                elif line.startswith("Anonymous:"):
+                    anon += int(line.split()[1])
+    except OSError:
+        pass
+    return {"t": round(time.time(), 3), "rss_kib": rss, "fds": fds, "sockets": sockets,
+            "heap_kib": heap, "anon_kib": anon}
 
 
 def sampler(pid: int, every: float, out: str) -> None:
@@ -122,6 +138,23 @@ def wait_fds(pid: int, most: int, timeout: float) -> None:
             return
         time.sleep(0.2)
     # Not an error here: the caller samples and judges.
+
+
+def metric(addr: str, name: str) -> float:
+    """The sum of a metric's samples on an admin listener's /metrics."""
+    with socket.create_connection(_split(addr), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        got = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    total = 0.0
+    for line in got.decode(errors="replace").splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def last_id(addr: str, timeout: float) -> int:
@@ -317,13 +350,22 @@ def soak_report(argv: list[str]) -> None:
     print("  errors (every ended connection counts): "
           + (", ".join(f"{k} {v:,}" for k, v in errs.items() if v) or "none"))
     print()
-    print("  | sample | ssegate RSS | fds | sockets |")
-    print("  |---|---:|---:|---:|")
+    mib = lambda kib: f"{kib / 1024:,.1f} MiB"
+    print("  | sample | ssegate RSS | of which [heap] | anonymous | fds | sockets |")
+    print("  |---|---:|---:|---:|---:|---:|")
     for k, s in samples.items():
         if s:
-            print(f"  | {k} | {s['rss_kib'] / 1024:,.1f} MiB | {s['fds']:,} | {s['sockets']:,} |")
+            print(f"  | {k} | {mib(s['rss_kib'])} | {mib(s.get('heap_kib', 0))} | "
+                  f"{mib(s.get('anon_kib', 0))} | {s['fds']:,} | {s['sockets']:,} |")
         else:
-            print(f"  | {k} | — | — | — |")
+            print(f"  | {k} | — | — | — | — | — |")
+    try:
+        rows = Path(run, "samples.csv").read_text().splitlines()[1:]
+        peak = max(int(r.split(",")[1]) for r in rows)
+        most = max(int(r.split(",")[3]) for r in rows)
+        print(f"  every 5 s (samples.csv): peak RSS {mib(peak)}, most sockets {most:,}")
+    except (OSError, ValueError, IndexError):
+        pass
     print()
     problems = []
     base, end = samples["baseline"], samples["end"]
@@ -337,12 +379,17 @@ def soak_report(argv: list[str]) -> None:
         problems.append(f"descriptors: {dfd:+d} after every client left")
     if drss > rss_margin:
         problems.append(f"memory: RSS {drss / 1024:+.1f} MiB after every client left")
+    open_end = _load(os.path.join(run, "streams-open-end.json"))
+    if open_end is not None:
+        print(f"  ssegate_streams_open at the end: {open_end:g}")
+        if open_end != 0:
+            problems.append(f"ssegate still counts {open_end:g} open streams")
     if any(b.get("missing") for b in benches):
         problems.append("a client run left no report")
     if problems:
         print("FAIL (leak): " + "; ".join(problems))
         sys.exit(1)
-    print("PASS: descriptors and memory back to baseline")
+    print("PASS: descriptors back to baseline, no stream left open, RSS within the margin")
 
 
 def main(argv: list[str]) -> None:
@@ -363,6 +410,8 @@ def main(argv: list[str]) -> None:
         sampler(int(args[0]), float(args[1]), args[2])
     elif cmd == "wait-fds":
         wait_fds(int(args[0]), int(args[1]), float(args[2]))
+    elif cmd == "metric":
+        print(f"{metric(args[0], args[1]):g}")
     elif cmd == "last-id":
         print(last_id(args[0], float(args[1])))
     elif cmd == "churn":

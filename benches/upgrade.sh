@@ -40,7 +40,7 @@ RAMP=2
 OUT=""
 QUICK=0
 
-usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
 say() { echo "upgrade: $*" >&2; }
 die() { echo "upgrade: error: $*" >&2; exit 2; }
 num() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 takes a whole number, got $2"; }
