@@ -211,6 +211,14 @@ wait "$BENCH_PID" || BENCH_CODE=$?
 forget "$BENCH_PID"
 [ "$BENCH_CODE" = 0 ] || say "the bench exited $BENCH_CODE: $(tail -n 2 "$OUT/bench.err")"
 
+# The new process writes an access-log line as each stream's end is noticed:
+# wait until the count stops changing (at most 10 s) before stopping it.
+seen=-1
+for _ in $(seq 20); do
+  now="$(grep -c 'stream end' "$OUT/new.err" || true)"
+  [ "$now" = "$seen" ] && break
+  seen="$now"; sleep 0.5
+done
 stop "$NEW_PID" INT
 stop "$UP_PID" INT
 
