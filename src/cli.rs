@@ -63,6 +63,11 @@ pub enum Command {
     /// adds id-last-1 gaps. An event without an id field repeats the last id,
     /// so it counts as a duplicate.
     ///
+    /// Reconnections (--reconnect): every ended connection and every failed
+    /// attempt also counts under errors; the report adds reconnections, failed
+    /// reconnection attempts, the longest time a stream had no open
+    /// connection, and the streams open when the run ended.
+    ///
     /// Output: a progress line on stderr each second (overwritten with \r on
     /// a terminal), then a table on stdout, or with --json exactly one JSON
     /// object. Exit code 0, or 1 when no stream opened at all.
@@ -149,6 +154,16 @@ pub struct BenchClientArgs {
     /// Print exactly one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Reconnect like a browser's EventSource (HTTP/1.1 only): when an open
+    /// stream ends before the run does (cleanly, by a reset or an error),
+    /// wait the last `retry:` the stream sent (1 s if none), then request
+    /// the same URL again with `Last-Event-ID: <last id received>`. Gaps and
+    /// duplicates are counted across the reconnections of each stream. A
+    /// failed reconnection attempt (refused, not a 200 event stream, no
+    /// response in 10 s) is retried after the same wait until the run ends;
+    /// a stream whose very first opening fails is not retried.
+    #[arg(long)]
+    pub reconnect: bool,
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +178,11 @@ pub struct BenchUpstreamArgs {
     /// about 50 bytes).
     #[arg(long, value_name = "BYTES", default_value_t = 100)]
     pub payload: usize,
+    /// The id of the first event. A restarted origin given the last id its
+    /// predecessor sent plus one continues the same sequence, so clients
+    /// resuming with Last-Event-ID see no gap.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub first_id: u64,
 }
 
 #[derive(Debug, Args)]

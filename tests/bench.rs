@@ -8,6 +8,8 @@ mod common;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use common::{basic_config, bin, find, make_cert, within, Proxy, ProxyConfig, TempDir};
 use serde_json::Value;
@@ -27,6 +29,10 @@ struct BenchUpstream {
 
 impl BenchUpstream {
     async fn start(rate: &str) -> BenchUpstream {
+        Self::start_with(rate, &[]).await
+    }
+
+    async fn start_with(rate: &str, extra: &[&str]) -> BenchUpstream {
         let mut child = Command::new(bin())
             .args([
                 "bench",
@@ -37,6 +43,7 @@ impl BenchUpstream {
                 rate,
             ])
             .args(["--payload", "100"])
+            .args(extra)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -172,13 +179,18 @@ async fn scripted(pieces: Vec<&'static [u8]>) -> SocketAddr {
     addr
 }
 
+/// `text` as one HTTP/1.1 chunk.
+fn chunk(text: &str) -> &'static [u8] {
+    let chunk = format!("{:x}\r\n{text}\r\n", text.len());
+    Box::leak(chunk.into_bytes().into_boxed_slice())
+}
+
 fn chunked_sse(events: &[&str]) -> Vec<&'static [u8]> {
     let mut pieces: Vec<&'static [u8]> = vec![
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
     ];
     for event in events {
-        let chunk = format!("{:x}\r\n{event}\r\n", event.len());
-        pieces.push(Box::leak(chunk.into_bytes().into_boxed_slice()));
+        pieces.push(chunk(event));
     }
     pieces.push(b"0\r\n\r\n");
     pieces
@@ -396,6 +408,16 @@ async fn last_event_id_resumes_right_after_it() {
 }
 
 #[tokio::test]
+async fn first_id_starts_the_sequence_there() {
+    let up = BenchUpstream::start_with("100", &["--first-id", "5000"]).await;
+    let (mut tcp, _, rest) =
+        raw_request(up.addr, "GET /?count=2 HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    let seen = ids(&read_events(&mut tcp, rest).await);
+    assert!(seen[0] >= 5000 && seen[1] == seen[0] + 1, "{seen:?}");
+    assert!(seen[0] < 5100, "{seen:?}");
+}
+
+#[tokio::test]
 async fn idle_gives_headers_and_no_events() {
     let up = BenchUpstream::start("100").await;
     let (idle, head, rest) = raw_request(up.addr, "GET /?idle=1 HTTP/1.1\r\nhost: t\r\n\r\n").await;
@@ -568,6 +590,224 @@ async fn length_and_close_delimited_bodies_and_truncation() {
 }
 
 // ---------------------------------------------------------------------------
+// --reconnect
+
+/// A server that answers the n-th connection with `responses[n]` (written in
+/// its pieces, then closed), and the connections past the list with the last
+/// one, kept open until the client leaves. Records each request head (lower
+/// case) and when it arrived.
+async fn scripted_attempts(
+    responses: Vec<Vec<&'static [u8]>>,
+) -> (SocketAddr, Arc<Mutex<Vec<(Instant, String)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        let mut n = 0usize;
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let last = n + 1 >= responses.len();
+            let pieces = responses[n.min(responses.len() - 1)].clone();
+            n += 1;
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while find(&head, b"\r\n\r\n").is_none() {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.lock().unwrap().push((
+                    Instant::now(),
+                    String::from_utf8_lossy(&head).to_lowercase(),
+                ));
+                for piece in pieces {
+                    if tcp.write_all(piece).await.is_err() {
+                        return;
+                    }
+                }
+                if last {
+                    while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+fn f64_of(run: &Run, key: &str) -> f64 {
+    run.json[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} in {}", run.json))
+}
+
+#[tokio::test]
+async fn reconnect_resumes_the_ids_across_reconnections() {
+    // 200 events/s: a stream that came back after its 1 s wait without
+    // Last-Event-ID would start about 200 ids further on and count as gaps.
+    let up = BenchUpstream::start("200").await;
+    let url = up.url("/?count=5");
+    let run = bench(&[
+        "--url",
+        &url,
+        "--streams",
+        "2",
+        "--duration",
+        "4500ms",
+        "--reconnect",
+    ])
+    .await;
+    let ctx = format!("{}\nstderr: {}", run.json, run.stderr);
+    assert_eq!(run.code, Some(0), "{ctx}");
+    assert_eq!(run.json["reconnect"], true, "{ctx}");
+    assert_eq!(num(&run, "streams_opened"), 2, "{ctx}");
+    let reconnections = num(&run, "reconnections");
+    // Each stream: 5 events, 1 s wait (no retry: sent), again: 4 times in 4.5 s.
+    assert!(
+        (6..=8).contains(&reconnections),
+        "at least 3 reconnections per stream: {ctx}"
+    );
+    assert_eq!(
+        (num(&run, "gaps"), num(&run, "duplicates")),
+        (0, 0),
+        "{ctx}"
+    );
+    let events = num(&run, "events");
+    assert!(
+        events >= 5 * (reconnections + 1) && events <= 5 * (reconnections + 2),
+        "five events a connection: {ctx}"
+    );
+    assert_eq!(num(&run, "reconnect_failures"), 0, "{ctx}");
+    assert!(errors(&run)[3] >= reconnections, "every end counted: {ctx}");
+    let away = f64_of(&run, "max_disconnected_ms");
+    assert!(
+        (1000.0..1900.0).contains(&away),
+        "the default 1 s wait: {ctx}"
+    );
+    assert!(
+        f64_of(&run, "max_silence_ms") < 900.0,
+        "silence is measured per connection: {ctx}"
+    );
+
+    // Without the flag the same streams just end.
+    let run = bench(&["--url", &url, "--streams", "2", "--duration", "4500ms"]).await;
+    assert_eq!(run.json["reconnect"], false);
+    assert_eq!(
+        (num(&run, "reconnections"), num(&run, "events")),
+        (0, 10),
+        "{}",
+        run.json
+    );
+}
+
+#[tokio::test]
+async fn reconnect_honours_retry_sends_last_event_id_and_retries_failures() {
+    const SSE_CHUNKED: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+    let (addr, heads) = scripted_attempts(vec![
+        // Two events and a retry time, then a clean end.
+        vec![
+            SSE_CHUNKED,
+            chunk("retry: 200\n\nid: 1\ndata: a\n\nid: 2\n"),
+            chunk("data: b\n\n"),
+            b"0\r\n\r\n",
+        ],
+        // A shed response: 200, no event, only a longer retry time.
+        vec![
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 12\r\n\r\nretry: 300\n\n",
+        ],
+        // A failed attempt.
+        vec![b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"],
+        // An event, then half of one and a reset-like end (no last chunk).
+        vec![SSE_CHUNKED, chunk("id: 3\ndata: c\n\nid: 4\nda")],
+        // Open until the run ends: the cut event comes whole.
+        vec![SSE_CHUNKED, chunk("id: 4\ndata: d\n\n")],
+    ])
+    .await;
+    let run = bench(&[
+        "--url",
+        &format!("http://{addr}/feed"),
+        "--streams",
+        "1",
+        "--duration",
+        "2500ms",
+        "--reconnect",
+    ])
+    .await;
+    let ctx = format!("{}\nstderr: {}", run.json, run.stderr);
+    assert_eq!(num(&run, "events"), 4, "{ctx}");
+    assert_eq!(
+        (num(&run, "gaps"), num(&run, "duplicates")),
+        (0, 0),
+        "{ctx}"
+    );
+    assert_eq!(num(&run, "reconnections"), 3, "{ctx}");
+    assert_eq!(num(&run, "reconnect_failures"), 1, "{ctx}");
+    assert_eq!(num(&run, "streams_open_at_end"), 1, "{ctx}");
+    // Ends: clean, clean (the shed one), truncated; one 503.
+    assert_eq!(errors(&run), [0, 0, 1, 3, 0, 0], "{ctx}");
+    // From the shed response's end to the open after the 503: 300 ms twice.
+    let away = f64_of(&run, "max_disconnected_ms");
+    assert!((600.0..1000.0).contains(&away), "{ctx}");
+
+    let heads = heads.lock().unwrap().clone();
+    let resumed: Vec<Option<&str>> = heads
+        .iter()
+        .map(|(_, h)| {
+            h.lines()
+                .find_map(|l| l.strip_prefix("last-event-id: "))
+                .map(str::trim)
+        })
+        .collect();
+    assert_eq!(
+        resumed,
+        [None, Some("2"), Some("2"), Some("2"), Some("3")],
+        "{heads:?}"
+    );
+    assert!(heads
+        .iter()
+        .all(|(_, h)| h.starts_with("get /feed http/1.1")));
+    let waits: Vec<u128> = heads
+        .windows(2)
+        .map(|w| w[1].0.duration_since(w[0].0).as_millis())
+        .collect();
+    for (wait, at_least) in waits.iter().zip([200, 300, 300, 300]) {
+        assert!(
+            (at_least..at_least + 250).contains(wait),
+            "waits {waits:?}, want retry: 200 then 300"
+        );
+    }
+}
+
+#[tokio::test]
+async fn reconnect_does_not_retry_a_first_opening() {
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let run = bench(&[
+        "--url",
+        &format!("http://{closed_port}/"),
+        "--streams",
+        "3",
+        "--duration",
+        "8s",
+        "--reconnect",
+    ])
+    .await;
+    assert_eq!(run.code, Some(1));
+    assert_eq!(errors(&run), [3, 0, 0, 0, 0, 0]);
+    assert_eq!(num(&run, "reconnect_failures"), 0);
+    assert!(
+        f64_of(&run, "duration_s") < 8.0,
+        "ends at once: {}",
+        run.json
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Through the proxy, over TLS
 
 #[tokio::test]
@@ -638,6 +878,8 @@ async fn help_explains_every_flag() {
         "-d",
         "-H",
         "--json",
+        "--reconnect",
+        "Last-Event-ID",
         "ts_us",
         "upstream",
     ] {
@@ -648,6 +890,7 @@ async fn help_explains_every_flag() {
         "--listen",
         "--rate",
         "--payload",
+        "--first-id",
         "Last-Event-ID",
         "?count=N",
         "?idle=1",
@@ -699,4 +942,17 @@ async fn bad_flags_are_refused_with_a_reason() {
     ])
     .await;
     assert_eq!(out.status.code(), Some(2), "--connections needs --http2");
+    let out = run(&[
+        "--url",
+        "http://x/",
+        "--streams",
+        "1",
+        "--duration",
+        "1s",
+        "--http2",
+        "--reconnect",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP/1.1 only"));
 }

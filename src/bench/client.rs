@@ -48,6 +48,10 @@ const SETTLE_GRACE: Duration = Duration::from_secs(2);
 /// Bytes read from a socket at once, in a buffer shared per worker thread.
 const READ_BUF: usize = 16 * 1024;
 
+/// Wait before reconnecting a stream that sent no `retry:` (`--reconnect`);
+/// browsers use a few seconds at most, the HTML standard leaves it open.
+pub const DEFAULT_RETRY: Duration = Duration::from_secs(1);
+
 /// Why a stream failed or ended, as counted under `errors`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamError {
@@ -167,6 +171,8 @@ impl Ctx {
 }
 
 /// Accounts for one stream. `result` is `None` when the deadline stopped it.
+/// A reconnecting stream accounts for each connection that ended on its
+/// own ([`reconnecting`]); here only for how the run found it at the end.
 fn settle(
     stats: &Stats,
     meter: &StreamMeter,
@@ -175,7 +181,12 @@ fn settle(
 ) {
     let open = meter.is_open();
     match result {
-        None if open => meter.cut_off(stats, deadline),
+        None if open => {
+            meter.cut_off(stats, deadline);
+            stats.stream_open_at_end();
+        }
+        // Waiting to reconnect when the run ended: not a failure.
+        None if meter.ever_opened() => meter.cut_off(stats, deadline),
         None => {
             stats.stream_failed();
             stats.error(ErrorKind::Timeout, "not open when the run ended");
@@ -188,7 +199,7 @@ fn settle(
             );
         }
         Some(Err(e)) => {
-            if !open {
+            if !meter.ever_opened() {
                 stats.stream_failed();
             }
             stats.error(e.kind, &e.message);
@@ -370,12 +381,58 @@ async fn stream_task(ctx: Arc<Ctx>, index: usize) {
     let io = async {
         if ctx.plan.http2 {
             Box::pin(client_h2::stream(&ctx, index, &mut meter)).await
+        } else if ctx.plan.reconnect {
+            reconnecting(&ctx, index, &mut meter).await
         } else {
-            client_h1::stream(&ctx, index, &mut meter).await
+            client_h1::stream(&ctx, index, &ctx.h1_request, &mut meter).await
         }
     };
     let result = tokio::time::timeout_at(ctx.deadline.into(), io).await.ok();
     ctx.settle(&meter, result);
+}
+
+/// One stream with `--reconnect`, as `EventSource` does it: whenever its
+/// connection ends, cleanly or not, wait the last `retry:` received
+/// ([`DEFAULT_RETRY`] if none) and open it again with `Last-Event-ID`; an
+/// attempt that does not open is retried after the same wait. Runs until the
+/// deadline drops it; returns only if the very first opening fails, which
+/// [`settle`] counts as usual. Each connection's end is accounted here.
+async fn reconnecting(ctx: &Ctx, index: usize, meter: &mut StreamMeter) -> Result<(), StreamError> {
+    loop {
+        let resuming = client_h1::resuming_request(&ctx.plan, meter.last_event_id());
+        let request = resuming.as_deref().unwrap_or(&ctx.h1_request);
+        let result = client_h1::stream(ctx, index, request, meter).await;
+        let now = Instant::now();
+        if meter.is_open() {
+            meter.closed(&ctx.stats, now);
+            match &result {
+                Ok(()) => {
+                    ctx.stats.stream_closed_cleanly();
+                    ctx.stats.error(
+                        ErrorKind::Closed,
+                        "the server ended the stream before the run ended",
+                    );
+                }
+                Err(e) => ctx.stats.error(e.kind, &e.message),
+            }
+        } else if !meter.ever_opened() {
+            return result;
+        } else {
+            ctx.stats.reconnect_failed();
+            if let Err(e) = &result {
+                ctx.stats.error(e.kind, &e.message);
+            }
+        }
+        let wait = meter
+            .retry_ms()
+            .map_or(DEFAULT_RETRY, Duration::from_millis);
+        // The deadline drops this future; never sleep past it (nor overflow).
+        let at = now
+            .checked_add(wait)
+            .map_or(ctx.deadline, |t| t.min(ctx.deadline));
+        tokio::time::sleep_until(at.into()).await;
+        meter.new_connection();
+    }
 }
 
 /// Source addresses a loopback target is connected from, in turn.
@@ -468,7 +525,10 @@ async fn show_progress(ctx: Arc<Ctx>) {
         let events = snapshot.counters.events;
         let rate = (events - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-3);
         last = (now, events);
-        let line = report::progress_line(now - ctx.start, ctx.plan.streams, rate, &snapshot);
+        let mut line = report::progress_line(now - ctx.start, ctx.plan.streams, rate, &snapshot);
+        if ctx.plan.reconnect {
+            line.push_str(&format!("  reconnected {}", snapshot.reconnections));
+        }
         if terminal {
             eprint!("\r{line}\x1b[K");
         } else {

@@ -28,8 +28,43 @@ pub fn request(plan: &Plan) -> Vec<u8> {
     bytes
 }
 
-/// Opens stream `index` and reads it until it ends or fails.
-pub async fn stream(ctx: &Ctx, index: usize, meter: &mut StreamMeter) -> Result<(), StreamError> {
+/// The request of a stream reconnecting after `last_event_id`: the run's
+/// request with `Last-Event-ID` set to it (replacing one given with -H).
+/// `None` when there is nothing to resume from (no id yet, or an empty one,
+/// which browsers do not send either) or the id cannot be a header value.
+pub fn resuming_request(plan: &Plan, last_event_id: Option<&[u8]>) -> Option<Vec<u8>> {
+    let id = std::str::from_utf8(last_event_id?).ok()?;
+    if id.is_empty() || http::HeaderValue::from_str(id).is_err() {
+        return None;
+    }
+    let mut headers: Vec<(String, String)> = plan
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("last-event-id"))
+        .cloned()
+        .collect();
+    headers.push(("Last-Event-ID".to_string(), id.to_string()));
+    let mut bytes = http1::request_head(
+        plan.method.as_str(),
+        &plan.target.path,
+        &plan.target.authority,
+        &headers,
+        plan.body.as_ref().map(|b| b.len()),
+    );
+    if let Some(body) = &plan.body {
+        bytes.extend_from_slice(body);
+    }
+    Some(bytes)
+}
+
+/// Opens stream `index` with the request bytes `request` and reads it
+/// until it ends or fails.
+pub async fn stream(
+    ctx: &Ctx,
+    index: usize,
+    request: &[u8],
+    meter: &mut StreamMeter,
+) -> Result<(), StreamError> {
     let began = Instant::now();
     let open_by: tokio::time::Instant = (began + OPEN_TIMEOUT).into();
     let tcp = timeout_at(open_by, connect_tcp(ctx, index))
@@ -38,7 +73,7 @@ pub async fn stream(ctx: &Ctx, index: usize, meter: &mut StreamMeter) -> Result<
     match &ctx.tls {
         None => {
             meter.connected(&ctx.stats, began.elapsed());
-            exchange(ctx, tcp, meter, open_by).await
+            exchange(ctx, tcp, request, meter, open_by).await
         }
         // Boxed: the TLS state is large, and plain streams should not carry it.
         Some((connector, name)) => {
@@ -48,7 +83,7 @@ pub async fn stream(ctx: &Ctx, index: usize, meter: &mut StreamMeter) -> Result<
                     .map_err(|_| StreamError::open_timeout())?
                     .map_err(|e| StreamError::new(ErrorKind::Tls, e.to_string()))?;
                 meter.connected(&ctx.stats, began.elapsed());
-                exchange(ctx, tls, meter, open_by).await
+                exchange(ctx, tls, request, meter, open_by).await
             })
             .await
         }
@@ -59,6 +94,7 @@ pub async fn stream(ctx: &Ctx, index: usize, meter: &mut StreamMeter) -> Result<
 async fn exchange<S>(
     ctx: &Ctx,
     mut io: S,
+    request: &[u8],
     meter: &mut StreamMeter,
     open_by: tokio::time::Instant,
 ) -> Result<(), StreamError>
@@ -66,7 +102,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let sent = async {
-        io.write_all(&ctx.h1_request).await?;
+        io.write_all(request).await?;
         io.flush().await
     };
     timeout_at(open_by, sent)
@@ -163,4 +199,41 @@ fn feed(
 
 fn other(e: http1::HttpError) -> StreamError {
     StreamError::new(ErrorKind::Other, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(extra: &[&str]) -> Plan {
+        use clap::Parser;
+        let mut argv = vec![
+            "ssegate",
+            "bench",
+            "--url",
+            "http://h:1/e",
+            "--streams",
+            "1",
+            "--duration",
+            "1s",
+        ];
+        argv.extend_from_slice(extra);
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Bench(b) => Plan::from_args(&b.client).unwrap(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn resuming_requests_carry_the_last_event_id() {
+        let p = plan(&["-H", "last-event-id: 0", "-d", "{}"]);
+        let text = String::from_utf8(resuming_request(&p, Some(b"41")).unwrap()).unwrap();
+        assert!(text.starts_with("POST /e HTTP/1.1\r\n"), "{text}");
+        assert!(text.contains("\r\nLast-Event-ID: 41\r\n"), "{text}");
+        assert!(!text.contains("last-event-id: 0"), "{text}");
+        assert!(text.ends_with("\r\n\r\n{}"), "{text}");
+        assert_eq!(resuming_request(&p, None), None);
+        assert_eq!(resuming_request(&p, Some(b"")), None);
+        assert_eq!(resuming_request(&p, Some(b"a\x01b")), None);
+    }
 }

@@ -150,6 +150,8 @@ pub struct Plan {
     pub body: Option<Bytes>,
     pub headers: Vec<(String, String)>,
     pub json: bool,
+    /// Reconnect ended streams as `EventSource` does (`--reconnect`).
+    pub reconnect: bool,
 }
 
 impl Plan {
@@ -166,6 +168,13 @@ impl Plan {
         }
         if duration.is_zero() {
             return Err("--duration must be more than 0".into());
+        }
+        if args.reconnect && args.http2 {
+            return Err(
+                "--reconnect works over HTTP/1.1 only: an HTTP/2 connection of the run is not \
+                 reopened once it is gone"
+                    .into(),
+            );
         }
         if args.ramp > duration {
             return Err(format!(
@@ -199,6 +208,7 @@ impl Plan {
             body,
             headers,
             json: args.json,
+            reconnect: args.reconnect,
         })
     }
 
@@ -321,6 +331,10 @@ mod tests {
         assert_eq!(args(&["-X", "PUT"]).unwrap().method, Method::PUT);
         assert!(args(&["--ramp", "11s"]).unwrap_err().contains("--ramp"));
         assert!(args(&["--connections", "2"]).is_err(), "needs --http2");
+        assert!(args(&["--reconnect"]).unwrap().reconnect);
+        assert!(args(&["--reconnect", "--http2"])
+            .unwrap_err()
+            .contains("HTTP/1.1 only"));
         assert_eq!(
             args(&["--http2", "--connections", "2"])
                 .unwrap()

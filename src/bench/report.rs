@@ -10,7 +10,8 @@
 //!  "events":1000,"events_per_s":100.0,"bytes":12345,"bytes_per_s":1234.5,"comments":0,
 //!  "max_silence_ms":1000.0,"gaps":0,"duplicates":0,
 //!  "latency_ms":{"count":1000,"p50":0.2,"p90":0.3,"p99":0.5,"p999":0.9,"max":1.2},
-//!  "cpu_s":0.42}
+//!  "reconnect":false,"reconnections":0,"reconnect_failures":0,"max_disconnected_ms":0.0,
+//!  "streams_open_at_end":100,"cpu_s":0.42}
 //! ```
 //!
 //! - `connections` is the `--connections` value (1 unless given; HTTP/1.1
@@ -27,6 +28,14 @@
 //!   chunks, from the response head to the first one, or from the last one to
 //!   the end of the run.
 //! - `latency_ms` is `null` when no event carried `"ts_us":`.
+//! - `reconnect` is the `--reconnect` flag. With it, `reconnections` counts
+//!   streams opened again after a connection ended, `reconnect_failures` the
+//!   attempts that did not open, and `max_disconnected_ms` the longest time
+//!   any stream had no open connection, from a connection's end to the next
+//!   opening (or to the end of the run); all three are 0 without it.
+//!   `errors` then counts every ended connection and every failed attempt.
+//! - `streams_open_at_end` counts the streams with an open connection when
+//!   the run ended.
 //! - `cpu_s` is the bench process's user plus system CPU time.
 
 use std::fmt::Write as _;
@@ -67,6 +76,11 @@ struct Report<'a> {
     gaps: u64,
     duplicates: u64,
     latency_ms: Option<Latency>,
+    reconnect: bool,
+    reconnections: u64,
+    reconnect_failures: u64,
+    max_disconnected_ms: f64,
+    streams_open_at_end: u64,
     cpu_s: f64,
 }
 
@@ -167,6 +181,11 @@ fn build<'a>(plan: &'a Plan, result: &RunResult) -> Report<'a> {
         gaps: snap.counters.gaps,
         duplicates: snap.counters.duplicates,
         latency_ms: (latency.count > 0).then(|| latency.into()),
+        reconnect: plan.reconnect,
+        reconnections: snap.reconnections,
+        reconnect_failures: snap.reconnect_failures,
+        max_disconnected_ms: to_ms(snap.max_disconnected_us),
+        streams_open_at_end: snap.open_at_end,
         cpu_s: round3(result.cpu_s),
     }
 }
@@ -242,7 +261,15 @@ fn write_counts(out: &mut String, r: &Report<'_>, snap: &Snapshot) {
         "ids         {} gaps, {} duplicates",
         r.gaps, r.duplicates
     );
-    let _ = writeln!(out, "silence     longest {:.1} ms\n", r.max_silence_ms);
+    let _ = writeln!(out, "silence     longest {:.1} ms", r.max_silence_ms);
+    if r.reconnect {
+        let _ = writeln!(
+            out,
+            "reconnects  {} ({} failed attempts), longest without a connection {:.1} ms",
+            r.reconnections, r.reconnect_failures, r.max_disconnected_ms
+        );
+    }
+    let _ = writeln!(out, "at the end  {} streams open\n", r.streams_open_at_end);
 }
 
 fn write_percentiles(out: &mut String, snap: &Snapshot) {
@@ -387,6 +414,11 @@ mod tests {
             "gaps",
             "duplicates",
             "latency_ms",
+            "reconnect",
+            "reconnections",
+            "reconnect_failures",
+            "max_disconnected_ms",
+            "streams_open_at_end",
             "cpu_s",
         ];
         let mut got = keys.clone();

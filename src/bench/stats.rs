@@ -126,6 +126,8 @@ impl Counters {
 pub struct Shard {
     pub counters: Counters,
     pub max_silence_us: u64,
+    /// Longest time a stream had no open connection between two (`--reconnect`).
+    pub max_disconnected_us: u64,
     pub latency: Histogram<u64>,
 }
 
@@ -134,6 +136,7 @@ impl Shard {
         Shard {
             counters: Counters::default(),
             max_silence_us: 0,
+            max_disconnected_us: 0,
             latency: new_histogram(),
         }
     }
@@ -149,6 +152,7 @@ struct Openings {
 pub struct Snapshot {
     pub counters: Counters,
     pub max_silence_us: u64,
+    pub max_disconnected_us: u64,
     pub latency: Histogram<u64>,
     pub connect: Histogram<u64>,
     pub first_event: Histogram<u64>,
@@ -156,6 +160,12 @@ pub struct Snapshot {
     pub failed: u64,
     pub open_now: i64,
     pub closed_cleanly: u64,
+    /// Streams opened again after a connection ended (`--reconnect`).
+    pub reconnections: u64,
+    /// Reconnection attempts that did not open (`--reconnect`).
+    pub reconnect_failures: u64,
+    /// Streams with an open connection when the run ended.
+    pub open_at_end: u64,
     pub errors: [u64; 6],
     /// The first message seen for each error kind, for the reader.
     pub first_errors: [Option<String>; 6],
@@ -166,6 +176,7 @@ impl Snapshot {
         Snapshot {
             counters: Counters::default(),
             max_silence_us: 0,
+            max_disconnected_us: 0,
             latency: new_histogram(),
             connect: new_histogram(),
             first_event: new_histogram(),
@@ -173,6 +184,9 @@ impl Snapshot {
             failed: 0,
             open_now: 0,
             closed_cleanly: 0,
+            reconnections: 0,
+            reconnect_failures: 0,
+            open_at_end: 0,
             errors: [0; 6],
             first_errors: Default::default(),
         }
@@ -197,6 +211,9 @@ pub struct Stats {
     failed: AtomicU64,
     open_now: AtomicI64,
     closed_cleanly: AtomicU64,
+    reconnections: AtomicU64,
+    reconnect_failures: AtomicU64,
+    open_at_end: AtomicU64,
     errors: [AtomicU64; 6],
     first_errors: Mutex<[Option<String>; 6]>,
 }
@@ -219,6 +236,9 @@ impl Stats {
             failed: AtomicU64::new(0),
             open_now: AtomicI64::new(0),
             closed_cleanly: AtomicU64::new(0),
+            reconnections: AtomicU64::new(0),
+            reconnect_failures: AtomicU64::new(0),
+            open_at_end: AtomicU64::new(0),
             errors: Default::default(),
             first_errors: Mutex::default(),
         }
@@ -249,6 +269,22 @@ impl Stats {
 
     pub fn stream_closed_cleanly(&self) {
         self.closed_cleanly.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A stream that had been open and lost its connection opened again.
+    fn stream_reopened(&self) {
+        self.reconnections.fetch_add(1, Ordering::Relaxed);
+        self.open_now.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A reconnection attempt did not open.
+    pub fn reconnect_failed(&self) {
+        self.reconnect_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A stream was open when the run ended.
+    pub fn stream_open_at_end(&self) {
+        self.open_at_end.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn opened(&self) -> u64 {
@@ -285,6 +321,7 @@ impl Stats {
     pub fn snapshot(&self, into: &mut Snapshot) {
         into.counters = Counters::default();
         into.max_silence_us = 0;
+        into.max_disconnected_us = 0;
         into.latency.reset();
         into.connect.reset();
         into.first_event.reset();
@@ -292,6 +329,7 @@ impl Stats {
             let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
             into.counters.add(&shard.counters);
             into.max_silence_us = into.max_silence_us.max(shard.max_silence_us);
+            into.max_disconnected_us = into.max_disconnected_us.max(shard.max_disconnected_us);
             // Same bounds everywhere, so adding cannot fail.
             let _ = into.latency.add(&shard.latency);
         }
@@ -304,6 +342,9 @@ impl Stats {
         into.failed = self.failed.load(Ordering::Relaxed);
         into.open_now = self.open_now.load(Ordering::Relaxed);
         into.closed_cleanly = self.closed_cleanly.load(Ordering::Relaxed);
+        into.reconnections = self.reconnections.load(Ordering::Relaxed);
+        into.reconnect_failures = self.reconnect_failures.load(Ordering::Relaxed);
+        into.open_at_end = self.open_at_end.load(Ordering::Relaxed);
         for (out, count) in into.errors.iter_mut().zip(&self.errors) {
             *out = count.load(Ordering::Relaxed);
         }
@@ -377,16 +418,31 @@ pub fn send_timestamp_us(data: &[u8]) -> Option<u64> {
 
 /// One stream's measuring state. It lives outside the stream's I/O future so
 /// that a stream cut off by the end of the run can still be accounted for.
+///
+/// With `--reconnect` one meter follows a stream across its connections:
+/// ids are checked across them, and what a browser keeps between
+/// connections (the last event ID and the `retry:` time) is kept here when
+/// a connection ends ([`StreamMeter::closed`]), each new connection getting a
+/// fresh framer ([`StreamMeter::new_connection`]).
 pub struct StreamMeter {
     shard: usize,
     /// When this stream began opening (before connect).
     started: Instant,
     framer: Framer,
     ids: IdTracker,
-    /// When the response head arrived, if it did.
+    /// When the current connection's response head arrived; `None` while
+    /// no connection is open.
     opened_at: Option<Instant>,
+    /// Some connection of this stream opened once.
+    ever_opened: bool,
+    /// When the last open connection ended, while none is open.
+    disconnected_since: Option<Instant>,
     last_chunk: Option<Instant>,
     seen_event: bool,
+    /// The last event ID string of the connections that ended.
+    last_event_id: Option<Vec<u8>>,
+    /// The last `retry:` of the connections that ended, in ms.
+    retry_ms: Option<u64>,
 }
 
 impl StreamMeter {
@@ -397,19 +453,76 @@ impl StreamMeter {
             framer: Framer::with_data_capture(CAPTURE_BYTES),
             ids: IdTracker::default(),
             opened_at: None,
+            ever_opened: false,
+            disconnected_since: None,
             last_chunk: None,
             seen_event: false,
+            last_event_id: None,
+            retry_ms: None,
         }
     }
 
+    /// A connection of this stream is open now.
     pub fn is_open(&self) -> bool {
         self.opened_at.is_some()
     }
 
-    /// The response head arrived: silences are measured from here.
+    /// A connection of this stream was open at some point.
+    pub fn ever_opened(&self) -> bool {
+        self.ever_opened
+    }
+
+    /// The response head arrived: silences are measured from here. A stream
+    /// opening again counts as a reconnection, and the time it had no open
+    /// connection is measured.
     pub fn opened(&mut self, stats: &Stats, at: Instant) {
         self.opened_at = Some(at);
-        stats.stream_opened();
+        if self.ever_opened {
+            stats.stream_reopened();
+            if let Some(since) = self.disconnected_since.take() {
+                self.record_disconnected(stats, at.saturating_duration_since(since));
+            }
+        } else {
+            self.ever_opened = true;
+            stats.stream_opened();
+        }
+    }
+
+    /// The open connection ended at `at` (`--reconnect`): what the next
+    /// connection resumes from is kept, and the disconnected time starts.
+    pub fn closed(&mut self, stats: &Stats, at: Instant) {
+        if self.opened_at.take().is_none() {
+            return;
+        }
+        stats.stream_gone();
+        self.disconnected_since = Some(at);
+        if let Some(id) = self.framer.last_event_id() {
+            self.last_event_id = Some(id.to_vec());
+        }
+        if let Some(ms) = self.framer.retry() {
+            self.retry_ms = Some(ms);
+        }
+    }
+
+    /// Starts a new connection's body: a fresh framer (an event cut short
+    /// by the previous connection's end is dropped, as browsers do).
+    pub fn new_connection(&mut self) {
+        self.framer = Framer::with_data_capture(CAPTURE_BYTES);
+    }
+
+    /// The last event ID received on an ended connection, for `Last-Event-ID`.
+    pub fn last_event_id(&self) -> Option<&[u8]> {
+        self.last_event_id.as_deref()
+    }
+
+    /// The last `retry:` (ms) received on an ended connection.
+    pub fn retry_ms(&self) -> Option<u64> {
+        self.retry_ms
+    }
+
+    fn record_disconnected(&self, stats: &Stats, took: Duration) {
+        let mut shard = stats.shard(self.shard);
+        shard.max_disconnected_us = shard.max_disconnected_us.max(micros(took));
     }
 
     /// This stream's own connection (HTTP/1.1) took `took` to set up.
@@ -417,10 +530,19 @@ impl StreamMeter {
         stats.record_connect(took);
     }
 
+    /// Since when the open connection has been silent: its last chunk, or
+    /// its opening if nothing came since.
+    fn silent_since(&self) -> Option<Instant> {
+        match (self.last_chunk, self.opened_at) {
+            (Some(chunk), Some(opened)) => Some(chunk.max(opened)),
+            (chunk, opened) => chunk.or(opened),
+        }
+    }
+
     /// Starts taking in what one read from the network brought at `now`:
     /// the shard is locked once for all the pieces of body it holds.
     pub fn receive<'m>(&'m mut self, stats: &'m Stats, now: Instant) -> Receiving<'m> {
-        let since = self.last_chunk.or(self.opened_at).unwrap_or(now);
+        let since = self.silent_since().unwrap_or(now);
         self.last_chunk = Some(now);
         let mut shard = stats.shard(self.shard);
         shard.max_silence_us = shard
@@ -442,13 +564,18 @@ impl StreamMeter {
         self.receive(stats, now).data(data);
     }
 
-    /// The run ended at `end` with this stream still open: the silence since
-    /// its last chunk counts too.
+    /// The run ended at `end`: an open stream's silence since its last
+    /// chunk counts too, and so does the time a stream waiting to reconnect
+    /// has been without a connection.
     pub fn cut_off(&self, stats: &Stats, end: Instant) {
-        if let Some(since) = self.last_chunk.or(self.opened_at) {
-            let silence = micros(end.saturating_duration_since(since));
-            let mut shard = stats.shard(self.shard);
-            shard.max_silence_us = shard.max_silence_us.max(silence);
+        if self.is_open() {
+            if let Some(since) = self.silent_since() {
+                let silence = micros(end.saturating_duration_since(since));
+                let mut shard = stats.shard(self.shard);
+                shard.max_silence_us = shard.max_silence_us.max(silence);
+            }
+        } else if let Some(since) = self.disconnected_since {
+            self.record_disconnected(stats, end.saturating_duration_since(since));
         }
     }
 }
@@ -664,5 +791,39 @@ mod tests {
             "cut off 60 ms after the last chunk"
         );
         assert_eq!((snap.opened, snap.open_now), (1, 1));
+    }
+
+    #[test]
+    fn meter_follows_a_stream_across_connections() {
+        let stats = Stats::new();
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut meter = StreamMeter::new(0, t0);
+        meter.opened(&stats, t0);
+        meter.on_chunk(
+            &stats,
+            b"retry: 250\n\nid: 1\ndata: a\n\nid: 2\ndata: cut",
+            ms(10),
+        );
+        meter.closed(&stats, ms(20));
+        assert!(!meter.is_open() && meter.ever_opened());
+        assert_eq!(
+            (meter.last_event_id(), meter.retry_ms()),
+            (Some(&b"1"[..]), Some(250))
+        );
+        meter.new_connection();
+        meter.opened(&stats, ms(320));
+        meter.on_chunk(&stats, b"id: 2\ndata: b\n\nid: 3\ndata: c\n\n", ms(330));
+        meter.closed(&stats, ms(340));
+        meter.new_connection();
+        meter.cut_off(&stats, ms(1340));
+        let mut snap = Snapshot::new();
+        stats.snapshot(&mut snap);
+        assert_eq!((snap.opened, snap.open_now, snap.reconnections), (1, 0, 1));
+        assert_eq!(snap.counters.events, 3);
+        assert_eq!((snap.counters.gaps, snap.counters.duplicates), (0, 0));
+        assert_eq!(snap.max_disconnected_us, 1_000_000, "cut off while away");
+        assert_eq!(snap.max_silence_us, 10_000, "silence within a connection");
+        assert_eq!(meter.last_event_id(), Some(&b"3"[..]));
     }
 }

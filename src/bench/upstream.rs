@@ -72,6 +72,8 @@ pub struct UpstreamConfig {
     pub listen: String,
     pub period: Duration,
     pub payload: usize,
+    /// The id of the first event published.
+    pub first_id: u64,
 }
 
 impl UpstreamConfig {
@@ -81,6 +83,9 @@ impl UpstreamConfig {
                 "--rate must be more than 0 and at most {MAX_RATE} events per second"
             ));
         }
+        if args.first_id == 0 {
+            return Err("--first-id must be at least 1".into());
+        }
         if args.payload > MAX_PAYLOAD {
             return Err(format!("--payload must be at most {MAX_PAYLOAD} bytes"));
         }
@@ -88,6 +93,7 @@ impl UpstreamConfig {
             listen: args.listen.clone(),
             period: Duration::from_secs_f64(1.0 / args.rate),
             payload: args.payload,
+            first_id: args.first_id,
         })
     }
 }
@@ -140,7 +146,12 @@ pub async fn serve(config: UpstreamConfig) -> io::Result<()> {
         out.flush()?;
     }
     let hub = Arc::new(Hub::new());
-    tokio::spawn(tick(hub.clone(), config.period, config.payload));
+    tokio::spawn(tick(
+        hub.clone(),
+        config.period,
+        config.payload,
+        config.first_id,
+    ));
     let mut accept_errors = 0u64;
     loop {
         match listener.accept().await {
@@ -311,11 +322,11 @@ fn log_lag(lag: &Lagged) {
 }
 
 /// Publishes an event every `period`, reading the clock once per tick.
-async fn tick(hub: Arc<Hub>, period: Duration, payload: usize) {
+async fn tick(hub: Arc<Hub>, period: Duration, payload: usize, first_id: u64) {
     let mut ticks = tokio::time::interval(period);
     // Fast rates fire several events per timer wake-up, keeping the average.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut seq = 0u64;
+    let mut seq = first_id.saturating_sub(1);
     loop {
         ticks.tick().await;
         seq += 1;
