@@ -476,16 +476,17 @@ async fn connections_past_the_limit_are_closed() {
     // The stream's connection closing gives its place back.
     drop(sse);
     let start = Instant::now();
-    loop {
-        let mut client = H1Client::connect(proxy.addr).await;
-        client.get("/?count=1", &[]).await;
-        let served = tokio::time::timeout(Duration::from_secs(1), client.response_head()).await;
-        if let Ok(head) = served {
-            assert_eq!(head.status, 200);
-            break;
-        }
-        assert!(start.elapsed() < WAIT, "no place came free");
+    while metric(&proxy, "ssegate_connections_open").await > 1.0 {
+        assert!(start.elapsed() < WAIT, "the stream's place never came free");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let mut client = H1Client::connect(proxy.addr).await;
+    client.get("/?count=1", &[]).await;
+    assert_eq!(client.response_head().await.status, 200);
+    assert_eq!(
+        metric(&proxy, "ssegate_connections_rejected_total").await,
+        1.0
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -710,4 +711,41 @@ async fn a_stuck_h2_stream_is_cut_and_its_neighbour_flows() {
         "{buffered} bytes beyond the stream window"
     );
     assert!(events >= 50, "the read stream got only {events} events");
+}
+
+/// An upstream that stays silent for the route's `idle_timeout` is
+/// replaced like a failed one: the old connection is dropped and the
+/// stream continues from a new one with `Last-Event-ID`.
+#[tokio::test]
+async fn an_idle_upstream_is_resumed_on_a_new_connection() {
+    let mut up = Upstream::start().await;
+    let mut cfg = ProxyConfig::new(resume_config(
+        &[up.addr],
+        "idle_timeout = \"300ms\"\nresume_backoff = \"100ms\"",
+    ));
+    cfg.admin = true;
+    let proxy = Proxy::start(cfg).await;
+    let mut client = H1Client::connect(proxy.addr).await;
+    client.get("/", &[("accept", "text/event-stream")]).await;
+    let mut first = up.next().await;
+    first.head_chunked("text/event-stream", &[]).await;
+    first.chunk(b"id: 1\ndata: a\n\n").await;
+    let mut sse = SseStream::on(client).await;
+    let mut comments = 0;
+    assert_eq!(sse.next_id(&mut comments).await, 1);
+    // Silence: after 300 ms the proxy gives this connection up and asks again.
+    let mut second = up.next().await;
+    assert_eq!(second.req.header("last-event-id"), Some("1"));
+    within("the silent connection to be closed", first.closed()).await;
+    second.head_chunked("text/event-stream", &[]).await;
+    second.chunk(b"id: 2\ndata: b\n\n").await;
+    assert_eq!(sse.next_id(&mut comments).await, 2);
+    assert_eq!(
+        metric(
+            &proxy,
+            "ssegate_resumes_total{result=\"succeeded\",route=\"/\"}"
+        )
+        .await,
+        1.0
+    );
 }

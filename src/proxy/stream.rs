@@ -335,6 +335,9 @@ pub async fn relay(
                     break end;
                 };
                 log::info!("{why}; resuming in {wait:?}");
+                // A silent upstream may still be there: let it go now, not
+                // once a new connection has been found.
+                up.session.shutdown().await;
                 resume_id = id;
                 source = Source::Waiting {
                     until: Instant::now() + wait,

@@ -119,6 +119,15 @@ impl UpstreamSession {
             UpstreamSession::H2(s) => s.response_done(),
         }
     }
+
+    /// Closes the connection (HTTP/1.1) or resets the stream (h2c) now,
+    /// for a session given up on; it is never pooled afterwards.
+    pub async fn shutdown(&mut self) {
+        match self {
+            UpstreamSession::H1(c) => c.shutdown().await,
+            UpstreamSession::H2(s) => s.shutdown().await,
+        }
+    }
 }
 
 impl Pool {
