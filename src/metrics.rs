@@ -177,7 +177,7 @@ impl Metrics {
         )?;
         let streams_shed = counter(
             "ssegate_streams_shed_total",
-            "Event streams turned away because a stream limit was reached, by the limit: global, route or client.",
+            "Event streams turned away because a stream limit was reached, by the limit: global, route or client; or upstream: no upstream server could serve an EventSource, which was told to retry.",
             &["route", "limit"],
         )?;
         let client_write_timeouts = counter(

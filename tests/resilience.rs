@@ -749,3 +749,36 @@ async fn an_idle_upstream_is_resumed_on_a_new_connection() {
         1.0
     );
 }
+
+/// No upstream server reachable: an `EventSource` (GET, `Accept:
+/// text/event-stream`) gets the shed answer, 200 with only `retry:`, which
+/// it retries, where a 502 would end it for good; anything else gets 502.
+#[tokio::test]
+async fn an_eventsource_is_told_to_retry_when_no_upstream_is_reachable() {
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut cfg = ProxyConfig::new(basic_config(dead, "").replace(
+        "[stream]",
+        "[limits]\nshed_retry = \"2s\"\nshed_retry_jitter = \"0s\"\n\n[stream]",
+    ));
+    cfg.admin = true;
+    let proxy = Proxy::start(cfg).await;
+    let mut client = H1Client::connect(proxy.addr).await;
+    client
+        .get("/events", &[("accept", "text/event-stream")])
+        .await;
+    let head = client.response_head().await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-type"), Some("text/event-stream"));
+    assert_eq!(&client.body(&head).await[..], b"retry: 2000\n\n");
+    let mut plain = H1Client::connect(proxy.addr).await;
+    plain.get("/events", &[]).await;
+    assert_eq!(plain.response_head().await.status, 502);
+    assert_eq!(
+        metric(
+            &proxy,
+            "ssegate_streams_shed_total{limit=\"upstream\",route=\"/\"}"
+        )
+        .await,
+        1.0
+    );
+}

@@ -44,6 +44,9 @@ tokio::task_local! {
 pub struct ConnectionLimit {
     max: Option<usize>,
     open: Arc<AtomicUsize>,
+    /// The most connections open at once since the memory trimmer last
+    /// looked (`crate::memory`).
+    high_water: Arc<AtomicUsize>,
     metrics: ConnectionMetrics,
 }
 
@@ -52,8 +55,14 @@ impl ConnectionLimit {
         ConnectionLimit {
             max,
             open: Arc::new(AtomicUsize::new(0)),
+            high_water: Arc::new(AtomicUsize::new(0)),
             metrics,
         }
+    }
+
+    /// The connections open now, and their high-water mark.
+    pub fn counts(&self) -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        (self.open.clone(), self.high_water.clone())
     }
 
     /// A place for one more connection, or `None` (counted) at the limit.
@@ -64,10 +73,11 @@ impl ConnectionLimit {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             });
-        if taken.is_err() {
+        let Ok(before) = taken else {
             self.metrics.rejected.inc();
             return None;
-        }
+        };
+        self.high_water.fetch_max(before + 1, Ordering::Relaxed);
         self.metrics.open.inc();
         Some(ConnectionGuard {
             open: self.open.clone(),
@@ -245,6 +255,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        crate::memory::start_trimmer(self.limit.counts());
         let Some(guard) = self.limit.try_acquire() else {
             log::debug!("connection limit reached: connection closed");
             drop(stream);

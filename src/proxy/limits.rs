@@ -36,11 +36,15 @@ pub enum Limit {
     Route,
     /// `limits.max_streams_per_client`
     Client,
+    /// Not a limit: no upstream server could serve the stream (unreachable,
+    /// no response header in time, or a broken one); an `EventSource` is
+    /// told to come back rather than given a 502 it would never retry.
+    Upstream,
 }
 
 impl Limit {
     /// Every limit, in the order of [`Limit::index`].
-    pub const ALL: [Limit; 3] = [Limit::Global, Limit::Route, Limit::Client];
+    pub const ALL: [Limit; 4] = [Limit::Global, Limit::Route, Limit::Client, Limit::Upstream];
 
     /// The metric label, and the index in [`Limit::ALL`].
     pub fn label(self) -> (usize, &'static str) {
@@ -48,6 +52,7 @@ impl Limit {
             Limit::Global => (0, "global"),
             Limit::Route => (1, "route"),
             Limit::Client => (2, "client"),
+            Limit::Upstream => (3, "upstream"),
         }
     }
 }

@@ -441,10 +441,15 @@ impl ProxyApp {
         });
         let l = &shared.config.limits;
         let ms = stream::backoff_ms(l.shed_retry, l.shed_retry_jitter);
-        log::debug!(
-            "route {label}: {} stream limit reached; stream shed with a {ms} ms backoff",
-            limit.label().1
-        );
+        match limit {
+            Limit::Upstream => log::debug!(
+                "route {label}: no upstream for an EventSource; told to retry in {ms} ms"
+            ),
+            _ => log::debug!(
+                "route {label}: {} stream limit reached; stream shed with a {ms} ms backoff",
+                limit.label().1
+            ),
+        }
         let sent = if event_source {
             let body = stream::retry_field(ms);
             match headers::shed_stream_response(body.len()) {
@@ -552,6 +557,9 @@ impl ProxyApp {
             }
         };
         let method = upstream_req.method.clone();
+        // An EventSource (a GET whose Accept lists text/event-stream) treats any status but 200 as final; when no upstream can
+        // serve it, it is told to retry instead (the shed response).
+        let retry_later = event_source && method == http::Method::GET && !has_body;
 
         // A pooled connection the upstream has just closed fails before any
         // response byte; such a request is sent once more on a fresh
@@ -562,6 +570,12 @@ impl ProxyApp {
                 Ok(c) => c,
                 Err(e) => {
                     log::warn!("upstream {}: no server reachable: {e}", pool.name);
+                    if retry_later {
+                        return self
+                            .shed(session, route_index, Limit::Upstream, true)
+                            .await
+                            .into();
+                    }
                     return respond_or_abort(session, 502, "upstream unreachable\n")
                         .await
                         .into();
@@ -578,6 +592,12 @@ impl ProxyApp {
                 Failure::Timeout => {
                     pool.metrics.timed_out();
                     log::warn!("upstream {}: no response header in time", pool.name);
+                    if retry_later {
+                        return self
+                            .shed(session, route_index, Limit::Upstream, true)
+                            .await
+                            .into();
+                    }
                     return respond_or_abort(session, 504, "upstream timed out\n")
                         .await
                         .into();
@@ -591,6 +611,12 @@ impl ProxyApp {
                 }
                 Failure::Upstream(e) => {
                     log::warn!("upstream {}: request failed: {e}", pool.name);
+                    if retry_later {
+                        return self
+                            .shed(session, route_index, Limit::Upstream, true)
+                            .await
+                            .into();
+                    }
                     return respond_or_abort(session, 502, "bad upstream response\n")
                         .await
                         .into();
