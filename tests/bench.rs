@@ -7,69 +7,20 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use common::{basic_config, bin, find, make_cert, within, Proxy, ProxyConfig, TempDir};
+use common::{
+    basic_config, bin, find, make_cert, within, BenchUpstream, Proxy, ProxyConfig, TempDir,
+};
 use serde_json::Value;
 use ssegate::sse::Framer;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 // ---------------------------------------------------------------------------
 // Harness
-
-/// A running `ssegate bench upstream` on 127.0.0.1:0, killed on drop.
-struct BenchUpstream {
-    _child: Child,
-    addr: SocketAddr,
-}
-
-impl BenchUpstream {
-    async fn start(rate: &str) -> BenchUpstream {
-        Self::start_with(rate, &[]).await
-    }
-
-    async fn start_with(rate: &str, extra: &[&str]) -> BenchUpstream {
-        let mut child = Command::new(bin())
-            .args([
-                "bench",
-                "upstream",
-                "--listen",
-                "127.0.0.1:0",
-                "--rate",
-                rate,
-            ])
-            .args(["--payload", "100"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let line = within("the upstream's address", async {
-            BufReader::new(stdout).lines().next_line().await
-        })
-        .await
-        .unwrap()
-        .expect("bench upstream printed nothing");
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        BenchUpstream {
-            _child: child,
-            addr,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-}
 
 /// The outcome of one `ssegate bench … --json`.
 struct Run {

@@ -6,53 +6,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::process::{Child, Command};
 
 // ---------------------------------------------------------------------------
 // Harness
-
-/// A running `ssegate bench upstream`, killed on drop.
-struct BenchUpstream {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl BenchUpstream {
-    /// Listens on `listen` (`127.0.0.1:0` for any port) and ticks `rate` events/s.
-    async fn start(listen: &str, rate: &str) -> BenchUpstream {
-        let mut child = Command::new(bin())
-            .args(["bench", "upstream", "--listen", listen, "--rate", rate])
-            .args(["--payload", "100"])
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let line = within("the bench upstream's address", async {
-            BufReader::new(stdout).lines().next_line().await
-        })
-        .await
-        .unwrap()
-        .expect("bench upstream printed nothing");
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        BenchUpstream { child, addr }
-    }
-
-    /// SIGKILL: its connections close mid-stream, its port refuses.
-    async fn kill(&mut self) {
-        self.child.kill().await.unwrap();
-    }
-}
 
 /// What one SSE block (up to a blank line) was.
 #[derive(Debug, PartialEq, Eq)]
@@ -175,7 +136,7 @@ fn resume_config(servers: &[SocketAddr], route_extra: &str) -> String {
 /// while no upstream was there.
 #[tokio::test]
 async fn a_killed_upstream_is_resumed_on_the_other_without_gap_or_duplicate() {
-    let mut first = BenchUpstream::start("127.0.0.1:0", "50").await;
+    let mut first = BenchUpstream::start("50").await;
     // The second server's port, not listening yet: the stream starts on the first.
     let second_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut cfg = ProxyConfig::new(resume_config(
@@ -193,7 +154,7 @@ async fn a_killed_upstream_is_resumed_on_the_other_without_gap_or_duplicate() {
         assert_eq!(id, last + 1, "before the failover");
         last = id;
     }
-    let second = BenchUpstream::start(&second_addr.to_string(), "50").await;
+    let second = BenchUpstream::start_with("50", &["--listen", &second_addr.to_string()]).await;
     assert_eq!(second.addr, second_addr);
     first.kill().await;
     let killed_after = last;
@@ -371,7 +332,7 @@ async fn a_stream_without_ids_is_not_resumed() {
 /// a `retry:` hint and a clean end.
 #[tokio::test]
 async fn shutdown_spreads_stream_ends_over_the_drain_window() {
-    let up = BenchUpstream::start("127.0.0.1:0", "50").await;
+    let up = BenchUpstream::start("50").await;
     let cfg = config_with(
         "2s",
         "drain_window = \"2s\"\nshutdown_retry = \"1s\"\nshutdown_retry_jitter = \"0s\"",
@@ -442,7 +403,7 @@ where
 /// freed is a place usable again. Streams hold their connection's place.
 #[tokio::test]
 async fn connections_past_the_limit_are_closed() {
-    let up = BenchUpstream::start("127.0.0.1:0", "20").await;
+    let up = BenchUpstream::start("20").await;
     let mut cfg = ProxyConfig::new(
         basic_config(up.addr, "").replace("[stream]", "[limits]\nmax_connections = 2\n\n[stream]"),
     );
@@ -520,30 +481,8 @@ async fn stuck_client(proxy: SocketAddr) -> TcpStream {
 #[tokio::test]
 async fn a_stuck_client_is_bounded_and_cut_while_100_others_flow() {
     // 2 KiB events at 100/s: the stuck client's budget fills within a second.
-    let mut child = Command::new(bin())
-        .args([
-            "bench",
-            "upstream",
-            "--listen",
-            "127.0.0.1:0",
-            "--rate",
-            "100",
-        ])
-        .args(["--payload", "2048"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let line = within("the bench upstream's address", async {
-        BufReader::new(child.stdout.take().unwrap())
-            .lines()
-            .next_line()
-            .await
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let upstream: SocketAddr = line.strip_prefix("listening on ").unwrap().parse().unwrap();
+    let origin = BenchUpstream::start_with("100", &["--payload", "2048"]).await;
+    let upstream = origin.addr;
     let mut cfg = ProxyConfig::new(basic_config(
         upstream,
         "client_write_timeout = \"2s\"\nclient_buffer = \"64KiB\"",
@@ -642,7 +581,7 @@ async fn a_stuck_client_is_bounded_and_cut_while_100_others_flow() {
 /// after `client_write_timeout`; its neighbour misses nothing.
 #[tokio::test]
 async fn a_stuck_h2_stream_is_cut_and_its_neighbour_flows() {
-    let up = BenchUpstream::start("127.0.0.1:0", "100").await;
+    let up = BenchUpstream::start("100").await;
     let mut cfg = ProxyConfig::new(basic_config(
         up.addr,
         "client_write_timeout = \"1s\"\nheartbeat = \"off\"",

@@ -805,3 +805,59 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// A running `ssegate bench upstream` (the SSE origin of `ssegate bench`),
+/// killed on drop.
+pub struct BenchUpstream {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl BenchUpstream {
+    /// On a free loopback port, `rate` events/s with a 100-byte payload.
+    pub async fn start(rate: &str) -> BenchUpstream {
+        Self::start_with(rate, &[]).await
+    }
+
+    /// Like `start`, plus `extra` flags; `--listen ADDR` and `--payload N`
+    /// there replace the defaults.
+    pub async fn start_with(rate: &str, extra: &[&str]) -> BenchUpstream {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = tokio::process::Command::new(bin());
+        cmd.args(["bench", "upstream", "--rate", rate]);
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        if !extra.contains(&"--payload") {
+            cmd.args(["--payload", "100"]);
+        }
+        let mut child = cmd
+            .args(extra)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let line = within("the bench upstream's address", async {
+            tokio::io::BufReader::new(stdout).lines().next_line().await
+        })
+        .await
+        .unwrap()
+        .expect("bench upstream printed nothing");
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        BenchUpstream { child, addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGKILL: its connections close mid-stream, its port refuses.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
