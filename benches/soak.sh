@@ -87,46 +87,10 @@ command -v python3 >/dev/null || die "python3 is needed"
 
 # ---------------------------------------------------------------------------
 # processes: every one started here is stopped on exit, by pid
-
-LIVE_PIDS=()
-forget() {
-  local keep=() p
-  for p in "${LIVE_PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
-  LIVE_PIDS=("${keep[@]+"${keep[@]}"}")
-}
-# stop PID [SIGNAL]: signal, wait up to 10 s, then SIGKILL.
-stop() {
-  local pid="$1" sig="${2:-INT}"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -s "$sig" "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-  forget "$pid"
-}
-cleanup() {
-  local p
-  # The churn process first: it stops its bench runs by pid.
-  for p in "${LIVE_PIDS[@]+"${LIVE_PIDS[@]}"}"; do stop "$p" TERM; done
-}
-trap cleanup EXIT
-trap 'say "interrupted"; exit 130' INT TERM
-spawn() {
-  local out="$1" err="$2"
-  shift 2
-  "$@" >"$out" 2>"$err" &
-  SPAWNED=$!
-  LIVE_PIDS+=("$SPAWNED")
-}
-
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
-  PROXY_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1)
-else
-  say "warning: not pinned (needs two cores and taskset)"
-  PROXY_CPU=(); LOAD_CPU=()
-fi
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+STOP_WAIT=10
+CLEANUP_SIGNAL=TERM
+# shellcheck source=benches/procs.sh
+source "$ROOT/benches/procs.sh"
 NOFILE="$(ulimit -n)"
 [ "$NOFILE" = unlimited ] || [ $(( 2 * STREAMS + 500 )) -le "$NOFILE" ] ||
   die "$STREAMS streams need about $(( 2 * STREAMS + 500 )) descriptors in ssegate; the open-files limit is $NOFILE"
