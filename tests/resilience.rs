@@ -131,6 +131,25 @@ fn resume_config(servers: &[SocketAddr], route_extra: &str) -> String {
 // ---------------------------------------------------------------------------
 // Resume
 
+/// A proxy with a resumable route (`route_extra` added) in front of the
+/// scripted upstream `up`, and an event stream through it whose upstream
+/// connection has sent `first` (one event, id included).
+async fn resumable_stream(
+    up: &mut Upstream,
+    route_extra: &str,
+    first: &[u8],
+) -> (Proxy, SseStream, UpConn) {
+    let mut cfg = ProxyConfig::new(resume_config(&[up.addr], route_extra));
+    cfg.admin = true;
+    let proxy = Proxy::start(cfg).await;
+    let mut client = H1Client::connect(proxy.addr).await;
+    client.get("/", &[("accept", "text/event-stream")]).await;
+    let mut conn = up.next().await;
+    conn.head_chunked("text/event-stream", &[]).await;
+    conn.chunk(first).await;
+    (proxy, SseStream::on(client).await, conn)
+}
+
 /// Two bench upstreams; the first is killed mid-stream. The client's one
 /// connection carries consecutive ids across the failover, with heartbeats
 /// while no upstream was there.
@@ -208,18 +227,12 @@ async fn a_killed_upstream_is_resumed_on_the_other_without_gap_or_duplicate() {
 #[tokio::test]
 async fn resume_gives_up_with_a_retry_hint() {
     let mut up = Upstream::start().await;
-    let mut cfg = ProxyConfig::new(resume_config(
-        &[up.addr],
+    let (proxy, mut sse, conn) = resumable_stream(
+        &mut up,
         "resume_backoff = \"100ms\"\nresume_attempts = 2",
-    ));
-    cfg.admin = true;
-    let proxy = Proxy::start(cfg).await;
-    let mut client = H1Client::connect(proxy.addr).await;
-    client.get("/", &[("accept", "text/event-stream")]).await;
-    let mut conn = up.next().await;
-    conn.head_chunked("text/event-stream", &[]).await;
-    conn.chunk(b"id: 7\ndata: a\n\n").await;
-    let mut sse = SseStream::on(client).await;
+        b"id: 7\ndata: a\n\n",
+    )
+    .await;
     let mut comments = 0;
     assert_eq!(sse.next_id(&mut comments).await, 7);
     // The upstream goes away mid-stream (a truncated chunked body); each
@@ -658,18 +671,12 @@ async fn a_stuck_h2_stream_is_cut_and_its_neighbour_flows() {
 #[tokio::test]
 async fn an_idle_upstream_is_resumed_on_a_new_connection() {
     let mut up = Upstream::start().await;
-    let mut cfg = ProxyConfig::new(resume_config(
-        &[up.addr],
+    let (proxy, mut sse, mut first) = resumable_stream(
+        &mut up,
         "idle_timeout = \"300ms\"\nresume_backoff = \"100ms\"",
-    ));
-    cfg.admin = true;
-    let proxy = Proxy::start(cfg).await;
-    let mut client = H1Client::connect(proxy.addr).await;
-    client.get("/", &[("accept", "text/event-stream")]).await;
-    let mut first = up.next().await;
-    first.head_chunked("text/event-stream", &[]).await;
-    first.chunk(b"id: 1\ndata: a\n\n").await;
-    let mut sse = SseStream::on(client).await;
+        b"id: 1\ndata: a\n\n",
+    )
+    .await;
     let mut comments = 0;
     assert_eq!(sse.next_id(&mut comments).await, 1);
     // Silence: after 300 ms the proxy gives this connection up and asks again.
