@@ -337,7 +337,9 @@ pub async fn relay(
                 log::info!("{why}; resuming in {wait:?}");
                 // A silent upstream may still be there: let it go now, not
                 // once a new connection has been found.
-                up.session.shutdown().await;
+                // Boxed, as the other rare awaits below: inline, their state
+                // would size every stream's task.
+                Box::pin(up.session.shutdown()).await;
                 resume_id = id;
                 source = Source::Waiting {
                     until: Instant::now() + wait,
@@ -367,7 +369,7 @@ pub async fn relay(
                     Ok(new) => {
                         log::info!("stream resumed from {} after attempt {attempt}", new.peer);
                         let old = std::mem::replace(up, *new);
-                        r.pools.release(old, false).await;
+                        Box::pin(r.pools.release(old, false)).await;
                         r.metrics.succeeded();
                         stats.resumes += 1;
                         source = Source::Live;
