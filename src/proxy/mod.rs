@@ -466,6 +466,25 @@ impl ProxyApp {
         outcome_of(sent, session)
     }
 
+    /// Answers a request no upstream server could serve with `status`
+    /// (502 or 504), or, for an `EventSource` (`retry_later`: a GET whose
+    /// `Accept` lists text/event-stream), with the shed response: the HTML
+    /// spec makes EventSource give up for good on any status but 200.
+    async fn unserved(
+        &self,
+        session: &mut ServerSession,
+        route: usize,
+        retry_later: bool,
+        status: u16,
+        body: &'static str,
+    ) -> Outcome {
+        if retry_later {
+            self.shed(session, route, Limit::Upstream, true).await
+        } else {
+            respond_or_abort(session, status, body).await
+        }
+    }
+
     /// Serves further requests on a kept-alive client connection.
     async fn serve_next(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
         let _ = ServerApp::process_new(self, stream, shutdown).await;
@@ -557,8 +576,7 @@ impl ProxyApp {
             }
         };
         let method = upstream_req.method.clone();
-        // An EventSource (a GET whose Accept lists text/event-stream) treats any status but 200 as final; when no upstream can
-        // serve it, it is told to retry instead (the shed response).
+        // See `unserved`: an EventSource is told to retry, not given a 5xx.
         let retry_later = event_source && method == http::Method::GET && !has_body;
 
         // A pooled connection the upstream has just closed fails before any
@@ -570,13 +588,14 @@ impl ProxyApp {
                 Ok(c) => c,
                 Err(e) => {
                     log::warn!("upstream {}: no server reachable: {e}", pool.name);
-                    if retry_later {
-                        return self
-                            .shed(session, route_index, Limit::Upstream, true)
-                            .await
-                            .into();
-                    }
-                    return respond_or_abort(session, 502, "upstream unreachable\n")
+                    return self
+                        .unserved(
+                            session,
+                            route_index,
+                            retry_later,
+                            502,
+                            "upstream unreachable\n",
+                        )
                         .await
                         .into();
                 }
@@ -592,13 +611,14 @@ impl ProxyApp {
                 Failure::Timeout => {
                     pool.metrics.timed_out();
                     log::warn!("upstream {}: no response header in time", pool.name);
-                    if retry_later {
-                        return self
-                            .shed(session, route_index, Limit::Upstream, true)
-                            .await
-                            .into();
-                    }
-                    return respond_or_abort(session, 504, "upstream timed out\n")
+                    return self
+                        .unserved(
+                            session,
+                            route_index,
+                            retry_later,
+                            504,
+                            "upstream timed out\n",
+                        )
                         .await
                         .into();
                 }
@@ -611,13 +631,14 @@ impl ProxyApp {
                 }
                 Failure::Upstream(e) => {
                     log::warn!("upstream {}: request failed: {e}", pool.name);
-                    if retry_later {
-                        return self
-                            .shed(session, route_index, Limit::Upstream, true)
-                            .await
-                            .into();
-                    }
-                    return respond_or_abort(session, 502, "bad upstream response\n")
+                    return self
+                        .unserved(
+                            session,
+                            route_index,
+                            retry_later,
+                            502,
+                            "bad upstream response\n",
+                        )
                         .await
                         .into();
                 }
