@@ -755,8 +755,7 @@ enum Failure {
     Upstream(Box<pingora_error::Error>),
 }
 
-/// Sends the request and reads the response header, skipping interim 1xx
-/// responses other than 101.
+/// Sends the request and reads the final response header.
 async fn exchange(
     client: &mut ServerSession,
     up: &mut Connected,
@@ -772,19 +771,13 @@ async fn exchange(
         });
     }
     let header = async {
-        loop {
-            if let Err(e) = up.session.read_response_header().await {
-                return Err(if e.etype() == &ErrorType::ReadTimedout {
-                    Failure::Timeout
-                } else {
-                    Failure::Upstream(e)
-                });
+        up.session.read_response_header().await.map_err(|e| {
+            if e.etype() == &ErrorType::ReadTimedout {
+                Failure::Timeout
+            } else {
+                Failure::Upstream(e)
             }
-            match up.session.response_header().map(|h| h.status) {
-                Some(s) if s.is_informational() && s.as_u16() != 101 => continue,
-                _ => return Ok(()),
-            }
-        }
+        })
     };
     // An HTTP/2 client that resets its stream (RST_STREAM) while the
     // upstream thinks gives the upstream request up at once: h2 frees the

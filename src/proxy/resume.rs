@@ -139,28 +139,23 @@ async fn continue_on(up: &mut Connected, req: RequestHeader) -> Result<(), Strin
         .finish_request_body()
         .await
         .map_err(|e| format!("request failed: {e}"))?;
-    loop {
-        up.session
-            .read_response_header()
-            .await
-            .map_err(|e| format!("no response header: {e}"))?;
-        let Some(head) = up.session.response_header() else {
-            return Err("no response header".into());
-        };
-        if head.status.is_informational() && head.status.as_u16() != 101 {
-            continue;
-        }
-        if head.status.as_u16() != 200 {
-            return Err(format!("answered {}", head.status));
-        }
-        if !headers::is_event_stream(head) {
-            return Err("answered something other than text/event-stream".into());
-        }
-        if headers::is_compressed(head) {
-            return Err("answered a compressed stream".into());
-        }
-        return Ok(());
+    up.session
+        .read_response_header()
+        .await
+        .map_err(|e| format!("no response header: {e}"))?;
+    let Some(head) = up.session.response_header() else {
+        return Err("no response header".into());
+    };
+    if head.status.as_u16() != 200 {
+        return Err(format!("answered {}", head.status));
     }
+    if !headers::is_event_stream(head) {
+        return Err("answered something other than text/event-stream".into());
+    }
+    if headers::is_compressed(head) {
+        return Err("answered a compressed stream".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

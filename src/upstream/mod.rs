@@ -92,10 +92,19 @@ impl UpstreamSession {
         }
     }
 
+    /// Reads the final response header: interim (1xx) responses other than
+    /// 101 are skipped, so `response_header` is then the one to act on.
     pub async fn read_response_header(&mut self) -> Result<()> {
         match self {
+            // Our HTTP/1.1 client skips them itself.
             UpstreamSession::H1(c) => c.read_response_header().await,
-            UpstreamSession::H2(s) => s.read_response_header().await,
+            UpstreamSession::H2(s) => loop {
+                s.read_response_header().await?;
+                match s.response_header().map(|h| h.status) {
+                    Some(st) if st.is_informational() && st.as_u16() != 101 => continue,
+                    _ => return Ok(()),
+                }
+            },
         }
     }
 
