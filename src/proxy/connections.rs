@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
-use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::protocols::{SocketDigest, Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 
 use crate::metrics::ConnectionMetrics;
@@ -158,10 +158,15 @@ pub fn h2_request_started(key: Option<ConnKey>) -> Option<ActivityGuard> {
 
 /// The (local, peer) addresses of a session's connection.
 pub fn connection_key(digest: Option<&pingora_core::protocols::Digest>) -> Option<ConnKey> {
-    let socket = digest?.socket_digest.as_ref()?;
-    let local = *socket.local_addr()?.as_inet()?;
-    let peer = *socket.peer_addr()?.as_inet()?;
-    Some((local, peer))
+    socket_key(digest?.socket_digest.as_ref()?)
+}
+
+/// The (local, peer) addresses of a connection's socket.
+fn socket_key(socket: &SocketDigest) -> Option<ConnKey> {
+    Some((
+        *socket.local_addr()?.as_inet()?,
+        *socket.peer_addr()?.as_inet()?,
+    ))
 }
 
 /// Watches an HTTP/2 connection while it is registered.
@@ -288,9 +293,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Limited<A> {
         // An HTTP/2 connection without a request in progress for the idle
         // limit is dropped (pingora's accept loop with it).
         let limit = self.h2_idle;
-        let key = stream
-            .get_socket_digest()
-            .and_then(|d| Some((*d.local_addr()?.as_inet()?, *d.peer_addr()?.as_inet()?)));
+        let key = stream.get_socket_digest().as_deref().and_then(socket_key);
         let watched = Watched::register(key);
         let serve = holding(Some(guard), self.app.process_new(stream, shutdown));
         tokio::select! {
