@@ -1,6 +1,6 @@
-# Sourced by benches/soak.sh and benches/upgrade.sh: start processes in the
-# background and make sure every one of them is stopped when the script
-# exits, however it exits. Before sourcing, the script defines say() and
+# Sourced by benches/soak.sh and benches/upgrade.sh: the ssegate binary they
+# run, and processes started in the background, every one of them stopped
+# when the script exits, however it exits. Before sourcing, the script defines say() and
 # may set STOP_WAIT (seconds a process gets between its signal and SIGKILL,
 # default 5) and CLEANUP_SIGNAL (what processes still running at exit get,
 # default INT). Afterwards PROXY_CPU and LOAD_CPU pin commands to core 0 and
@@ -55,3 +55,15 @@ else
   PROXY_CPU=(); LOAD_CPU=()
 fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# find_ssegate: sets BIN to the binary to run: $SSEGATE_BIN if set, else
+# the release build of this checkout (built first). Needs ROOT, say and die.
+find_ssegate() {
+  if [ -n "${SSEGATE_BIN:-}" ]; then
+    BIN="$SSEGATE_BIN"
+    return
+  fi
+  say "building ssegate (release)"
+  (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+  BIN="$ROOT/target/release/ssegate"
+}

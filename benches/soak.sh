@@ -98,12 +98,7 @@ NOFILE="$(ulimit -n)"
 # ---------------------------------------------------------------------------
 # build, configure, start
 
-if [ -z "${SSEGATE_BIN:-}" ]; then
-  say "building ssegate (release)"
-  (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
-  SSEGATE_BIN="$ROOT/target/release/ssegate"
-fi
-BIN="$SSEGATE_BIN"
+find_ssegate
 "$BIN" bench upstream --help 2>/dev/null | grep -q -- --first-id || die "$BIN has no 'bench upstream --first-id'"
 
 [ -n "$OUT" ] || OUT="$(mktemp -d /tmp/ssegate-soak.XXXXXX)"

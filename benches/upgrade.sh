@@ -74,12 +74,7 @@ source "$ROOT/benches/procs.sh"
 # ---------------------------------------------------------------------------
 # build and configure
 
-if [ -z "${SSEGATE_BIN:-}" ]; then
-  say "building ssegate (release)"
-  (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
-  SSEGATE_BIN="$ROOT/target/release/ssegate"
-fi
-BIN="$SSEGATE_BIN"
+find_ssegate
 "$BIN" bench --help 2>/dev/null | grep -q -- --reconnect || die "$BIN has no 'bench --reconnect'"
 
 [ -n "$OUT" ] || OUT="$(mktemp -d /tmp/ssegate-upgrade.XXXXXX)"
