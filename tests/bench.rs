@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use common::{
-    basic_config, bin, find, make_cert, within, BenchUpstream, Proxy, ProxyConfig, TempDir,
+    basic_config, bin, find, free_port, make_cert, within, BenchUpstream, Proxy, ProxyConfig,
+    TempDir,
 };
 use serde_json::Value;
 use ssegate::sse::Framer;
@@ -427,10 +428,7 @@ async fn status_errors_count_and_exit_1_when_nothing_opened() {
     assert_eq!(run.code, Some(1));
     assert_eq!(errors(&run), [0, 0, 2, 0, 0, 0]);
 
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let closed_port = format!("127.0.0.1:{}", free_port());
     let run = bench(&[
         "--url",
         &format!("http://{closed_port}/"),
@@ -734,10 +732,7 @@ async fn reconnect_honours_retry_sends_last_event_id_and_retries_failures() {
 
 #[tokio::test]
 async fn reconnect_does_not_retry_a_first_opening() {
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let closed_port = format!("127.0.0.1:{}", free_port());
     let run = bench(&[
         "--url",
         &format!("http://{closed_port}/"),
