@@ -55,6 +55,7 @@ fn server_conf(config: &Config, opts: ProcessOptions) -> ServerConf {
         ..ServerConf::default()
     };
     conf.upstream_keepalive_pool_size = 1024;
+    conf.work_stealing = s.work_stealing;
     conf
 }
 

@@ -51,6 +51,7 @@ pub struct ServerSection {
     pub error_log: Option<Spanned<String>>,
     pub grace_period: Option<Spanned<DurationValue>>,
     pub shutdown_timeout: Option<Spanned<DurationValue>>,
+    pub work_stealing: Option<bool>,
 }
 
 /// One `[[listener]]`.

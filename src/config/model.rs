@@ -43,6 +43,10 @@ pub struct Server {
     /// Time after the grace period before the runtimes are dropped
     /// (pingora `graceful_shutdown_timeout_seconds`). Default 5 s.
     pub shutdown_timeout: Duration,
+    /// `false` (default): each worker thread runs its own scheduler and keeps
+    /// the connections it accepted, as nginx's workers do; `true`: idle
+    /// threads steal tasks from busy ones (pingora `work_stealing`).
+    pub work_stealing: bool,
 }
 
 /// One `[[listener]]`.

@@ -60,8 +60,13 @@ pub fn summary(config: &Config) -> String {
     let v = &config.server;
     let _ = writeln!(
         out,
-        "server: {} threads, grace period {}, shutdown timeout {}, pid file {}, upgrade socket {}, error log {}",
+        "server: {} threads ({}), grace period {}, shutdown timeout {}, pid file {}, upgrade socket {}, error log {}",
         v.threads,
+        if v.work_stealing {
+            "work stealing"
+        } else {
+            "one scheduler each"
+        },
         format_duration(v.grace_period),
         format_duration(v.shutdown_timeout),
         v.pid_file.display(),

@@ -159,6 +159,7 @@ impl Checker<'_> {
                 SHUTDOWN_TIMEOUT,
                 Accept::WholeSeconds,
             ),
+            work_stealing: s.work_stealing.unwrap_or(false),
         }
     }
 
@@ -1030,6 +1031,10 @@ mod tests {
         let c = config("");
         assert_eq!(c.source, "t.toml");
         assert_eq!(c.server.threads, 2);
+        assert!(
+            !c.server.work_stealing,
+            "one scheduler per thread by default"
+        );
         assert_eq!(c.server.pid_file, PathBuf::from("/tmp/ssegate.pid"));
         assert_eq!(
             c.server.upgrade_sock,
@@ -1235,7 +1240,7 @@ mod tests {
     #[test]
     fn explicit_values_are_kept() {
         let c = config(
-            "[server]\nthreads = 8\nerror_log = \"/var/log/s.log\"\ngrace_period = \"0s\"\n\
+            "[server]\nthreads = 8\nerror_log = \"/var/log/s.log\"\ngrace_period = \"0s\"\nwork_stealing = true\n\
              [stream]\nheartbeat = \"off\"\nidle_timeout = \"1h30m\"\nheartbeat_text = \": ping\\n\\n\"\n\
              shutdown_retry = \"0s\"\nshutdown_retry_jitter = \"250ms\"\ncache_control = \"no-store\"\n\
              [timeouts]\nconnect = \"500ms\"\n\
@@ -1243,6 +1248,7 @@ mod tests {
              heartbeat = \"5s\"\nidle_timeout = \"off\"\n",
         );
         assert_eq!(c.server.threads, 8);
+        assert!(c.server.work_stealing);
         assert_eq!(c.server.error_log, Some(PathBuf::from("/var/log/s.log")));
         assert_eq!(c.server.grace_period, Duration::ZERO);
         assert_eq!(c.stream.heartbeat, None);
