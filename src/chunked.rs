@@ -9,9 +9,7 @@
 //! disagree about where a body ends: CRLF line ends, hex sizes that fit in
 //! 64 bits, bounded extensions and trailers.
 
-use std::fmt::Write as _;
-
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 
 /// The last chunk with an empty trailer section: the end of a chunked body.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
@@ -19,12 +17,48 @@ pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 /// One chunk of a chunked body: size line, data, CRLF. `data` must not be
 /// empty (an empty chunk is the end of the body: see [`LAST_CHUNK`]).
 pub fn encode_chunk(data: &[u8]) -> BytesMut {
-    let mut frame = BytesMut::with_capacity(data.len() + 20);
-    // Writing to a BytesMut cannot fail.
-    let _ = write!(frame, "{:X}\r\n", data.len());
+    let head = ChunkHead::new(data.len());
+    let mut frame = BytesMut::with_capacity(head.as_bytes().len() + data.len() + CHUNK_END.len());
+    frame.extend_from_slice(head.as_bytes());
     frame.extend_from_slice(data);
-    frame.extend_from_slice(b"\r\n");
+    frame.extend_from_slice(CHUNK_END);
     frame
+}
+
+/// The size line of a chunk of `len` bytes (`"1A\r\n"`), built without
+/// allocating: the stream phase writes it, the data and [`CHUNK_END`] as
+/// one vectored write.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkHead {
+    buf: [u8; 18],
+    start: usize,
+}
+
+/// What follows a chunk's data.
+pub const CHUNK_END: &[u8] = b"\r\n";
+
+impl ChunkHead {
+    pub fn new(len: usize) -> Self {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let mut buf = [0u8; 18];
+        buf[16] = b'\r';
+        buf[17] = b'\n';
+        let mut start = 16;
+        let mut n = len;
+        loop {
+            start -= 1;
+            buf[start] = HEX[n & 0xF];
+            n >>= 4;
+            if n == 0 {
+                break;
+            }
+        }
+        ChunkHead { buf, start }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
 }
 
 /// Longest chunk extension (the part after `;` on a size line) accepted.
@@ -144,6 +178,51 @@ impl ChunkedDecoder {
         })
     }
 
+    /// Decodes `buf` in place and leaves in it only the chunk data, the
+    /// runs moved together; with one run (the usual read) nothing moves.
+    /// Consumed bytes are counted as in [`Self::decode`]; bytes after the
+    /// end of the body are dropped from `buf`.
+    pub fn decode_in_place(&mut self, buf: &mut BytesMut) -> Result<Progress, ChunkError> {
+        let mut i = 0;
+        // The data kept so far is buf[start..end].
+        let mut start = None;
+        let mut end = 0;
+        while i < buf.len() {
+            if let State::Data { remaining } = self.state {
+                let take = (buf.len() - i).min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                match start {
+                    None => {
+                        start = Some(i);
+                        end = i;
+                    }
+                    Some(_) if end != i => buf.copy_within(i..i + take, end),
+                    Some(_) => {}
+                }
+                end += take;
+                i += take;
+                let remaining = remaining - take as u64;
+                self.state = if remaining == 0 {
+                    State::DataCr
+                } else {
+                    State::Data { remaining }
+                };
+                continue;
+            }
+            if self.state == State::Done {
+                break;
+            }
+            self.state = self.step(buf[i])?;
+            i += 1;
+        }
+        let start = start.unwrap_or(0);
+        buf.truncate(end.max(start));
+        buf.advance(start);
+        Ok(Progress {
+            consumed: i,
+            done: self.state == State::Done,
+        })
+    }
+
     /// One byte outside chunk data.
     fn step(&self, b: u8) -> Result<State, ChunkError> {
         Ok(match self.state {
@@ -225,6 +304,29 @@ fn trailer_total(total: usize) -> Result<usize, ChunkError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn chunk_head_is_the_uppercase_hex_size_line() {
+        for n in [
+            0usize,
+            1,
+            9,
+            10,
+            15,
+            16,
+            255,
+            256,
+            4096,
+            0xABCDEF,
+            usize::MAX,
+        ] {
+            assert_eq!(
+                ChunkHead::new(n).as_bytes(),
+                format!("{n:X}\r\n").as_bytes(),
+                "{n}"
+            );
+        }
+    }
 
     fn decode_all(parts: &[&[u8]]) -> Result<(Vec<u8>, bool, usize), ChunkError> {
         let mut d = ChunkedDecoder::new();
@@ -343,6 +445,39 @@ mod tests {
             prop_assert_eq!(out, chunks.concat());
             prop_assert!(done);
             prop_assert_eq!(left, 0);
+
+            // In place, over the same cuts, with bytes after the body.
+            let mut d = ChunkedDecoder::new();
+            let mut data = Vec::new();
+            let mut consumed = 0;
+            for (k, p) in parts.iter().enumerate() {
+                let mut buf = BytesMut::from(*p);
+                if k + 1 == parts.len() {
+                    buf.extend_from_slice(b"junk");
+                }
+                let pr = d.decode_in_place(&mut buf).unwrap();
+                consumed += pr.consumed;
+                data.extend_from_slice(&buf);
+            }
+            prop_assert_eq!(data, chunks.concat());
+            prop_assert_eq!(consumed, wire.len());
+        }
+
+        #[test]
+        fn in_place_matches_copying_decode(input in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut copying = ChunkedDecoder::new();
+            let mut out = BytesMut::new();
+            let expected = copying.decode(&input, &mut out);
+            let mut in_place = ChunkedDecoder::new();
+            let mut buf = BytesMut::from(&input[..]);
+            match (expected, in_place.decode_in_place(&mut buf)) {
+                (Ok(a), Ok(b)) => {
+                    prop_assert_eq!(a, b);
+                    prop_assert_eq!(&buf[..], &out[..]);
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "copying {:?} vs in place {:?}", a, b),
+            }
         }
 
         #[test]

@@ -15,6 +15,10 @@
 //! `client_write_timeout` fails as [`WriteFailure::Stalled`]. While a write
 //! waits, the stream does not read its upstream: TCP backpressure.
 
+use std::future::{poll_fn, Future};
+use std::io::IoSlice;
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,7 +26,7 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::chunked::{encode_chunk, LAST_CHUNK};
+use crate::chunked::{ChunkHead, CHUNK_END, LAST_CHUNK};
 
 /// Why a write to the client did not complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,26 +78,50 @@ impl H1Client {
         (!self.sent_extra).then_some(self.stream)
     }
 
-    /// Writes all of `frame` and flushes it; fails as `Stalled` only when
-    /// one step accepts no byte for the write timeout, so a slow client
-    /// that keeps making progress is served.
-    async fn write_frame(&mut self, mut frame: &[u8]) -> Result<(), WriteFailure> {
+    /// Writes all of `parts`, in order, and flushes them; fails as
+    /// `Stalled` only when one step accepts no byte for the write timeout,
+    /// so a slow client that keeps making progress is served. The parts go
+    /// out as one vectored write (one `send` through pingora's small write
+    /// buffer, or one `writev` past it), so a chunk's size line, data and
+    /// CRLF need not be copied into one frame first.
+    async fn write_parts(&mut self, parts: &[&[u8]]) -> Result<(), WriteFailure> {
         let t = self.write_timeout;
-        while !frame.is_empty() {
-            match tokio::time::timeout(t, self.stream.write(frame)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return Err(WriteFailure::Failed),
-                Ok(Ok(n)) => frame = &frame[n..],
-                Err(_) => return Err(WriteFailure::Stalled),
+        let mut slices: [IoSlice<'_>; 3] = [IoSlice::new(&[]); 3];
+        let n = parts.len().min(slices.len());
+        for (slice, part) in slices.iter_mut().zip(parts) {
+            *slice = IoSlice::new(part);
+        }
+        let mut rest = &mut slices[..n];
+        IoSlice::advance_slices(&mut rest, 0);
+        while !rest.is_empty() {
+            match timed(t, self.stream.write_vectored(rest)).await? {
+                0 => return Err(WriteFailure::Failed),
+                written => IoSlice::advance_slices(&mut rest, written),
             }
         }
         // pingora's stream keeps a small write buffer (one segment); the
         // flush empties it.
-        match tokio::time::timeout(t, self.stream.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(WriteFailure::Failed),
-            Err(_) => Err(WriteFailure::Stalled),
-        }
+        timed(t, self.stream.flush()).await
     }
+}
+
+/// Runs one step of a client write. The step is polled once without a
+/// timer, since it nearly always completes at once; only a step that has
+/// to wait gets the write timeout (`Stalled` when it runs out).
+async fn timed<T>(
+    t: Duration,
+    step: impl Future<Output = std::io::Result<T>>,
+) -> Result<T, WriteFailure> {
+    let mut step = pin!(step);
+    let first = poll_fn(|cx| Poll::Ready(step.as_mut().poll(cx))).await;
+    let result = match first {
+        Poll::Ready(r) => r,
+        Poll::Pending => match tokio::time::timeout(t, step).await {
+            Ok(r) => r,
+            Err(_) => return Err(WriteFailure::Stalled),
+        },
+    };
+    result.map_err(|_| WriteFailure::Failed)
 }
 
 impl Downstream {
@@ -103,7 +131,10 @@ impl Downstream {
             return Ok(());
         }
         match self {
-            Downstream::H1(c) => c.write_frame(&encode_chunk(&data)).await,
+            Downstream::H1(c) => {
+                let head = ChunkHead::new(data.len());
+                c.write_parts(&[head.as_bytes(), &data, CHUNK_END]).await
+            }
             Downstream::Session(s) => s
                 .write_response_body(data, false)
                 .await
@@ -134,7 +165,7 @@ impl Downstream {
     /// Ends the response body properly (last chunk, or END_STREAM).
     pub async fn finish(&mut self) -> Result<(), WriteFailure> {
         match self {
-            Downstream::H1(c) => c.write_frame(LAST_CHUNK).await,
+            Downstream::H1(c) => c.write_parts(&[LAST_CHUNK]).await,
             Downstream::Session(s) => s.finish_body().await.map_err(|e| session_failure(&e)),
         }
     }

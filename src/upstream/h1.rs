@@ -303,20 +303,20 @@ impl H1Conn {
                     return Ok(Some(input.freeze()));
                 }
                 Body::Chunked(decoder) => {
-                    let mut out = BytesMut::new();
-                    let progress = decoder.decode(&input, &mut out).map_err(|e| {
+                    let total = input.len();
+                    let progress = decoder.decode_in_place(&mut input).map_err(|e| {
                         let mut err = Error::explain(ErrorType::InvalidHTTPHeader, e.to_string());
                         err.as_up();
                         err
                     })?;
-                    if progress.consumed < input.len() {
+                    if progress.consumed < total {
                         self.overread = true;
                     }
                     if progress.done {
                         self.body = Body::Done;
                     }
-                    if !out.is_empty() {
-                        return Ok(Some(out.freeze()));
+                    if !input.is_empty() {
+                        return Ok(Some(input.freeze()));
                     }
                 }
                 Body::UntilClose => return Ok(Some(input.freeze())),
