@@ -3,8 +3,9 @@
 //! An HTTP/1.x client's connection is taken out of pingora's session
 //! (`into_inner`): from then on the stream owns only the socket, and frames
 //! each chunk itself (`Transfer-Encoding: chunked`, as announced in the
-//! header pingora wrote). An HTTP/2 client keeps pingora's stream handle,
-//! which frames DATA itself. Either way the stream phase sees three
+//! header pingora wrote). An HTTP/2 client's response body handle (h2's
+//! `SendStream`) is taken out of pingora's session and driven directly;
+//! h2 frames DATA itself. Either way the stream phase sees three
 //! operations: write a chunk and flush it, notice the client leaving, and
 //! end the body.
 //!
@@ -22,6 +23,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use h2::SendStream;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,8 +43,71 @@ pub enum WriteFailure {
 pub enum Downstream {
     /// An HTTP/1.x connection owned outright; chunks are framed here.
     H1(H1Client),
-    /// A pingora session (an HTTP/2 stream), which frames its own DATA.
+    /// An HTTP/2 stream, written through its h2 send handle.
+    H2(H2Client),
+    /// Any other pingora session, written through pingora.
     Session(Box<ServerSession>),
+}
+
+/// An HTTP/2 stream in the stream phase. The response body's send handle
+/// is taken out of pingora's session, so each event costs one capacity
+/// request, one capacity poll and one `send_data`, with a timer only when
+/// the flow-control window makes the write wait; pingora's `write_body`
+/// adds two nested write timeouts to every call. The session stays with
+/// the stream: it owns the request side, and dropping it would reset the
+/// stream.
+pub struct H2Client {
+    _session: Box<ServerSession>,
+    body: SendStream<Bytes>,
+    write_timeout: Duration,
+}
+
+impl H2Client {
+    /// Gives `session` back when it is not HTTP/2 or its response header is
+    /// not out yet.
+    pub fn new(
+        mut session: Box<ServerSession>,
+        write_timeout: Duration,
+    ) -> Result<Self, Box<ServerSession>> {
+        let body = match session.as_mut() {
+            ServerSession::H2(s) => s.take_response_body_writer(),
+            _ => None,
+        };
+        match body {
+            Some(body) => Ok(H2Client {
+                _session: session,
+                body,
+                write_timeout,
+            }),
+            None => Err(session),
+        }
+    }
+
+    /// Sends `data` as DATA frames as flow control allows; a wait for
+    /// window that gets no byte of it for the write timeout is a stall.
+    async fn write(&mut self, mut data: Bytes, end: bool) -> Result<(), WriteFailure> {
+        if data.is_empty() {
+            return self
+                .body
+                .send_data(data, end)
+                .map_err(|_| WriteFailure::Failed);
+        }
+        while !data.is_empty() {
+            self.body.reserve_capacity(data.len());
+            // `None`: the stream was reset or the connection is gone.
+            let capacity = poll_fn(|cx| {
+                self.body
+                    .poll_capacity(cx)
+                    .map(|c| c.ok_or(()).and_then(|r| r.map_err(|_| ())))
+            });
+            let granted = timed(self.write_timeout, capacity).await?;
+            let part = data.split_to(granted.min(data.len()));
+            self.body
+                .send_data(part, end && data.is_empty())
+                .map_err(|_| WriteFailure::Failed)?;
+        }
+        Ok(())
+    }
 }
 
 /// An HTTP/1.x client connection in the stream phase.
@@ -108,9 +173,9 @@ impl H1Client {
 /// Runs one step of a client write. The step is polled once without a
 /// timer, since it nearly always completes at once; only a step that has
 /// to wait gets the write timeout (`Stalled` when it runs out).
-async fn timed<T>(
+async fn timed<T, E>(
     t: Duration,
-    step: impl Future<Output = std::io::Result<T>>,
+    step: impl Future<Output = Result<T, E>>,
 ) -> Result<T, WriteFailure> {
     let mut step = pin!(step);
     let first = poll_fn(|cx| Poll::Ready(step.as_mut().poll(cx))).await;
@@ -135,6 +200,7 @@ impl Downstream {
                 let head = ChunkHead::new(data.len());
                 c.write_parts(&[head.as_bytes(), &data, CHUNK_END]).await
             }
+            Downstream::H2(c) => c.write(data, false).await,
             Downstream::Session(s) => s
                 .write_response_body(data, false)
                 .await
@@ -156,6 +222,9 @@ impl Downstream {
                     }
                 }
             }
+            Downstream::H2(c) => {
+                let _ = poll_fn(|cx| c.body.poll_reset(cx)).await;
+            }
             Downstream::Session(s) => {
                 let _ = s.read_body_or_idle(true).await;
             }
@@ -166,6 +235,7 @@ impl Downstream {
     pub async fn finish(&mut self) -> Result<(), WriteFailure> {
         match self {
             Downstream::H1(c) => c.write_parts(&[LAST_CHUNK]).await,
+            Downstream::H2(c) => c.write(Bytes::new(), true).await,
             Downstream::Session(s) => s.finish_body().await.map_err(|e| session_failure(&e)),
         }
     }
@@ -177,6 +247,7 @@ impl Downstream {
             Downstream::H1(c) => {
                 let _ = c.stream.shutdown().await;
             }
+            Downstream::H2(c) => c.body.send_reset(h2::Reason::INTERNAL_ERROR),
             Downstream::Session(s) => s.shutdown().await,
         }
     }

@@ -59,7 +59,7 @@ use crate::metrics::{self, Metrics, RouteMetrics};
 use crate::router::{self, Router};
 use crate::server::StartError;
 use crate::upstream::{Connected, Pools};
-use downstream::{Downstream, H1Client};
+use downstream::{Downstream, H1Client, H2Client};
 use headers::Forwarding;
 use limits::{Limit, Limits, StreamPermit};
 use stream::{StreamEnd, StreamPolicy};
@@ -289,10 +289,13 @@ impl HttpServerApp for ProxyApp {
                         st.client_write_timeout,
                         st.client_buffer,
                     )),
-                    mut other => {
-                        other.set_write_timeout(Some(st.client_write_timeout));
-                        Downstream::Session(Box::new(other))
-                    }
+                    other => match H2Client::new(Box::new(other), st.client_write_timeout) {
+                        Ok(c) => Downstream::H2(c),
+                        Err(mut other) => {
+                            other.set_write_timeout(Some(st.client_write_timeout));
+                            Downstream::Session(other)
+                        }
+                    },
                 };
                 tokio::spawn(self.clone().run_stream(client, job, shutdown.clone()));
                 return None;
