@@ -9,7 +9,9 @@
 //! disagree about where a body ends: CRLF line ends, hex sizes that fit in
 //! 64 bits, bounded extensions and trailers.
 
-use bytes::{Buf, BytesMut};
+use std::ops::Range;
+
+use bytes::BytesMut;
 
 /// The last chunk with an empty trailer section: the end of a chunked body.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
@@ -178,11 +180,14 @@ impl ChunkedDecoder {
         })
     }
 
-    /// Decodes `buf` in place and leaves in it only the chunk data, the
-    /// runs moved together; with one run (the usual read) nothing moves.
-    /// Consumed bytes are counted as in [`Self::decode`]; bytes after the
-    /// end of the body are dropped from `buf`.
-    pub fn decode_in_place(&mut self, buf: &mut BytesMut) -> Result<Progress, ChunkError> {
+    /// Decodes `buf` in place: the chunk data it holds is moved together
+    /// and its range in `buf` returned; with one run of data (the usual
+    /// read) nothing moves. Consumed bytes are counted as in
+    /// [`Self::decode`].
+    pub fn decode_in_place(
+        &mut self,
+        buf: &mut [u8],
+    ) -> Result<(Progress, Range<usize>), ChunkError> {
         let mut i = 0;
         // The data kept so far is buf[start..end].
         let mut start = None;
@@ -214,13 +219,11 @@ impl ChunkedDecoder {
             self.state = self.step(buf[i])?;
             i += 1;
         }
-        let start = start.unwrap_or(0);
-        buf.truncate(end.max(start));
-        buf.advance(start);
-        Ok(Progress {
+        let progress = Progress {
             consumed: i,
             done: self.state == State::Done,
-        })
+        };
+        Ok((progress, start.map_or(0..0, |start| start..end)))
     }
 
     /// One byte outside chunk data.
@@ -451,13 +454,13 @@ mod tests {
             let mut data = Vec::new();
             let mut consumed = 0;
             for (k, p) in parts.iter().enumerate() {
-                let mut buf = BytesMut::from(*p);
+                let mut buf = p.to_vec();
                 if k + 1 == parts.len() {
                     buf.extend_from_slice(b"junk");
                 }
-                let pr = d.decode_in_place(&mut buf).unwrap();
+                let (pr, run) = d.decode_in_place(&mut buf).unwrap();
                 consumed += pr.consumed;
-                data.extend_from_slice(&buf);
+                data.extend_from_slice(&buf[run]);
             }
             prop_assert_eq!(data, chunks.concat());
             prop_assert_eq!(consumed, wire.len());
@@ -469,11 +472,11 @@ mod tests {
             let mut out = BytesMut::new();
             let expected = copying.decode(&input, &mut out);
             let mut in_place = ChunkedDecoder::new();
-            let mut buf = BytesMut::from(&input[..]);
+            let mut buf = input.clone();
             match (expected, in_place.decode_in_place(&mut buf)) {
-                (Ok(a), Ok(b)) => {
+                (Ok(a), Ok((b, run))) => {
                     prop_assert_eq!(a, b);
-                    prop_assert_eq!(&buf[..], &out[..]);
+                    prop_assert_eq!(&buf[run], &out[..]);
                 }
                 (Err(a), Err(b)) => prop_assert_eq!(a, b),
                 (a, b) => prop_assert!(false, "copying {:?} vs in place {:?}", a, b),

@@ -80,6 +80,75 @@ fn up_err(etype: ErrorType, context: &'static str) -> Box<Error> {
     e
 }
 
+/// Reads whatever `stream` has into the per-thread scratch buffer and
+/// hands the bytes read to `take`; `Ok(None)` at end of stream.
+async fn read_scratch<T>(
+    stream: &mut Stream,
+    read_timeout: Option<Duration>,
+    mut take: impl FnMut(&mut [u8]) -> T,
+) -> Result<Option<T>> {
+    let read = poll_fn(|cx| {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let mut buf = ReadBuf::new(&mut scratch[..]);
+            match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => {
+                    let n = buf.filled().len();
+                    Poll::Ready(Ok((n > 0).then(|| take(&mut scratch[..n]))))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    });
+    let res = match read_timeout {
+        Some(t) => tokio::time::timeout(t, read)
+            .await
+            .map_err(|_| up_err(ErrorType::ReadTimedout, "reading from upstream"))?,
+        None => read.await,
+    };
+    res.or_err(ErrorType::ReadError, "reading from upstream")
+}
+
+/// Takes the body bytes out of `input` (bytes read after the response
+/// header), decoding a chunked body in place, and advances `body`. `None`
+/// when `input` held no body byte (only chunk framing). Bytes past the end
+/// of the body set `overread`.
+fn take_body(body: &mut Body, overread: &mut bool, input: &mut [u8]) -> Result<Option<Bytes>> {
+    let (data, done) = match body {
+        Body::Length { remaining } => {
+            let take = usize::try_from(*remaining)
+                .unwrap_or(usize::MAX)
+                .min(input.len());
+            if take < input.len() {
+                *overread = true;
+            }
+            *remaining -= take as u64;
+            (0..take, *remaining == 0)
+        }
+        Body::Chunked(decoder) => {
+            let (progress, data) = decoder.decode_in_place(input).map_err(|e| {
+                let mut err = Error::explain(ErrorType::InvalidHTTPHeader, e.to_string());
+                err.as_up();
+                err
+            })?;
+            if progress.consumed < input.len() {
+                *overread = true;
+            }
+            (data, progress.done)
+        }
+        Body::UntilClose => (0..input.len(), false),
+        Body::Done | Body::Unknown => return Ok(None),
+    };
+    if done {
+        *body = Body::Done;
+    }
+    Ok(input
+        .get(data)
+        .filter(|d| !d.is_empty())
+        .map(Bytes::copy_from_slice))
+}
+
 impl H1Conn {
     pub fn new(stream: Stream) -> Self {
         H1Conn {
@@ -155,26 +224,10 @@ impl H1Conn {
     /// Reads whatever the socket has, through the per-thread scratch buffer,
     /// into a buffer of exactly that size. `Ok(None)` at end of stream.
     async fn read_some(&mut self) -> Result<Option<BytesMut>> {
-        let stream = &mut self.stream;
-        let read = poll_fn(|cx| {
-            SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                let mut buf = ReadBuf::new(&mut scratch[..]);
-                match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
-                    Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(None)),
-                    Poll::Ready(Ok(())) => Poll::Ready(Ok(Some(BytesMut::from(buf.filled())))),
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    Poll::Pending => Poll::Pending,
-                }
-            })
-        });
-        let res = match self.read_timeout {
-            Some(t) => tokio::time::timeout(t, read)
-                .await
-                .map_err(|_| up_err(ErrorType::ReadTimedout, "reading from upstream"))?,
-            None => read.await,
-        };
-        res.or_err(ErrorType::ReadError, "reading from upstream")
+        read_scratch(&mut self.stream, self.read_timeout, |read| {
+            BytesMut::from(&*read)
+        })
+        .await
     }
 
     /// Reads the response header, skipping interim (1xx) responses other than 101.
@@ -266,61 +319,46 @@ impl H1Conn {
     }
 
     /// The next piece of the response body; `Ok(None)` once it is complete.
+    ///
+    /// Each read is decoded where it landed, in the per-thread scratch
+    /// buffer, and only the body bytes it holds are copied out, into a
+    /// buffer of exactly their size: one allocation and one copy per read.
     pub async fn read_response_body(&mut self) -> Result<Option<Bytes>> {
         loop {
             if matches!(self.body, Body::Done | Body::Unknown) {
                 return Ok(None);
             }
-            let input = match self.preread.take() {
-                Some(p) => Some(p),
-                None => self.read_some().await?,
-            };
-            let Some(mut input) = input else {
-                return match self.body {
-                    Body::UntilClose => {
-                        self.body = Body::Done;
-                        Ok(None)
-                    }
-                    _ => Err(up_err(
+            if let Some(mut pre) = self.preread.take() {
+                match take_body(&mut self.body, &mut self.overread, &mut pre)? {
+                    Some(data) => return Ok(Some(data)),
+                    None => continue,
+                }
+            }
+            let H1Conn {
+                stream,
+                read_timeout,
+                body,
+                overread,
+                ..
+            } = self;
+            match read_scratch(stream, *read_timeout, |read| {
+                take_body(body, overread, read)
+            })
+            .await?
+            {
+                Some(Ok(Some(data))) => return Ok(Some(data)),
+                Some(Ok(None)) => continue,
+                Some(Err(e)) => return Err(e),
+                None if matches!(self.body, Body::UntilClose) => {
+                    self.body = Body::Done;
+                    return Ok(None);
+                }
+                None => {
+                    return Err(up_err(
                         ErrorType::ConnectionClosed,
                         "upstream closed inside the response body",
-                    )),
-                };
-            };
-            match &mut self.body {
-                Body::Length { remaining } => {
-                    let take = usize::try_from(*remaining)
-                        .unwrap_or(usize::MAX)
-                        .min(input.len());
-                    if take < input.len() {
-                        self.overread = true;
-                        input.truncate(take);
-                    }
-                    *remaining -= take as u64;
-                    if *remaining == 0 {
-                        self.body = Body::Done;
-                    }
-                    return Ok(Some(input.freeze()));
+                    ))
                 }
-                Body::Chunked(decoder) => {
-                    let total = input.len();
-                    let progress = decoder.decode_in_place(&mut input).map_err(|e| {
-                        let mut err = Error::explain(ErrorType::InvalidHTTPHeader, e.to_string());
-                        err.as_up();
-                        err
-                    })?;
-                    if progress.consumed < total {
-                        self.overread = true;
-                    }
-                    if progress.done {
-                        self.body = Body::Done;
-                    }
-                    if !input.is_empty() {
-                        return Ok(Some(input.freeze()));
-                    }
-                }
-                Body::UntilClose => return Ok(Some(input.freeze())),
-                Body::Done | Body::Unknown => return Ok(None),
             }
         }
     }
