@@ -155,29 +155,10 @@ impl ChunkedDecoder {
         mut on_data: impl FnMut(&'a [u8]),
     ) -> Result<Progress, ChunkError> {
         let mut i = 0;
-        while i < input.len() {
-            if let State::Data { remaining } = self.state {
-                let take = (input.len() - i).min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                on_data(&input[i..i + take]);
-                i += take;
-                let remaining = remaining - take as u64;
-                self.state = if remaining == 0 {
-                    State::DataCr
-                } else {
-                    State::Data { remaining }
-                };
-                continue;
-            }
-            if self.state == State::Done {
-                break;
-            }
-            self.state = self.step(input[i])?;
-            i += 1;
+        while let Some(run) = self.next_run(input, &mut i)? {
+            on_data(&input[run]);
         }
-        Ok(Progress {
-            consumed: i,
-            done: self.state == State::Done,
-        })
+        Ok(self.progress(i))
     }
 
     /// Decodes `buf` in place: the chunk data it holds is moved together
@@ -189,41 +170,59 @@ impl ChunkedDecoder {
         buf: &mut [u8],
     ) -> Result<(Progress, Range<usize>), ChunkError> {
         let mut i = 0;
-        // The data kept so far is buf[start..end].
-        let mut start = None;
-        let mut end = 0;
-        while i < buf.len() {
-            if let State::Data { remaining } = self.state {
-                let take = (buf.len() - i).min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                match start {
-                    None => {
-                        start = Some(i);
-                        end = i;
+        // The data kept so far: buf[kept.start..kept.end].
+        let mut kept: Option<Range<usize>> = None;
+        while let Some(run) = self.next_run(buf, &mut i)? {
+            kept = Some(match kept {
+                None => run,
+                Some(k) => {
+                    let end = k.end + run.len();
+                    if k.end != run.start {
+                        buf.copy_within(run, k.end);
                     }
-                    Some(_) if end != i => buf.copy_within(i..i + take, end),
-                    Some(_) => {}
+                    k.start..end
                 }
-                end += take;
-                i += take;
+            });
+        }
+        Ok((self.progress(i), kept.unwrap_or(0..0)))
+    }
+
+    /// Steps over framing bytes from `*at` and returns the next run of
+    /// chunk data in `input`, moving `*at` past it; `None` once `input` is
+    /// used up or the body has ended.
+    fn next_run(
+        &mut self,
+        input: &[u8],
+        at: &mut usize,
+    ) -> Result<Option<Range<usize>>, ChunkError> {
+        while *at < input.len() {
+            if let State::Data { remaining } = self.state {
+                let take =
+                    (input.len() - *at).min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                let run = *at..*at + take;
+                *at += take;
                 let remaining = remaining - take as u64;
                 self.state = if remaining == 0 {
                     State::DataCr
                 } else {
                     State::Data { remaining }
                 };
-                continue;
+                return Ok(Some(run));
             }
             if self.state == State::Done {
                 break;
             }
-            self.state = self.step(buf[i])?;
-            i += 1;
+            self.state = self.step(input[*at])?;
+            *at += 1;
         }
-        let progress = Progress {
-            consumed: i,
+        Ok(None)
+    }
+
+    fn progress(&self, consumed: usize) -> Progress {
+        Progress {
+            consumed,
             done: self.state == State::Done,
-        };
-        Ok((progress, start.map_or(0..0, |start| start..end)))
+        }
     }
 
     /// One byte outside chunk data.
