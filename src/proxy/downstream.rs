@@ -149,14 +149,11 @@ impl H1Client {
     /// out as one vectored write (one `send` through pingora's small write
     /// buffer, or one `writev` past it), so a chunk's size line, data and
     /// CRLF need not be copied into one frame first.
-    async fn write_parts(&mut self, parts: &[&[u8]]) -> Result<(), WriteFailure> {
+    async fn write_parts<const N: usize>(&mut self, parts: [&[u8]; N]) -> Result<(), WriteFailure> {
         let t = self.write_timeout;
-        let mut slices: [IoSlice<'_>; 3] = [IoSlice::new(&[]); 3];
-        let n = parts.len().min(slices.len());
-        for (slice, part) in slices.iter_mut().zip(parts) {
-            *slice = IoSlice::new(part);
-        }
-        let mut rest = &mut slices[..n];
+        let mut slices = parts.map(IoSlice::new);
+        let mut rest = &mut slices[..];
+        // Drops leading empty parts, so that a write of 0 bytes means failure.
         IoSlice::advance_slices(&mut rest, 0);
         while !rest.is_empty() {
             match timed(t, self.stream.write_vectored(rest)).await? {
@@ -198,7 +195,7 @@ impl Downstream {
         match self {
             Downstream::H1(c) => {
                 let head = ChunkHead::new(data.len());
-                c.write_parts(&[head.as_bytes(), &data, CHUNK_END]).await
+                c.write_parts([head.as_bytes(), &data, CHUNK_END]).await
             }
             Downstream::H2(c) => c.write(data, false).await,
             Downstream::Session(s) => s
@@ -234,7 +231,7 @@ impl Downstream {
     /// Ends the response body properly (last chunk, or END_STREAM).
     pub async fn finish(&mut self) -> Result<(), WriteFailure> {
         match self {
-            Downstream::H1(c) => c.write_parts(&[LAST_CHUNK]).await,
+            Downstream::H1(c) => c.write_parts([LAST_CHUNK]).await,
             Downstream::H2(c) => c.write(Bytes::new(), true).await,
             Downstream::Session(s) => s.finish_body().await.map_err(|e| session_failure(&e)),
         }
