@@ -71,7 +71,7 @@ cleanup() {
 }
 trap 'cleanup; rm -rf "$WORK"' EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PY=(python3 "$HERE/compare.py")
 
 ticks() { # utime stime of a pid, in clock ticks
   local f; read -r -a f <"/proc/$1/stat"
@@ -82,7 +82,9 @@ ticks() { # utime stime of a pid, in clock ticks
 measure() {
   local t="$1" cell="$WORK/cell" up p1 p2 pid url flags
   rm -rf "$cell"; mkdir -p "$cell"
-  up="127.0.0.1:$(free_port)"; p1="$(free_port)"; p2="$(free_port)"
+  local up_port
+  read -r up_port p1 p2 <<<"$("${PY[@]}" free-ports 3)"
+  up="127.0.0.1:$up_port"
   taskset -c 1 "$BIN" bench upstream --listen "$up" --rate 20 --payload 100 >"$cell/up.log" 2>&1 &
   PIDS+=($!)
   local render=(sed -e "s#@LISTEN@#127.0.0.1:$p1#g" -e "s#@LISTEN_H2@#127.0.0.1:$p2#g"
@@ -103,7 +105,8 @@ measure() {
     [ -n "$pid" ] || die "nginx started no worker: $(tail -n 3 "$cell/proxy.log")"
     url="http://127.0.0.1:$p1/sse"; [ "$MODE" = h1 ] || url="http://127.0.0.1:$p2/sse"
   fi
-  sleep 1
+  "${PY[@]}" wait-port "$up" 15 || die "bench upstream did not start: $(tail -n 3 "$cell/up.log")"
+  "${PY[@]}" wait-port "127.0.0.1:$p1" 15 || die "$t did not start: $(tail -n 3 "$cell/proxy.log")"
   flags=(); [ "$MODE" = h1 ] || flags=(--http2 --connections 10)
   taskset -c 1 "$BIN" bench --json --url "$url" --streams 1000 "${flags[@]}" --ramp 1s \
     --duration "$((SECS + 6))s" >"$cell/bench.json" 2>"$cell/bench.err" &
