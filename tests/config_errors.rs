@@ -162,6 +162,13 @@ fn wrong_value_type() {
         "server.threads",
         "expected an integer",
     );
+    assert_error(
+        &doc("[server]\nwork_stealing = \"yes\"\n"),
+        2,
+        17,
+        "server.work_stealing",
+        "expected a boolean",
+    );
 }
 
 #[test]
