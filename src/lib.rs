@@ -2,6 +2,7 @@
 // No unsafe code, except the one call to glibc's malloc_trim (memory.rs).
 #![deny(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod bench;
 pub mod chunked;
@@ -10,8 +11,10 @@ pub mod config;
 pub mod demo;
 pub mod memory;
 pub mod metrics;
+pub mod outcome;
 pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod sse;
+pub mod start_error;
 pub mod upstream;

@@ -37,9 +37,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::access_log::AccessLine;
 use crate::config::{HostMatch, Route};
-use crate::proxy::limits::Limit;
-use crate::proxy::stream::{StreamEnd, StreamStats};
+use crate::outcome::{end_reason, Limit, StreamEnd, StreamStats, STREAM_ENDS};
 
 /// The route label of a response no route matched.
 pub const UNROUTED: &str = "none";
@@ -54,35 +54,6 @@ const RELAY_DELAY_BUCKETS: &[f64] = &[
     0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
-
-/// Every way a stream can end, in the order of [`end_reason`]'s indexes.
-const STREAM_ENDS: [StreamEnd; 9] = [
-    StreamEnd::UpstreamDone,
-    StreamEnd::UpstreamError,
-    StreamEnd::ClientGone,
-    StreamEnd::ClientWriteError,
-    StreamEnd::IdleTimeout,
-    StreamEnd::Shutdown,
-    StreamEnd::ShutdownAborted,
-    StreamEnd::ClientStalled,
-    StreamEnd::ResumeFailed,
-];
-
-/// The `reason` label (and access-log `end=`) of a stream end, with its index
-/// in [`STREAM_ENDS`]. Exhaustive, so a new `StreamEnd` cannot go unlabelled.
-pub fn end_reason(end: StreamEnd) -> (usize, &'static str) {
-    match end {
-        StreamEnd::UpstreamDone => (0, "upstream_done"),
-        StreamEnd::UpstreamError => (1, "upstream_error"),
-        StreamEnd::ClientGone => (2, "client_gone"),
-        StreamEnd::ClientWriteError => (3, "client_write_error"),
-        StreamEnd::IdleTimeout => (4, "idle_timeout"),
-        StreamEnd::Shutdown => (5, "shutdown"),
-        StreamEnd::ShutdownAborted => (6, "shutdown_aborted"),
-        StreamEnd::ClientStalled => (7, "client_write_timeout"),
-        StreamEnd::ResumeFailed => (8, "resume_failed"),
-    }
-}
 
 /// The route label: the route's `host` and `path` as configured, e.g.
 /// `/events/`, `api.example.com/events/` or `*.example.com/`.
@@ -545,67 +516,9 @@ impl StreamTally {
     }
 }
 
-/// The access-log line of one event stream: `key=value` pairs, one line.
-struct AccessLine<'a> {
-    route: &'a str,
-    upstream: &'a str,
-    client: Option<&'a dyn fmt::Display>,
-    elapsed: Duration,
-    end: StreamEnd,
-    stats: &'a StreamStats,
-}
-
-impl fmt::Display for AccessLine<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "stream end route={} upstream={} client=",
-            LogValue(self.route),
-            LogValue(self.upstream)
-        )?;
-        match self.client {
-            Some(client) => write!(f, "{}", LogValue(&client.to_string()))?,
-            None => f.write_str("-")?,
-        }
-        write!(
-            f,
-            " duration={:.3}s events={} bytes={} heartbeats={} end={}",
-            self.elapsed.as_secs_f64(),
-            self.stats.events,
-            self.stats.bytes,
-            self.stats.heartbeats,
-            end_reason(self.end).1,
-        )?;
-        // Only on streams that were resumed, so the usual line stays short.
-        if self.stats.resumes > 0 {
-            write!(f, " resumes={}", self.stats.resumes)?;
-        }
-        Ok(())
-    }
-}
-
 impl Drop for StreamTally {
     fn drop(&mut self) {
         self.open.dec();
-    }
-}
-
-/// A `key=value` value: bare when it is plain, quoted and escaped when it
-/// holds a space, quote, `=` or control character, so the line stays parseable.
-struct LogValue<'a>(&'a str);
-
-impl fmt::Display for LogValue<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let plain = !self.0.is_empty()
-            && !self
-                .0
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '=');
-        if plain {
-            f.write_str(self.0)
-        } else {
-            write!(f, "{:?}", self.0)
-        }
     }
 }
 
@@ -615,17 +528,6 @@ mod tests {
 
     fn text(m: &Metrics) -> String {
         String::from_utf8(m.encode().expect("encodes")).expect("utf-8")
-    }
-
-    #[test]
-    fn end_reasons_are_indexed_in_order_and_distinct() {
-        for (i, end) in STREAM_ENDS.iter().enumerate() {
-            assert_eq!(end_reason(*end).0, i, "{end:?}");
-        }
-        let mut names: Vec<&str> = STREAM_ENDS.iter().map(|e| end_reason(*e).1).collect();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), STREAM_ENDS.len());
     }
 
     #[test]
@@ -730,50 +632,5 @@ mod tests {
         ] {
             assert!(t.contains(line), "lacks {line:?}:\n{t}");
         }
-    }
-
-    #[test]
-    fn access_line_is_one_line_of_key_value_pairs() {
-        let stats = StreamStats {
-            resumes: 0,
-            bytes: 1234,
-            events: 5,
-            heartbeats: 2,
-        };
-        let client: std::net::SocketAddr = "127.0.0.1:50000".parse().expect("addr");
-        let line = AccessLine {
-            route: "api.example.com/events/",
-            upstream: "app",
-            client: Some(&client),
-            elapsed: Duration::from_millis(61_234),
-            end: StreamEnd::ClientWriteError,
-            stats: &stats,
-        };
-        assert_eq!(
-            line.to_string(),
-            "stream end route=api.example.com/events/ upstream=app client=127.0.0.1:50000 \
-             duration=61.234s events=5 bytes=1234 heartbeats=2 end=client_write_error"
-        );
-        let line = AccessLine {
-            route: "/a b/",
-            upstream: "app",
-            client: None,
-            elapsed: Duration::ZERO,
-            end: StreamEnd::UpstreamDone,
-            stats: &stats,
-        };
-        assert_eq!(
-            line.to_string(),
-            "stream end route=\"/a b/\" upstream=app client=- duration=0.000s events=5 bytes=1234 heartbeats=2 end=upstream_done"
-        );
-    }
-
-    #[test]
-    fn log_values_are_quoted_only_when_needed() {
-        assert_eq!(LogValue("/events/").to_string(), "/events/");
-        assert_eq!(LogValue("a b").to_string(), "\"a b\"");
-        assert_eq!(LogValue("x=1").to_string(), "\"x=1\"");
-        assert_eq!(LogValue("").to_string(), "\"\"");
-        assert_eq!(LogValue("q\"\n").to_string(), "\"q\\\"\\n\"");
     }
 }

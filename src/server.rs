@@ -18,6 +18,7 @@ use crate::config::{Config, Listener};
 use crate::metrics::Metrics;
 use crate::proxy::connections::Limited;
 use crate::proxy::{ProxyApp, Shared};
+pub use crate::start_error::StartError;
 use crate::upstream::tcp_keepalive;
 
 /// pingora's process options that stay reachable from our command line.
@@ -27,17 +28,6 @@ pub struct ProcessOptions {
     pub daemon: bool,
     /// Take the listening sockets over from a running instance (pingora `--upgrade`).
     pub upgrade: bool,
-}
-
-/// Why the server could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("listener {address}: TLS certificate or key unusable: {reason}")]
-    Tls { address: String, reason: String },
-    #[error("upstream pools: {0}")]
-    Pools(#[from] std::io::Error),
-    #[error("metrics registry: {0}")]
-    Metrics(#[from] prometheus::Error),
 }
 
 /// The pingora server configuration derived from `[server]`.

@@ -25,37 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::config::Config;
-
-/// Which limit turned a stream away; the `limit` label of
-/// `ssegate_streams_shed_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit {
-    /// `limits.max_streams`
-    Global,
-    /// the route's `max_streams`
-    Route,
-    /// `limits.max_streams_per_client`
-    Client,
-    /// Not a limit: no upstream server could serve the stream (unreachable,
-    /// no response header in time, or a broken one); an `EventSource` is
-    /// told to come back rather than given a 502 it would never retry.
-    Upstream,
-}
-
-impl Limit {
-    /// Every limit, in the order of [`Limit::index`].
-    pub const ALL: [Limit; 4] = [Limit::Global, Limit::Route, Limit::Client, Limit::Upstream];
-
-    /// The metric label, and the index in [`Limit::ALL`].
-    pub fn label(self) -> (usize, &'static str) {
-        match self {
-            Limit::Global => (0, "global"),
-            Limit::Route => (1, "route"),
-            Limit::Client => (2, "client"),
-            Limit::Upstream => (3, "upstream"),
-        }
-    }
-}
+pub use crate::outcome::Limit;
 
 /// The counters of one process: built once from the config, shared by every listener.
 pub struct Limits {

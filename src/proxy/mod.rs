@@ -56,13 +56,14 @@ use pingora_error::{ErrorType, Result};
 
 use crate::config::{Config, Resume, Route};
 use crate::metrics::{self, Metrics, RouteMetrics};
+use crate::outcome::{StreamEnd, StreamStats};
 use crate::router::{self, Router};
-use crate::server::StartError;
+use crate::start_error::StartError;
 use crate::upstream::{Connected, Pools};
 use downstream::{Downstream, H1Client, H2Client};
 use headers::Forwarding;
 use limits::{Limit, Limits, StreamPermit};
-use stream::{StreamEnd, StreamPolicy};
+use stream::StreamPolicy;
 
 /// What every listener's app shares: routing, pools, metrics and the settings derived from config.
 pub struct Shared {
@@ -389,7 +390,7 @@ impl ProxyApp {
         mut client: Downstream,
         mut job: Box<StreamJob>,
         end: StreamEnd,
-        st: stream::StreamStats,
+        st: StreamStats,
         shutdown: ShutdownWatch,
     ) {
         let shared = &self.shared;

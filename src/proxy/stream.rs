@@ -38,6 +38,7 @@ use tokio::time::{sleep_until, Instant};
 use super::downstream::{Downstream, WriteFailure};
 use super::resume::Resumer;
 use crate::metrics::RelayProbe;
+use crate::outcome::{StreamEnd, StreamStats};
 use crate::sse::Framer;
 use crate::upstream::Connected;
 
@@ -54,44 +55,6 @@ pub struct StreamPolicy {
     /// Each stream ends at a random moment in [0, drain_window] after the
     /// shutdown signal (at its next event boundary), spreading reconnections.
     pub drain_window: Duration,
-}
-
-/// How a stream ended, for the access log and metrics (`crate::metrics`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamEnd {
-    /// The upstream finished its response; the client's stream was ended cleanly.
-    UpstreamDone,
-    /// The upstream connection failed mid-stream; the client's stream was aborted
-    /// so that it can tell a truncated stream from a finished one.
-    UpstreamError,
-    /// The client went away.
-    ClientGone,
-    /// A write to the client failed.
-    ClientWriteError,
-    /// The client accepted no byte for `client_write_timeout`.
-    ClientStalled,
-    /// No upstream byte for `idle_timeout`.
-    IdleTimeout,
-    /// Ended at an event boundary with a `retry:` hint for a graceful shutdown.
-    Shutdown,
-    /// Shutdown grace ran out before the stream reached an event boundary.
-    ShutdownAborted,
-    /// The upstream failed and every resume attempt failed; ended at an
-    /// event boundary with a `retry:` hint.
-    ResumeFailed,
-}
-
-impl StreamEnd {
-    /// Did the client receive a properly terminated response?
-    pub fn is_clean(self) -> bool {
-        matches!(
-            self,
-            StreamEnd::UpstreamDone
-                | StreamEnd::IdleTimeout
-                | StreamEnd::Shutdown
-                | StreamEnd::ResumeFailed
-        )
-    }
 }
 
 /// What one turn of the loop decided to do.
@@ -162,16 +125,6 @@ impl Drain {
             abort_at: now + policy.drain_limit,
         }
     }
-}
-
-/// Counters for one stream, reported in its end-of-stream log line.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct StreamStats {
-    pub bytes: u64,
-    pub events: u64,
-    pub heartbeats: u64,
-    /// Upstream failures the stream was resumed across.
-    pub resumes: u64,
 }
 
 fn write_end(failure: WriteFailure) -> StreamEnd {

@@ -1,0 +1,115 @@
+//! The access-log line of one event stream (target `ssegate::access`):
+//! `key=value` pairs on one line, written when the stream ends.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::outcome::{end_reason, StreamEnd, StreamStats};
+
+/// The access-log line of one event stream: `key=value` pairs, one line.
+pub struct AccessLine<'a> {
+    pub route: &'a str,
+    pub upstream: &'a str,
+    pub client: Option<&'a dyn fmt::Display>,
+    pub elapsed: Duration,
+    pub end: StreamEnd,
+    pub stats: &'a StreamStats,
+}
+
+impl fmt::Display for AccessLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "stream end route={} upstream={} client=",
+            LogValue(self.route),
+            LogValue(self.upstream)
+        )?;
+        match self.client {
+            Some(client) => write!(f, "{}", LogValue(&client.to_string()))?,
+            None => f.write_str("-")?,
+        }
+        write!(
+            f,
+            " duration={:.3}s events={} bytes={} heartbeats={} end={}",
+            self.elapsed.as_secs_f64(),
+            self.stats.events,
+            self.stats.bytes,
+            self.stats.heartbeats,
+            end_reason(self.end).1,
+        )?;
+        // Only on streams that were resumed, so the usual line stays short.
+        if self.stats.resumes > 0 {
+            write!(f, " resumes={}", self.stats.resumes)?;
+        }
+        Ok(())
+    }
+}
+
+/// A `key=value` value: bare when it is plain, quoted and escaped when it
+/// holds a space, quote, `=` or control character, so the line stays parseable.
+struct LogValue<'a>(&'a str);
+
+impl fmt::Display for LogValue<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plain = !self.0.is_empty()
+            && !self
+                .0
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '=');
+        if plain {
+            f.write_str(self.0)
+        } else {
+            write!(f, "{:?}", self.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_line_is_one_line_of_key_value_pairs() {
+        let stats = StreamStats {
+            resumes: 0,
+            bytes: 1234,
+            events: 5,
+            heartbeats: 2,
+        };
+        let client: std::net::SocketAddr = "127.0.0.1:50000".parse().expect("addr");
+        let line = AccessLine {
+            route: "api.example.com/events/",
+            upstream: "app",
+            client: Some(&client),
+            elapsed: Duration::from_millis(61_234),
+            end: StreamEnd::ClientWriteError,
+            stats: &stats,
+        };
+        assert_eq!(
+            line.to_string(),
+            "stream end route=api.example.com/events/ upstream=app client=127.0.0.1:50000 \
+             duration=61.234s events=5 bytes=1234 heartbeats=2 end=client_write_error"
+        );
+        let line = AccessLine {
+            route: "/a b/",
+            upstream: "app",
+            client: None,
+            elapsed: Duration::ZERO,
+            end: StreamEnd::UpstreamDone,
+            stats: &stats,
+        };
+        assert_eq!(
+            line.to_string(),
+            "stream end route=\"/a b/\" upstream=app client=- duration=0.000s events=5 bytes=1234 heartbeats=2 end=upstream_done"
+        );
+    }
+
+    #[test]
+    fn log_values_are_quoted_only_when_needed() {
+        assert_eq!(LogValue("/events/").to_string(), "/events/");
+        assert_eq!(LogValue("a b").to_string(), "\"a b\"");
+        assert_eq!(LogValue("x=1").to_string(), "\"x=1\"");
+        assert_eq!(LogValue("").to_string(), "\"\"");
+        assert_eq!(LogValue("q\"\n").to_string(), "\"q\\\"\\n\"");
+    }
+}

@@ -1,0 +1,128 @@
+//! What the request path reports about a stream: how it ended, what it
+//! carried, and which limit turned it away. The metrics and the access log
+//! name these, and so does the request path; this module depends on
+//! nothing, so that both import it and neither imports the other.
+
+/// How a stream ended, for the access log and metrics (`crate::metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The upstream finished its response; the client's stream was ended cleanly.
+    UpstreamDone,
+    /// The upstream connection failed mid-stream; the client's stream was aborted
+    /// so that it can tell a truncated stream from a finished one.
+    UpstreamError,
+    /// The client went away.
+    ClientGone,
+    /// A write to the client failed.
+    ClientWriteError,
+    /// The client accepted no byte for `client_write_timeout`.
+    ClientStalled,
+    /// No upstream byte for `idle_timeout`.
+    IdleTimeout,
+    /// Ended at an event boundary with a `retry:` hint for a graceful shutdown.
+    Shutdown,
+    /// Shutdown grace ran out before the stream reached an event boundary.
+    ShutdownAborted,
+    /// The upstream failed and every resume attempt failed; ended at an
+    /// event boundary with a `retry:` hint.
+    ResumeFailed,
+}
+
+impl StreamEnd {
+    /// Did the client receive a properly terminated response?
+    pub fn is_clean(self) -> bool {
+        matches!(
+            self,
+            StreamEnd::UpstreamDone
+                | StreamEnd::IdleTimeout
+                | StreamEnd::Shutdown
+                | StreamEnd::ResumeFailed
+        )
+    }
+}
+
+/// Counters for one stream, reported in its end-of-stream log line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StreamStats {
+    pub bytes: u64,
+    pub events: u64,
+    pub heartbeats: u64,
+    /// Upstream failures the stream was resumed across.
+    pub resumes: u64,
+}
+
+/// Which limit turned a stream away; the `limit` label of
+/// `ssegate_streams_shed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `limits.max_streams`
+    Global,
+    /// the route's `max_streams`
+    Route,
+    /// `limits.max_streams_per_client`
+    Client,
+    /// Not a limit: no upstream server could serve the stream (unreachable,
+    /// no response header in time, or a broken one); an `EventSource` is
+    /// told to come back rather than given a 502 it would never retry.
+    Upstream,
+}
+
+impl Limit {
+    /// Every limit, in the order of [`Limit::index`].
+    pub const ALL: [Limit; 4] = [Limit::Global, Limit::Route, Limit::Client, Limit::Upstream];
+
+    /// The metric label, and the index in [`Limit::ALL`].
+    pub fn label(self) -> (usize, &'static str) {
+        match self {
+            Limit::Global => (0, "global"),
+            Limit::Route => (1, "route"),
+            Limit::Client => (2, "client"),
+            Limit::Upstream => (3, "upstream"),
+        }
+    }
+}
+
+/// Every way a stream can end, in the order of [`end_reason`]'s indexes.
+pub const STREAM_ENDS: [StreamEnd; 9] = [
+    StreamEnd::UpstreamDone,
+    StreamEnd::UpstreamError,
+    StreamEnd::ClientGone,
+    StreamEnd::ClientWriteError,
+    StreamEnd::IdleTimeout,
+    StreamEnd::Shutdown,
+    StreamEnd::ShutdownAborted,
+    StreamEnd::ClientStalled,
+    StreamEnd::ResumeFailed,
+];
+
+/// The `reason` label (and access-log `end=`) of a stream end, with its index
+/// in [`STREAM_ENDS`]. Exhaustive, so a new `StreamEnd` cannot go unlabelled.
+pub fn end_reason(end: StreamEnd) -> (usize, &'static str) {
+    match end {
+        StreamEnd::UpstreamDone => (0, "upstream_done"),
+        StreamEnd::UpstreamError => (1, "upstream_error"),
+        StreamEnd::ClientGone => (2, "client_gone"),
+        StreamEnd::ClientWriteError => (3, "client_write_error"),
+        StreamEnd::IdleTimeout => (4, "idle_timeout"),
+        StreamEnd::Shutdown => (5, "shutdown"),
+        StreamEnd::ShutdownAborted => (6, "shutdown_aborted"),
+        StreamEnd::ClientStalled => (7, "client_write_timeout"),
+        StreamEnd::ResumeFailed => (8, "resume_failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_reasons_are_indexed_in_order_and_distinct() {
+        for (i, end) in STREAM_ENDS.iter().enumerate() {
+            assert_eq!(end_reason(*end).0, i, "{end:?}");
+        }
+        let mut names: Vec<&str> = STREAM_ENDS.iter().map(|e| end_reason(*e).1).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), STREAM_ENDS.len());
+    }
+}
