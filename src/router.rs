@@ -11,14 +11,16 @@
 //! `location`: `/events` also matches `/events-old`; write `/events/` to
 //! match only below the folder.
 
-use crate::config::{Config, HostMatch, Route};
+use crate::config::{HostMatch, Route};
 
-/// The routes of a configuration, ordered so the first match is the best one.
+/// The routes of a configuration, each with what the caller keeps for it
+/// (`T`: the proxy keeps its pool, stream policy, limits and metrics),
+/// ordered so that the first match is the best one.
 #[derive(Debug, Clone)]
-pub struct Router {
-    /// Indexes into `Config::routes`, best candidates first.
+pub struct Router<T> {
+    /// Indexes into `entries`, best candidates first.
     order: Vec<usize>,
-    routes: Vec<Route>,
+    entries: Vec<T>,
 }
 
 /// Sort key: longer prefixes first, then more specific hosts, then file order.
@@ -35,21 +37,21 @@ fn rank(route: &Route) -> (std::cmp::Reverse<usize>, u8, std::cmp::Reverse<usize
     )
 }
 
-impl Router {
-    pub fn new(config: &Config) -> Self {
-        let routes = config.routes.clone();
-        let mut order: Vec<usize> = (0..routes.len()).collect();
+impl<T: AsRef<Route>> Router<T> {
+    /// `entries` in file order (`Config::routes`' order).
+    pub fn new(entries: Vec<T>) -> Self {
+        let mut order: Vec<usize> = (0..entries.len()).collect();
         // A stable sort keeps file order among equals.
-        order.sort_by_key(|&i| rank(&routes[i]));
-        Router { order, routes }
+        order.sort_by_key(|&i| rank(entries[i].as_ref()));
+        Router { order, entries }
     }
 
-    /// The index (into `Config::routes`) of the route serving `host` and `path`.
+    /// The entry of the route serving `host` and `path`.
     /// `host` may carry a port and any case; `None` matches only host-less routes.
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&T> {
         let host = host.map(normalise_host);
-        self.order.iter().copied().find(|&i| {
-            let route = &self.routes[i];
+        let index = self.order.iter().copied().find(|&i| {
+            let route = self.entries[i].as_ref();
             path.starts_with(route.path.as_str())
                 && match (&route.host, host.as_deref()) {
                     (None, _) => true,
@@ -59,7 +61,13 @@ impl Router {
                         h.len() > suffix.len() && h.ends_with(suffix.as_str())
                     }
                 }
-        })
+        })?;
+        self.entries.get(index)
+    }
+
+    /// Every entry, in file order.
+    pub fn entries(&self) -> &[T] {
+        &self.entries
     }
 }
 
@@ -101,10 +109,31 @@ mod tests {
         Route::for_test(host, path)
     }
 
-    fn router(routes: Vec<Route>) -> Router {
-        let mut order: Vec<usize> = (0..routes.len()).collect();
-        order.sort_by_key(|&i| rank(&routes[i]));
-        Router { order, routes }
+    /// A router over `routes` whose entries are their file-order indexes.
+    struct Indexed(Route, usize);
+
+    impl AsRef<Route> for Indexed {
+        fn as_ref(&self) -> &Route {
+            &self.0
+        }
+    }
+
+    struct Found(Router<Indexed>);
+
+    impl Found {
+        fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
+            self.0.find(host, path).map(|e| e.1)
+        }
+    }
+
+    fn router(routes: Vec<Route>) -> Found {
+        Found(Router::new(
+            routes
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| Indexed(r, i))
+                .collect(),
+        ))
     }
 
     #[test]

@@ -12,4 +12,6 @@ pub enum StartError {
     Pools(#[from] std::io::Error),
     #[error("metrics registry: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Route(String),
 }

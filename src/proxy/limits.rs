@@ -14,10 +14,12 @@
 //!        full ─► shed, upstream response dropped        (dropped at stream end)
 //! ```
 //!
-//! Process and route counts are atomics. Per-client counts are one map
-//! behind a mutex, kept only when `max_streams_per_client` is set; an entry
-//! is removed when its count returns to zero, so the map holds only the
-//! clients that have a stream open.
+//! A route's counter is a [`RouteLimit`], kept in the route's entry
+//! (`route.rs`) with the rest of its runtime. Process and route counts
+//! are atomics. Per-client counts are one map behind a mutex, kept only
+//! when `max_streams_per_client` is set; an entry is removed when its
+//! count returns to zero, so the map holds only the clients that have a
+//! stream open.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -27,23 +29,29 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use crate::config::Config;
 pub use crate::outcome::Limit;
 
-/// The counters of one process: built once from the config, shared by every listener.
+/// The process-wide and per-client counters: built once from the config,
+/// shared by every listener. Each route's own counter is a [`RouteLimit`],
+/// kept with the rest of the route's runtime (`proxy::route`).
 pub struct Limits {
     global: Arc<Gate>,
-    routes: Vec<Arc<Gate>>,
     /// `None` when `max_streams_per_client` is not set: nothing to count.
     clients: Option<Arc<ClientGate>>,
+}
+
+/// One route's open-stream counter (its `max_streams`).
+pub struct RouteLimit(Arc<Gate>);
+
+impl RouteLimit {
+    /// `max`: the route's `max_streams`; `None` counts without a maximum.
+    pub fn new(max: Option<usize>) -> RouteLimit {
+        RouteLimit(Gate::new(max))
+    }
 }
 
 impl Limits {
     pub fn new(config: &Config) -> Limits {
         Limits {
             global: Gate::new(config.limits.max_streams),
-            routes: config
-                .routes
-                .iter()
-                .map(|r| Gate::new(r.max_streams))
-                .collect(),
             clients: config.limits.max_streams_per_client.map(ClientGate::new),
         }
     }
@@ -51,11 +59,11 @@ impl Limits {
     /// Would a stream on `route` from `client` be turned away right now?
     /// Takes nothing; the answer can be stale by the time the stream starts,
     /// which [`Limits::admit`] settles.
-    pub fn check(&self, route: usize, client: Option<IpAddr>) -> Result<(), Limit> {
+    pub fn check(&self, route: &RouteLimit, client: Option<IpAddr>) -> Result<(), Limit> {
         if self.global.is_full() {
             return Err(Limit::Global);
         }
-        if self.routes.get(route).is_some_and(|g| g.is_full()) {
+        if route.0.is_full() {
             return Err(Limit::Route);
         }
         match (&self.clients, client) {
@@ -68,12 +76,9 @@ impl Limits {
     /// or in none and says which limit is reached (checked global, route,
     /// client). A client without an IP address (a Unix socket) has no
     /// per-client limit.
-    pub fn admit(&self, route: usize, client: Option<IpAddr>) -> Result<StreamPermit, Limit> {
+    pub fn admit(&self, route: &RouteLimit, client: Option<IpAddr>) -> Result<StreamPermit, Limit> {
         let global = self.global.acquire().ok_or(Limit::Global)?;
-        let route = match self.routes.get(route) {
-            Some(gate) => Some(gate.acquire().ok_or(Limit::Route)?),
-            None => None,
-        };
+        let route = route.0.acquire().ok_or(Limit::Route)?;
         let client = match (&self.clients, client) {
             (Some(clients), Some(ip)) => Some(clients.acquire(ip).ok_or(Limit::Client)?),
             _ => None,
@@ -94,7 +99,7 @@ impl Limits {
 /// An admitted stream's slots; dropping it gives them back.
 pub struct StreamPermit {
     _global: Slot,
-    _route: Option<Slot>,
+    _route: Slot,
     _client: Option<ClientSlot>,
 }
 
@@ -255,43 +260,49 @@ mod tests {
         assert!(gate.is_full(ip("::ffff:192.0.2.7")));
     }
 
-    fn limits(global: Option<usize>, routes: &[Option<usize>], client: Option<usize>) -> Limits {
-        Limits {
+    fn limits(
+        global: Option<usize>,
+        routes: &[Option<usize>],
+        client: Option<usize>,
+    ) -> (Limits, Vec<RouteLimit>) {
+        let l = Limits {
             global: Gate::new(global),
-            routes: routes.iter().map(|m| Gate::new(*m)).collect(),
             clients: client.map(ClientGate::new),
-        }
+        };
+        (l, routes.iter().map(|m| RouteLimit::new(*m)).collect())
     }
 
     #[test]
     fn admission_takes_every_slot_or_none() {
-        let l = limits(Some(3), &[Some(1), None], Some(2));
+        let (l, r) = limits(Some(3), &[Some(1), None], Some(2));
         let c = Some(ip("127.0.0.1"));
-        let p1 = l.admit(0, c).expect("route 0 has room");
-        assert_eq!(l.check(0, c), Err(Limit::Route));
-        assert_eq!(l.admit(0, c).err(), Some(Limit::Route));
+        let p1 = l.admit(&r[0], c).expect("route 0 has room");
+        assert_eq!(l.check(&r[0], c), Err(Limit::Route));
+        assert_eq!(l.admit(&r[0], c).err(), Some(Limit::Route));
         // The refused admission gave its global slot back.
         assert_eq!(l.open(), 1);
-        let p2 = l.admit(1, c).expect("route 1 is unlimited");
-        assert_eq!(l.admit(1, c).err(), Some(Limit::Client));
+        let p2 = l.admit(&r[1], c).expect("route 1 is unlimited");
+        assert_eq!(l.admit(&r[1], c).err(), Some(Limit::Client));
         assert_eq!(l.open(), 2);
-        let p3 = l.admit(1, Some(ip("127.0.0.2"))).expect("another client");
-        assert_eq!(l.check(1, Some(ip("127.0.0.3"))), Err(Limit::Global));
-        assert_eq!(l.admit(1, None).err(), Some(Limit::Global));
+        let p3 = l
+            .admit(&r[1], Some(ip("127.0.0.2")))
+            .expect("another client");
+        assert_eq!(l.check(&r[1], Some(ip("127.0.0.3"))), Err(Limit::Global));
+        assert_eq!(l.admit(&r[1], None).err(), Some(Limit::Global));
         drop((p1, p2, p3));
         assert_eq!(l.open(), 0);
-        assert_eq!(l.check(0, c), Ok(()));
+        assert_eq!(l.check(&r[0], c), Ok(()));
         assert_eq!(l.clients.as_ref().map(|g| g.clients()), Some(0));
     }
 
     #[test]
     fn unlimited_counts_but_never_refuses() {
-        let l = limits(None, &[None], None);
+        let (l, r) = limits(None, &[None], None);
         let permits: Vec<_> = (0..100)
-            .map(|_| l.admit(0, Some(ip("::1"))).expect("unlimited"))
+            .map(|_| l.admit(&r[0], Some(ip("::1"))).expect("unlimited"))
             .collect();
         assert_eq!(l.open(), 100);
-        assert_eq!(l.check(0, Some(ip("::1"))), Ok(()));
+        assert_eq!(l.check(&r[0], Some(ip("::1"))), Ok(()));
         drop(permits);
         assert_eq!(l.open(), 0);
     }

@@ -243,7 +243,7 @@ pub struct Connectors {
 
 /// Every pool of a configuration, indexed like `Config::upstreams`, and the shared connectors.
 pub struct Pools {
-    pools: Vec<Pool>,
+    pools: Vec<Arc<Pool>>,
     pub connectors: Arc<Connectors>,
 }
 
@@ -254,7 +254,7 @@ impl Pools {
             .upstreams
             .iter()
             .zip(metrics)
-            .map(|(u, m)| Pool::new(u, &config.timeouts, m))
+            .map(|(u, m)| Pool::new(u, &config.timeouts, m).map(Arc::new))
             .collect::<std::io::Result<Vec<_>>>()?;
         let connectors = Arc::new(Connectors {
             h1: TransportConnector::new(Some(ConnectorOptions::new(1024))),
@@ -263,7 +263,8 @@ impl Pools {
         Ok(Pools { pools, connectors })
     }
 
-    pub fn get(&self, index: usize) -> Option<&Pool> {
+    /// The pool of upstream `index` (`Config::upstreams`' order).
+    pub fn get(&self, index: usize) -> Option<&Arc<Pool>> {
         self.pools.get(index)
     }
 

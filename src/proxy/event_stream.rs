@@ -1,0 +1,247 @@
+//! The event-stream phase around the relay: admission under the stream
+//! limits, the response header, and the stream's own task, from the first
+//! event to the access-log line.
+//!
+//! ```text
+//!  upstream answered text/event-stream
+//!        │
+//!  Limits::admit ──(full)──► upstream dropped, Reply::Shed
+//!        │
+//!  response header out (`start`) ─► Handled::Stream(job)
+//!        │
+//!  `spawn`: pingora's session is dropped; the task holds the two
+//!  connections (downstream.rs), and runs the relay (stream.rs)
+//!        │
+//!  `end`: metrics and access log, upstream released, client closed
+//!         or back to the keep-alive loop (HTTP/1, clean end)
+//! ```
+
+use std::sync::Arc;
+
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+
+use super::connections;
+use super::downstream::{Downstream, H1Client, H2Client};
+use super::exchange::Exchanged;
+use super::headers;
+use super::limits::StreamPermit;
+use super::prepare::Prepared;
+use super::reply::{Outcome, Reply};
+use super::resume;
+use super::route::RouteEntry;
+use super::stream;
+use super::{Handled, ProxyApp};
+use crate::config::Resume;
+use crate::metrics::StreamTally;
+use crate::outcome::{StreamEnd, StreamStats};
+use crate::upstream::Connected;
+
+/// Everything an event stream needs after its response header went out.
+pub struct StreamJob {
+    up: Connected,
+    route: Arc<RouteEntry>,
+    compressed: bool,
+    /// Holds the route's open-streams gauge up until the stream is done.
+    tally: StreamTally,
+    /// Holds the stream's places under the stream limits until it is done.
+    permit: StreamPermit,
+    client: Option<std::net::SocketAddr>,
+    /// The request as sent upstream, kept only when the stream may be
+    /// resumed on another connection (route `resume = "on-error"`, GET).
+    resume_request: Option<Box<pingora_http::RequestHeader>>,
+    /// The client connection's place under `max_connections` (HTTP/1: the
+    /// stream carries the connection; HTTP/2 streams leave it with theirs).
+    connection: Option<connections::ConnectionGuard>,
+    /// An HTTP/2 stream's mark on its connection's activity.
+    activity: Option<connections::ActivityGuard>,
+}
+
+/// Admits the event stream in `x` and sends its response header.
+pub(super) async fn start(
+    app: &ProxyApp,
+    session: &mut ServerSession,
+    route: &Arc<RouteEntry>,
+    prepared: Prepared,
+    x: Exchanged,
+) -> Handled {
+    let shared = &app.shared;
+    let Exchanged { mut up, head, .. } = x;
+    // The authoritative count: slots are taken here, so a stream over a
+    // limit never reaches the stream phase, whatever `prepare` saw.
+    let permit = match shared.limits.admit(&route.limit, prepared.peer_ip) {
+        Ok(permit) => permit,
+        Err(limit) => {
+            shared.pools.release(up, false).await;
+            let reply = Reply::Shed {
+                limit,
+                event_source: prepared.event_source,
+            };
+            return reply
+                .send(session, route, &shared.config.limits)
+                .await
+                .into();
+        }
+    };
+    let compressed = headers::is_compressed(&head);
+    if compressed && route.first_compressed_stream() {
+        log::warn!(
+            "route {}: upstream sends a compressed event stream; it is passed through without heartbeats or drain hints",
+            route.config.path
+        );
+    }
+    let client_version = session.req_header().version;
+    let resp = match headers::stream_response(
+        &head,
+        client_version,
+        &shared.config.stream.cache_control,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            shared.pools.release(up, false).await;
+            log::warn!("cannot build stream response: {e}");
+            let reply = Reply::Status(502, "bad upstream response\n");
+            return reply
+                .send(session, route, &shared.config.limits)
+                .await
+                .into();
+        }
+    };
+    // Streams are cut by their own idle timeout, never by the ordinary read timeout.
+    up.session.set_read_timeout(None);
+    // Open from before the header goes out, so a client holding it is counted.
+    let tally = route.metrics.stream_started();
+    if let Err(e) = session.write_response_header(Box::new(resp)).await {
+        log::info!("writing the response header to the client failed: {e}");
+        shared.pools.release(up, false).await;
+        return Outcome::Abort.into();
+    }
+    // Only what is safe to repeat: a GET, uncompressed, on a route that asks for it.
+    let request = prepared.request;
+    let resume_request = (route.config.resume == Resume::OnError
+        && request.method == http::Method::GET
+        && !compressed)
+        .then(|| Box::new(request));
+    Handled::Stream(Box::new(StreamJob {
+        up,
+        route: route.clone(),
+        compressed,
+        tally,
+        permit,
+        client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        resume_request,
+        connection: None,
+        activity: None,
+    }))
+}
+
+/// Runs the stream in `job` as a task of its own. The stream outlives the
+/// request's call: everything pingora holds for the request (its session,
+/// buffers and that future) is freed once this returns, and the stream
+/// keeps only the two connections.
+pub(super) fn spawn(
+    app: &Arc<ProxyApp>,
+    session: ServerSession,
+    mut job: Box<StreamJob>,
+    activity: Option<connections::ActivityGuard>,
+    shutdown: &ShutdownWatch,
+) {
+    job.connection = connections::take_current();
+    job.activity = activity;
+    let st = &app.shared.config.stream;
+    let client = match session {
+        ServerSession::H1(s) => Downstream::H1(H1Client::new(
+            s.into_inner(),
+            st.client_write_timeout,
+            st.client_buffer,
+        )),
+        other => match H2Client::new(Box::new(other), st.client_write_timeout) {
+            Ok(c) => Downstream::H2(c),
+            Err(mut other) => {
+                other.set_write_timeout(Some(st.client_write_timeout));
+                Downstream::Session(other)
+            }
+        },
+    };
+    tokio::spawn(run(app.clone(), client, job, shutdown.clone()));
+}
+
+/// The stream phase of one event stream, as its own task. While the
+/// stream lives, the task holds the relay's state and nothing else: the
+/// job stays boxed, and what happens after the relay is a boxed future
+/// of its own.
+async fn run(
+    app: Arc<ProxyApp>,
+    mut client: Downstream,
+    mut job: Box<StreamJob>,
+    shutdown: ShutdownWatch,
+) {
+    let shared = &app.shared;
+    let StreamJob {
+        up,
+        route,
+        resume_request,
+        compressed,
+        ..
+    } = &mut *job;
+    let resumer = resume_request.as_deref().map(|request| resume::Resumer {
+        pools: &shared.pools,
+        pool: &route.pool,
+        request,
+        attempts: route.config.resume_attempts,
+        backoff: route.config.resume_backoff,
+        metrics: route.metrics.resume(),
+    });
+    let (end, st) = stream::relay(
+        &mut client,
+        up,
+        &route.policy,
+        *compressed,
+        &shutdown,
+        route.metrics.relay(),
+        resumer.as_ref(),
+    )
+    .await;
+    Box::pin(finish(app, client, job, end, st, shutdown)).await;
+}
+
+/// Logs a finished stream, releases its upstream, and either closes the
+/// client connection or returns it to the keep-alive loop.
+async fn finish(
+    app: Arc<ProxyApp>,
+    mut client: Downstream,
+    mut job: Box<StreamJob>,
+    end: StreamEnd,
+    st: StreamStats,
+    shutdown: ShutdownWatch,
+) {
+    let upstream_done = end == StreamEnd::UpstreamDone && job.up.session.response_done();
+    let StreamJob {
+        up,
+        route,
+        tally,
+        permit,
+        client: addr,
+        connection,
+        ..
+    } = *job;
+    // Metrics and the access-log line; `streams_open` drops with `tally`.
+    let addr = addr.as_ref().map(|a| a as &dyn std::fmt::Display);
+    tally.finish(&route.metrics, end, &st, &route.pool.name, addr);
+    // Before the connection may carry further requests below.
+    drop(permit);
+    app.shared.pools.release(up, upstream_done).await;
+    if !end.is_clean() {
+        client.abort().await;
+        return;
+    }
+    // A finished HTTP/1 stream leaves a connection that can carry the
+    // client's next request: back to the keep-alive loop with it.
+    if let Downstream::H1(c) = client {
+        if let Some(stream) = c.into_reusable() {
+            if !*shutdown.borrow() {
+                connections::holding(connection, app.serve_next(stream, &shutdown)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! One route's runtime: everything the request path needs once the router
+//! has picked a route, resolved once at startup and handed out as one value
+//! ([`RouteEntry`]) instead of lists that share an index.
+//!
+//! ```text
+//!  [[route]] config ─┐
+//!  its upstream pool ┤
+//!  stream policy ────┼─► RouteEntry ─► Router<Arc<RouteEntry>> (router.rs)
+//!  max_streams gate ─┤
+//!  metric handles ───┘
+//! ```
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::limits::RouteLimit;
+use super::stream::StreamPolicy;
+use crate::config::{Config, Route};
+use crate::metrics::{self, Metrics, RouteMetrics};
+use crate::router::Router;
+use crate::start_error::StartError;
+use crate::upstream::{Pool, Pools};
+
+/// A route and what serves it.
+pub struct RouteEntry {
+    /// The route as configured.
+    pub config: Route,
+    /// The upstream pool the route sends its requests to.
+    pub pool: Arc<Pool>,
+    /// The settings its event streams run with (the route's, over `[stream]`).
+    pub policy: StreamPolicy,
+    /// Its open-stream counter (`max_streams`).
+    pub limit: RouteLimit,
+    pub metrics: RouteMetrics,
+    /// Set once a compressed event stream has been logged for this route.
+    compressed_logged: AtomicBool,
+}
+
+impl AsRef<Route> for RouteEntry {
+    fn as_ref(&self) -> &Route {
+        &self.config
+    }
+}
+
+impl AsRef<Route> for Arc<RouteEntry> {
+    fn as_ref(&self) -> &Route {
+        &self.config
+    }
+}
+
+impl RouteEntry {
+    /// True the first time it is asked: the route's first compressed event
+    /// stream is logged, later ones are not.
+    pub fn first_compressed_stream(&self) -> bool {
+        !self.compressed_logged.swap(true, Ordering::Relaxed)
+    }
+}
+
+/// Every route of `config` with its runtime, behind a router.
+pub fn routes(
+    config: &Config,
+    pools: &Pools,
+    metrics: &Metrics,
+) -> Result<Router<Arc<RouteEntry>>, StartError> {
+    let s = &config.stream;
+    // Leave the last part of the grace period for the process's own exit.
+    let drain_limit = config
+        .server
+        .grace_period
+        .saturating_sub(Duration::from_millis(250));
+    let mut entries = Vec::with_capacity(config.routes.len());
+    for r in &config.routes {
+        let pool = pools.get(r.upstream).cloned().ok_or_else(|| {
+            StartError::Route(format!(
+                "route {} names upstream #{}, which does not exist",
+                r.path, r.upstream
+            ))
+        })?;
+        entries.push(Arc::new(RouteEntry {
+            config: r.clone(),
+            pool,
+            policy: StreamPolicy {
+                heartbeat: r.heartbeat.unwrap_or(s.heartbeat),
+                heartbeat_text: Bytes::from(s.heartbeat_text.clone()),
+                idle_timeout: r.idle_timeout.unwrap_or(s.idle_timeout),
+                shutdown_retry: s.shutdown_retry,
+                shutdown_retry_jitter: s.shutdown_retry_jitter,
+                drain_limit,
+                drain_window: s.drain_window,
+            },
+            limit: RouteLimit::new(r.max_streams),
+            metrics: metrics.route(&metrics::route_label(r))?,
+            compressed_logged: AtomicBool::new(false),
+        }));
+    }
+    Ok(Router::new(entries))
+}
