@@ -206,9 +206,7 @@ mod tests {
     use super::*;
 
     fn plan(extra: &[&str]) -> Plan {
-        use clap::Parser;
         let mut argv = vec![
-            "ssegate",
             "bench",
             "--url",
             "http://h:1/e",
@@ -218,10 +216,8 @@ mod tests {
             "1s",
         ];
         argv.extend_from_slice(extra);
-        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
-            crate::cli::Command::Bench(b) => Plan::from_args(&b.client).unwrap(),
-            _ => unreachable!(),
-        }
+        let args = crate::bench::BenchArgs::try_parse_from(&argv).unwrap();
+        Plan::from_args(&args.client).unwrap()
     }
 
     #[test]

@@ -34,11 +34,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::broadcast;
 
+use super::args::BenchUpstreamArgs;
 use super::http1::{self, BodyDecoder, Framing, Head, Progress};
 use super::stats::unix_micros;
 use super::{sys, EXIT_USAGE};
 use crate::chunked::{encode_chunk, LAST_CHUNK};
-use crate::cli::BenchUpstreamArgs;
 
 /// Events kept for `Last-Event-ID`, and how far a subscriber may lag.
 pub const KEEP: usize = 4096;
