@@ -20,7 +20,7 @@
 //! | `client` | the run: ramp, deadline, progress line, settling each stream |
 //! | `client_h1` | one stream on its own HTTP/1.1 connection (TLS for https) |
 //! | `client_h2` | streams multiplexed on HTTP/2 connections (h2c or TLS + ALPN) |
-//! | `http1` | hand-written HTTP/1.1 heads and the incremental chunked decoder |
+//! | `http1` | HTTP/1.1 heads (parsed by httparse), body framing over [`crate::chunked`] |
 //! | `stats` | per-stream meter, sharded counters, HDR histograms, percentiles |
 //! | `report` | the table, the progress line and the `--json` object |
 //! | `tls` | rustls client configs, `--insecure` |
