@@ -8,6 +8,13 @@
 //! holds nothing. It is strict where leniency would let two parsers
 //! disagree about where a body ends: CRLF line ends, hex sizes that fit in
 //! 64 bits, bounded extensions and trailers.
+//!
+//! A client that only reads a body, and must not fail on a peer that ends
+//! its lines with a bare LF (`ssegate bench`), uses the lenient decoder,
+//! [`ChunkedDecoder::lenient`]: the same state machine, where an LF alone
+//! also ends a size line, chunk data or a trailer line. The choice is a
+//! const generic, so the strict decoder of the proxy's hot path is compiled
+//! without it.
 
 use std::ops::Range;
 
@@ -119,11 +126,16 @@ pub struct Progress {
     pub done: bool,
 }
 
-/// Incremental chunked-body decoder.
+/// Incremental chunked-body decoder: strict (`ChunkedDecoder`, from
+/// [`ChunkedDecoder::new`]) unless `LENIENT`, where a bare LF also ends a
+/// line ([`ChunkedDecoder::lenient`]).
 #[derive(Debug, Clone)]
-pub struct ChunkedDecoder {
+pub struct ChunkedDecoder<const LENIENT: bool = false> {
     state: State,
 }
+
+/// The decoder that also accepts bare-LF line ends: see [`ChunkedDecoder::lenient`].
+pub type LenientChunkedDecoder = ChunkedDecoder<true>;
 
 impl Default for ChunkedDecoder {
     fn default() -> Self {
@@ -132,12 +144,26 @@ impl Default for ChunkedDecoder {
 }
 
 impl ChunkedDecoder {
+    /// The strict decoder: every line ends with CRLF.
     pub fn new() -> Self {
         ChunkedDecoder {
             state: State::Size { size: 0, digits: 0 },
         }
     }
+}
 
+impl LenientChunkedDecoder {
+    /// A decoder that also takes a bare LF as the end of a size line, of
+    /// chunk data or of a trailer line, as many clients do (RFC 9112 §2.2
+    /// allows a recipient to). A CR must still be followed by an LF.
+    pub fn lenient() -> Self {
+        ChunkedDecoder {
+            state: State::Size { size: 0, digits: 0 },
+        }
+    }
+}
+
+impl<const LENIENT: bool> ChunkedDecoder<LENIENT> {
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }
@@ -243,23 +269,25 @@ impl ChunkedDecoder {
                 b'\r' => State::SizeLf { size },
                 // Extensions, with optional whitespace before the `;`.
                 b';' | b' ' | b'\t' => State::Extension { size, len: 1 },
+                b'\n' if LENIENT => after_size_line(size),
                 b'\n' => return Err(ChunkError::BadLineEnd),
                 _ => return Err(ChunkError::BadSize),
             },
             State::Extension { size, len } => match b {
                 b'\r' => State::SizeLf { size },
+                b'\n' if LENIENT => after_size_line(size),
                 b'\n' => return Err(ChunkError::BadLineEnd),
                 _ if len >= MAX_EXTENSION => return Err(ChunkError::ExtensionTooLong),
                 _ => State::Extension { size, len: len + 1 },
             },
             State::SizeLf { size } => match b {
-                b'\n' if size == 0 => State::TrailerLineStart { total: 0 },
-                b'\n' => State::Data { remaining: size },
+                b'\n' => after_size_line(size),
                 _ => return Err(ChunkError::BadLineEnd),
             },
             State::Data { .. } | State::Done => self.state,
             State::DataCr => match b {
                 b'\r' => State::DataLf,
+                b'\n' if LENIENT => State::Size { size: 0, digits: 0 },
                 _ => return Err(ChunkError::MissingCrlf),
             },
             State::DataLf => match b {
@@ -268,6 +296,7 @@ impl ChunkedDecoder {
             },
             State::TrailerLineStart { total } => match b {
                 b'\r' => State::TrailerLf { total, empty: true },
+                b'\n' if LENIENT => State::Done,
                 b'\n' => return Err(ChunkError::BadLineEnd),
                 _ => State::TrailerLine {
                     total: trailer_total(total)?,
@@ -277,6 +306,9 @@ impl ChunkedDecoder {
                 b'\r' => State::TrailerLf {
                     total,
                     empty: false,
+                },
+                b'\n' if LENIENT => State::TrailerLineStart {
+                    total: trailer_total(total)?,
                 },
                 b'\n' => return Err(ChunkError::BadLineEnd),
                 _ => State::TrailerLine {
@@ -291,6 +323,17 @@ impl ChunkedDecoder {
                 _ => return Err(ChunkError::BadLineEnd),
             },
         })
+    }
+}
+
+/// What follows a complete size line: the chunk's data, or after the last
+/// chunk (size 0) the trailer section.
+#[inline]
+fn after_size_line(size: u64) -> State {
+    if size == 0 {
+        State::TrailerLineStart { total: 0 }
+    } else {
+        State::Data { remaining: size }
     }
 }
 
@@ -331,7 +374,17 @@ mod tests {
     }
 
     fn decode_all(parts: &[&[u8]]) -> Result<(Vec<u8>, bool, usize), ChunkError> {
-        let mut d = ChunkedDecoder::new();
+        decode_all_with(ChunkedDecoder::new(), parts)
+    }
+
+    fn decode_lenient(parts: &[&[u8]]) -> Result<(Vec<u8>, bool, usize), ChunkError> {
+        decode_all_with(ChunkedDecoder::lenient(), parts)
+    }
+
+    fn decode_all_with<const LENIENT: bool>(
+        mut d: ChunkedDecoder<LENIENT>,
+        parts: &[&[u8]],
+    ) -> Result<(Vec<u8>, bool, usize), ChunkError> {
         let mut out = BytesMut::new();
         let mut leftover = 0;
         let mut done = false;
@@ -419,6 +472,95 @@ mod tests {
         );
     }
 
+    #[test]
+    fn lenient_accepts_bare_lf_line_ends() {
+        let wire = b"5\nhello\n6;ext\n world\r\nA \n0123456789\n0\nX-T: 1\nY: 2\r\n\n";
+        let (out, done, left) = decode_lenient(&[wire]).unwrap();
+        assert_eq!(out, b"hello world0123456789");
+        assert!(done);
+        assert_eq!(left, 0);
+        let (out, done, left) = decode_lenient(&[b"3\nabc\n0\n\nHTTP/1.1"]).unwrap();
+        assert_eq!((out.as_slice(), done, left), (&b"abc"[..], true, 8));
+        // The strict decoder refuses every one of those line ends.
+        assert_eq!(decode_all(&[wire]).unwrap_err(), ChunkError::BadLineEnd);
+        assert_eq!(
+            decode_all(&[b"3\r\nabc\n"]).unwrap_err(),
+            ChunkError::MissingCrlf
+        );
+        assert_eq!(
+            decode_all(&[b"0\r\n\n"]).unwrap_err(),
+            ChunkError::BadLineEnd
+        );
+    }
+
+    #[test]
+    fn lenient_still_refuses_what_is_not_a_line_end() {
+        let cases: &[(&[u8], ChunkError)] = &[
+            (b"zz\n", ChunkError::BadSize),
+            (b"\n", ChunkError::BadSize),
+            (b"5\rX", ChunkError::BadLineEnd),
+            (b"5\nhelloXX", ChunkError::MissingCrlf),
+            (b"5\nhello\rX", ChunkError::MissingCrlf),
+            (b"11111111111111111\n", ChunkError::SizeOverflow),
+            (b"0\nX: 1\rY", ChunkError::BadLineEnd),
+            (b"0\n\rY", ChunkError::BadLineEnd),
+            (b"-1\n", ChunkError::BadSize),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                decode_lenient(&[input]).unwrap_err(),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let long_ext = [b"1;".as_slice(), &[b'x'; MAX_EXTENSION + 1]].concat();
+        assert_eq!(
+            decode_lenient(&[&long_ext]).unwrap_err(),
+            ChunkError::ExtensionTooLong
+        );
+        let trailers = [b"0\n".as_slice(), &b"x\n".repeat(MAX_TRAILERS)].concat();
+        assert_eq!(
+            decode_lenient(&[&trailers]).unwrap_err(),
+            ChunkError::TrailersTooLarge
+        );
+    }
+
+    /// A chunked body whose every line ends as `ends` says (`true`: bare LF),
+    /// cycling through it; with `trailers` after the last chunk.
+    fn encode_with_line_ends(chunks: &[Vec<u8>], trailers: &[&str], ends: &[bool]) -> Vec<u8> {
+        let mut ends = ends.iter().copied().cycle();
+        let mut end = || {
+            if ends.next() == Some(true) {
+                "\n"
+            } else {
+                "\r\n"
+            }
+        };
+        let mut v = Vec::new();
+        for c in chunks.iter().filter(|c| !c.is_empty()) {
+            v.extend_from_slice(format!("{:x}{}", c.len(), end()).as_bytes());
+            v.extend_from_slice(c);
+            v.extend_from_slice(end().as_bytes());
+        }
+        v.extend_from_slice(format!("0{}", end()).as_bytes());
+        for t in trailers {
+            v.extend_from_slice(format!("{t}{}", end()).as_bytes());
+        }
+        v.extend_from_slice(end().as_bytes());
+        v
+    }
+
+    /// `wire` cut at `cuts`.
+    fn split<'a>(wire: &'a [u8], cuts: &[prop::sample::Index]) -> Vec<&'a [u8]> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
+        points.push(0);
+        points.push(wire.len());
+        points.sort_unstable();
+        points.dedup();
+        points.windows(2).map(|w| &wire[w[0]..w[1]]).collect()
+    }
+
     fn encode(chunks: &[Vec<u8>]) -> Vec<u8> {
         let mut v = Vec::new();
         for c in chunks.iter().filter(|c| !c.is_empty()) {
@@ -489,6 +631,77 @@ mod tests {
             if let Ok(p) = d.decode(&input, &mut out) {
                 prop_assert!(p.consumed <= input.len());
                 prop_assert!(out.len() <= input.len());
+            }
+            let mut d = ChunkedDecoder::lenient();
+            let mut out = BytesMut::new();
+            if let Ok(p) = d.decode(&input, &mut out) {
+                prop_assert!(p.consumed <= input.len());
+                prop_assert!(out.len() <= input.len());
+            }
+        }
+
+        /// Lenient: any mix of CRLF and bare LF, cut anywhere, decodes to
+        /// the same data; the strict decoder accepts it only if every line
+        /// end is a CRLF.
+        #[test]
+        fn lenient_any_line_ends_any_split(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..8),
+            trailers in proptest::collection::vec(prop::sample::select(vec!["X-T: 1", "Y:", "a: b c"]), 0..3),
+            ends in proptest::collection::vec(any::<bool>(), 1..20),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let wire = encode_with_line_ends(&chunks, &trailers, &ends);
+            let parts = split(&wire, &cuts);
+            let (out, done, left) = decode_lenient(&parts).unwrap();
+            prop_assert_eq!(out, chunks.concat());
+            prop_assert!(done);
+            prop_assert_eq!(left, 0);
+            let lines = 2 * chunks.iter().filter(|c| !c.is_empty()).count() + trailers.len() + 2;
+            let all_crlf = ends.iter().cycle().take(lines).all(|bare_lf| !bare_lf);
+            prop_assert_eq!(decode_all(&parts).is_ok(), all_crlf);
+
+            // In place, with bytes after the body.
+            let mut d = ChunkedDecoder::lenient();
+            let mut data = Vec::new();
+            let mut consumed = 0;
+            for (k, p) in parts.iter().enumerate() {
+                let mut buf = p.to_vec();
+                if k + 1 == parts.len() {
+                    buf.extend_from_slice(b"junk");
+                }
+                let (pr, run) = d.decode_in_place(&mut buf).unwrap();
+                consumed += pr.consumed;
+                data.extend_from_slice(&buf[run]);
+            }
+            prop_assert_eq!(data, chunks.concat());
+            prop_assert_eq!(consumed, wire.len());
+        }
+
+        /// Lenient changes nothing where the strict decoder succeeds, and
+        /// its in-place decoding matches its copying one. The alphabet is
+        /// mostly framing bytes, so that bodies, complete or not, are common.
+        #[test]
+        fn lenient_agrees_with_strict_where_strict_accepts(
+            input in proptest::collection::vec(prop::sample::select(b"01aF\r\n\r\n; x:".to_vec()), 0..200),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            let parts = split(&input, &cuts);
+            let lenient = decode_lenient(&parts);
+            if let Ok(strict) = decode_all(&parts) {
+                prop_assert_eq!(lenient.clone(), Ok(strict));
+            }
+            let mut copying = ChunkedDecoder::lenient();
+            let mut out = BytesMut::new();
+            let expected = copying.decode(&input, &mut out);
+            let mut in_place = ChunkedDecoder::lenient();
+            let mut buf = input.clone();
+            match (expected, in_place.decode_in_place(&mut buf)) {
+                (Ok(a), Ok((b, run))) => {
+                    prop_assert_eq!(a, b);
+                    prop_assert_eq!(&buf[run], &out[..]);
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "copying {:?} vs in place {:?}", a, b),
             }
         }
     }

@@ -33,11 +33,11 @@ use tokio::sync::Notify;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
+use super::args::BenchClientArgs;
 use super::plan::Plan;
 use super::report::{self, RunResult};
 use super::stats::{ErrorKind, Snapshot, Stats, StreamMeter};
 use super::{client_h1, client_h2, sys, tls, EXIT_USAGE};
-use crate::cli::BenchClientArgs;
 
 /// Longest wait for a stream to open: connect, TLS and response head.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -590,9 +590,7 @@ mod tests {
 
     #[tokio::test]
     async fn streams_never_started_count_as_timeouts() {
-        use clap::Parser;
         let argv = [
-            "ssegate",
             "bench",
             "--url",
             "http://127.0.0.1:9/",
@@ -601,11 +599,7 @@ mod tests {
             "--duration",
             "1s",
         ];
-        let crate::cli::Command::Bench(args) =
-            crate::cli::Cli::try_parse_from(argv).unwrap().command
-        else {
-            unreachable!()
-        };
+        let args = crate::bench::BenchArgs::try_parse_from(&argv).unwrap();
         let plan = Plan::from_args(&args.client).unwrap();
         let ctx = setup(&plan, Instant::now()).await.unwrap();
         ctx.spawned.store(2, Ordering::Release);

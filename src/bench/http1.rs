@@ -1,23 +1,26 @@
-//! Hand-written HTTP/1.1 for the bench client and the bench upstream: request
-//! and response heads (build and parse), body framing, and a pure incremental
-//! chunked decoder.
+//! HTTP/1.1 for the bench client and the bench upstream, on the parsers the
+//! crate already has: heads are parsed by `httparse` into owned
+//! [`ResponseHead`]s and [`RequestHead`]s, chunked bodies are decoded by
+//! [`crate::chunked`]. What this module owns is the rest: which body follows
+//! a head ([`Framing`], [`BodyDecoder`]), whether the connection stays open,
+//! and building request heads.
 //!
 //! Nothing here owns a socket: the callers read whatever the network gives
-//! and feed it in, so every piece is tested on byte strings split anywhere.
-//! Parsing is strict where a mistake would corrupt the measurement (chunk
-//! sizes, CRLF after chunk data) and lenient where real servers differ
-//! harmlessly (a bare LF as a line end, chunk extensions, trailers).
+//! and feed it in, so every piece is tested on byte strings. Parsing is
+//! strict where a mistake would corrupt the measurement (chunk sizes, a line
+//! end after chunk data) and lenient where real servers differ harmlessly
+//! (a bare LF as a line end, which `httparse` and the lenient chunked
+//! decoder accept; chunk extensions; trailers).
 
 use std::fmt::Write as _;
+
+use crate::chunked::{ChunkError, LenientChunkedDecoder, Progress};
 
 /// Longest head (start line plus headers) either side accepts.
 pub const MAX_HEAD: usize = 64 * 1024;
 
 /// Most headers a head may carry.
 const MAX_HEADERS: usize = 128;
-
-/// Hex digits of the largest chunk size accepted (2^60 - 1; nobody sends more).
-const MAX_SIZE_DIGITS: u8 = 15;
 
 /// A malformed head or body; the text says what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,175 +29,95 @@ pub enum HttpError {
     HeadTooLarge,
     #[error("malformed start line {0:?}")]
     StartLine(String),
-    #[error("malformed header line {0:?}")]
-    HeaderLine(String),
+    #[error("malformed header line ({0})")]
+    HeaderLine(httparse::Error),
     #[error("more than {MAX_HEADERS} headers")]
     TooManyHeaders,
     #[error("invalid content-length {0:?}")]
     ContentLength(String),
     #[error("unsupported transfer-encoding {0:?} (only chunked is understood)")]
     TransferEncoding(String),
-    #[error("invalid chunk size byte {0:#04x}")]
-    ChunkSize(u8),
-    #[error("chunk size line without digits")]
-    EmptyChunkSize,
-    #[error("chunk size larger than 2^60")]
-    ChunkTooLarge,
-    #[error("chunk data not followed by CRLF (got {0:#04x})")]
-    ChunkEnd(u8),
-    #[error("CR not followed by LF in chunk framing (got {0:#04x})")]
-    BareCr(u8),
+    #[error("malformed chunked body: {0}")]
+    Chunked(#[from] ChunkError),
 }
 
-/// Where the head in `buf` ends: the index just past its blank line
-/// (`\r\n\r\n`, or `\n\n` from a lenient peer), if it is complete.
-pub fn head_end(buf: &[u8]) -> Option<usize> {
-    let mut line_start = 0;
-    for (i, &byte) in buf.iter().enumerate() {
-        if byte != b'\n' {
-            continue;
-        }
-        let line = &buf[line_start..i];
-        if line.is_empty() || line == b"\r" {
-            return Some(i + 1);
-        }
-        line_start = i + 1;
-    }
-    None
-}
-
-/// One header, its name lowercased.
+/// A response head: status, `HTTP/1.x` minor version, headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
-    pub name: String,
-    pub value: String,
+pub struct ResponseHead {
+    pub status: u16,
+    pub minor: u8,
+    pub headers: Headers,
 }
 
-/// A parsed head: the start line and the headers, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
-    pub start_line: String,
-    pub headers: Vec<Header>,
-}
-
-impl Head {
-    /// Parses a complete head as delimited by [`head_end`].
-    pub fn parse(bytes: &[u8]) -> Result<Head, HttpError> {
-        if bytes.len() > MAX_HEAD {
-            return Err(HttpError::HeadTooLarge);
-        }
-        let text = String::from_utf8_lossy(bytes);
-        let mut lines = text
-            .split('\n')
-            .map(|l| l.strip_suffix('\r').unwrap_or(l))
-            .take_while(|l| !l.is_empty());
-        let start_line = lines.next().unwrap_or_default().to_string();
-        let mut headers = Vec::new();
-        for line in lines {
-            if headers.len() == MAX_HEADERS {
-                return Err(HttpError::TooManyHeaders);
-            }
-            let Some((name, value)) = line.split_once(':') else {
-                return Err(HttpError::HeaderLine(line.to_string()));
-            };
-            if name.is_empty() || name.contains(char::is_whitespace) {
-                return Err(HttpError::HeaderLine(line.to_string()));
-            }
-            headers.push(Header {
-                name: name.to_ascii_lowercase(),
-                value: value.trim().to_string(),
-            });
-        }
-        Ok(Head {
-            start_line,
-            headers,
-        })
-    }
-
-    /// The first value of header `name` (lowercase).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|h| h.name == name)
-            .map(|h| h.value.as_str())
-    }
-
-    /// All values of header `name`, joined as a list would be.
-    fn header_list(&self, name: &str) -> Option<String> {
-        let values: Vec<&str> = self
-            .headers
-            .iter()
-            .filter(|h| h.name == name)
-            .map(|h| h.value.as_str())
-            .collect();
-        (!values.is_empty()).then(|| values.join(","))
-    }
-
-    /// `(status, minor version)` of a response's status line.
-    pub fn status(&self) -> Result<(u16, u8), HttpError> {
-        let bad = || HttpError::StartLine(self.start_line.clone());
-        let mut parts = self.start_line.splitn(3, ' ');
-        let version = parts.next().ok_or_else(bad)?;
-        let minor = http_minor(version).ok_or_else(bad)?;
-        let code = parts.next().ok_or_else(bad)?;
-        if code.len() != 3 {
-            return Err(bad());
-        }
-        let status = code.parse().map_err(|_| bad())?;
-        Ok((status, minor))
-    }
-
-    /// `(method, target, minor version)` of a request line.
-    pub fn request_line(&self) -> Result<(&str, &str, u8), HttpError> {
-        let bad = || HttpError::StartLine(self.start_line.clone());
-        let mut parts = self.start_line.split(' ');
-        let (Some(method), Some(target), Some(version), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad());
+impl ResponseHead {
+    /// Parses the response head at the start of `buf`: the head and its
+    /// length once complete, `None` while more bytes are needed.
+    pub fn parse(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, HttpError> {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut fields);
+        let Some(len) = head_len(parsed.parse(buf), buf)? else {
+            return Ok(None);
         };
-        let minor = http_minor(version).ok_or_else(bad)?;
-        if method.is_empty() || target.is_empty() {
-            return Err(bad());
-        }
-        Ok((method, target, minor))
+        let (Some(status), Some(minor)) = (parsed.code, parsed.version) else {
+            return Err(HttpError::StartLine(first_line(buf)));
+        };
+        let head = ResponseHead {
+            status,
+            minor,
+            headers: Headers::from_parsed(parsed.headers),
+        };
+        Ok(Some((head, len)))
     }
 
-    /// How the body after this head is delimited. A response without
-    /// `Transfer-Encoding` or `Content-Length` runs until the connection
-    /// closes; a request without them has no body.
-    pub fn framing(&self, is_response: bool) -> Result<Framing, HttpError> {
-        if let Some(te) = self.header_list("transfer-encoding") {
-            let last = te.rsplit(',').next().unwrap_or_default().trim();
-            return if last.eq_ignore_ascii_case("chunked") {
-                Ok(Framing::Chunked)
-            } else {
-                Err(HttpError::TransferEncoding(te))
-            };
-        }
-        if let Some(cl) = self.header_list("content-length") {
-            let mut values = cl.split(',').map(str::trim);
-            let first = values.next().unwrap_or_default();
-            let len: u64 = first
-                .parse()
-                .map_err(|_| HttpError::ContentLength(cl.clone()))?;
-            if values.any(|v| v != first) {
-                return Err(HttpError::ContentLength(cl));
-            }
-            return Ok(Framing::Length(len));
-        }
-        Ok(if is_response {
-            Framing::Close
-        } else {
-            Framing::Length(0)
-        })
+    /// How the body is delimited; without `Transfer-Encoding` or
+    /// `Content-Length` it runs until the connection closes.
+    pub fn framing(&self) -> Result<Framing, HttpError> {
+        Ok(self.headers.framing()?.unwrap_or(Framing::Close))
+    }
+}
+
+/// A request head: method, target, `HTTP/1.x` minor version, headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    pub target: String,
+    pub minor: u8,
+    pub headers: Headers,
+}
+
+impl RequestHead {
+    /// Parses the request head at the start of `buf`, as
+    /// [`ResponseHead::parse`] does.
+    pub fn parse(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HttpError> {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut fields);
+        let Some(len) = head_len(parsed.parse(buf), buf)? else {
+            return Ok(None);
+        };
+        let (Some(method), Some(target), Some(minor)) =
+            (parsed.method, parsed.path, parsed.version)
+        else {
+            return Err(HttpError::StartLine(first_line(buf)));
+        };
+        let head = RequestHead {
+            method: method.to_string(),
+            target: target.to_string(),
+            minor,
+            headers: Headers::from_parsed(parsed.headers),
+        };
+        Ok(Some((head, len)))
     }
 
-    /// Whether the peer asked to close the connection after this message.
-    pub fn wants_close(&self, minor: u8) -> bool {
-        let tokens = self.header_list("connection").unwrap_or_default();
-        let has = |t: &str| tokens.split(',').any(|v| v.trim().eq_ignore_ascii_case(t));
-        if minor == 0 {
+    /// How the body is delimited; without `Transfer-Encoding` or
+    /// `Content-Length` there is none.
+    pub fn framing(&self) -> Result<Framing, HttpError> {
+        Ok(self.headers.framing()?.unwrap_or(Framing::Length(0)))
+    }
+
+    /// Whether the client asked to close the connection after this exchange.
+    pub fn wants_close(&self) -> bool {
+        let has = |token: &str| self.headers.has_token("connection", token);
+        if self.minor == 0 {
             !has("keep-alive")
         } else {
             has("close")
@@ -202,12 +125,100 @@ impl Head {
     }
 }
 
-/// The minor version of `HTTP/1.x`.
-fn http_minor(version: &str) -> Option<u8> {
-    match version {
-        "HTTP/1.1" => Some(1),
-        "HTTP/1.0" => Some(0),
-        _ => None,
+/// What `httparse` made of `buf`: the head's length once complete, `None`
+/// while it is incomplete and within [`MAX_HEAD`].
+fn head_len(parsed: httparse::Result<usize>, buf: &[u8]) -> Result<Option<usize>, HttpError> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => Err(HttpError::HeadTooLarge),
+        Ok(httparse::Status::Complete(len)) => Ok(Some(len)),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => Err(HttpError::HeadTooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HttpError::TooManyHeaders),
+        Err(
+            e @ (httparse::Error::HeaderName
+            | httparse::Error::HeaderValue
+            | httparse::Error::NewLine),
+        ) => Err(HttpError::HeaderLine(e)),
+        Err(_) => Err(HttpError::StartLine(first_line(buf))),
+    }
+}
+
+/// The first non-empty line of `buf`, for an error message.
+fn first_line(buf: &[u8]) -> String {
+    let line = buf
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .find(|l| !l.is_empty())
+        .unwrap_or_default();
+    String::from_utf8_lossy(line).into_owned()
+}
+
+/// The header fields of a head, in order: names lowercased, values trimmed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    fn from_parsed(fields: &[httparse::Header<'_>]) -> Self {
+        Headers(
+            fields
+                .iter()
+                .map(|h| {
+                    let value = String::from_utf8_lossy(h.value);
+                    (h.name.to_ascii_lowercase(), value.trim().to_string())
+                })
+                .collect(),
+        )
+    }
+
+    /// The first value of header `name` (lowercase).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All values of header `name`, joined as a list would be.
+    fn list(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> = self
+            .0
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    }
+
+    /// Whether list header `name` has `token`, in any case.
+    fn has_token(&self, name: &str, token: &str) -> bool {
+        self.list(name)
+            .unwrap_or_default()
+            .split(',')
+            .any(|v| v.trim().eq_ignore_ascii_case(token))
+    }
+
+    /// The framing `Transfer-Encoding` or `Content-Length` set, if any.
+    fn framing(&self) -> Result<Option<Framing>, HttpError> {
+        if let Some(te) = self.list("transfer-encoding") {
+            let last = te.rsplit(',').next().unwrap_or_default().trim();
+            return if last.eq_ignore_ascii_case("chunked") {
+                Ok(Some(Framing::Chunked))
+            } else {
+                Err(HttpError::TransferEncoding(te))
+            };
+        }
+        let Some(cl) = self.list("content-length") else {
+            return Ok(None);
+        };
+        let mut values = cl.split(',').map(str::trim);
+        let first = values.next().unwrap_or_default();
+        let len: u64 = first
+            .parse()
+            .map_err(|_| HttpError::ContentLength(cl.clone()))?;
+        if values.any(|v| v != first) {
+            return Err(HttpError::ContentLength(cl));
+        }
+        Ok(Some(Framing::Length(len)))
     }
 }
 
@@ -220,17 +231,36 @@ pub enum Framing {
     Close,
 }
 
-/// What a feed of body bytes reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    /// All input consumed; the body goes on.
-    More,
-    /// The body ended after `consumed` bytes of this input; the rest belongs
-    /// to whatever follows on the connection.
-    Done { consumed: usize },
+/// The crate's chunked decoder in its lenient mode (a bare LF also ends a
+/// line), handing out body bytes without copying them.
+#[derive(Debug, Clone)]
+pub struct ChunkedDecoder(LenientChunkedDecoder);
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        ChunkedDecoder(LenientChunkedDecoder::lenient())
+    }
 }
 
-/// Incremental body decoder for any [`Framing`].
+impl ChunkedDecoder {
+    /// Whether the last chunk and the trailer section have been read.
+    pub fn is_done(&self) -> bool {
+        self.0.is_done()
+    }
+
+    /// Feeds wire bytes; `on_data` gets every piece of chunk data in order.
+    pub fn decode<'a>(
+        &mut self,
+        input: &'a [u8],
+        on_data: impl FnMut(&'a [u8]),
+    ) -> Result<Progress, HttpError> {
+        Ok(self.0.decode_with(input, on_data)?)
+    }
+}
+
+/// Incremental body decoder for any [`Framing`]. Its [`Progress`] is
+/// `done` once the body has ended; `consumed` is then where, and the rest
+/// of the input belongs to whatever follows on the connection.
 #[derive(Debug, Clone)]
 pub enum BodyDecoder {
     Chunked(ChunkedDecoder),
@@ -262,17 +292,19 @@ impl BodyDecoder {
                     on_data(body);
                 }
                 *remaining -= take as u64;
-                Ok(if *remaining == 0 {
-                    Progress::Done { consumed: take }
-                } else {
-                    Progress::More
+                Ok(Progress {
+                    consumed: take,
+                    done: *remaining == 0,
                 })
             }
             Self::Close => {
                 if !input.is_empty() {
                     on_data(input);
                 }
-                Ok(Progress::More)
+                Ok(Progress {
+                    consumed: input.len(),
+                    done: false,
+                })
             }
         }
     }
@@ -290,159 +322,6 @@ impl BodyDecoder {
     pub fn eof_is_clean(&self) -> bool {
         matches!(self, Self::Close) || self.is_done()
     }
-}
-
-/// Where the chunked decoder stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum Chunk {
-    /// Reading the hex size; `digits` so far.
-    #[default]
-    SizeStart,
-    Size {
-        value: u64,
-        digits: u8,
-    },
-    /// After the size: whitespace or `;extension`, up to the line end.
-    Extension {
-        value: u64,
-    },
-    /// A CR ended the size line; an LF must follow.
-    SizeLf {
-        value: u64,
-    },
-    Data {
-        remaining: u64,
-    },
-    /// Chunk data ended; CRLF must follow.
-    DataCr,
-    DataLf,
-    /// Start of a trailer line (or of the final blank line).
-    TrailerStart,
-    /// Inside a trailer field, skipped up to its LF.
-    TrailerLine,
-    /// A CR opened the final blank line.
-    FinalLf,
-    Done,
-}
-
-/// A pure incremental decoder of `Transfer-Encoding: chunked`: feed it bytes
-/// split anywhere; it yields the body bytes without copying them and says
-/// where the body ended. Chunk extensions and trailers are skipped.
-#[derive(Debug, Clone, Default)]
-pub struct ChunkedDecoder {
-    state: Chunk,
-}
-
-impl ChunkedDecoder {
-    /// Whether the last chunk and the trailer section have been read.
-    pub fn is_done(&self) -> bool {
-        self.state == Chunk::Done
-    }
-
-    /// Feeds wire bytes; `on_data` gets every piece of chunk data in order.
-    pub fn decode<'a>(
-        &mut self,
-        input: &'a [u8],
-        mut on_data: impl FnMut(&'a [u8]),
-    ) -> Result<Progress, HttpError> {
-        let mut at = 0;
-        while at < input.len() {
-            if self.state == Chunk::Done {
-                return Ok(Progress::Done { consumed: at });
-            }
-            if let Chunk::Data { remaining } = self.state {
-                let rest = &input[at..];
-                let take = usize::try_from(remaining).map_or(rest.len(), |r| r.min(rest.len()));
-                on_data(&rest[..take]);
-                at += take;
-                let remaining = remaining - take as u64;
-                self.state = if remaining == 0 {
-                    Chunk::DataCr
-                } else {
-                    Chunk::Data { remaining }
-                };
-                continue;
-            }
-            self.state = self.step(input[at])?;
-            at += 1;
-        }
-        Ok(if self.state == Chunk::Done {
-            Progress::Done { consumed: at }
-        } else {
-            Progress::More
-        })
-    }
-
-    /// Advances the framing states (everything but chunk data) by one byte.
-    fn step(&self, byte: u8) -> Result<Chunk, HttpError> {
-        Ok(match self.state {
-            Chunk::SizeStart => match hex_value(byte) {
-                Some(v) => Chunk::Size {
-                    value: u64::from(v),
-                    digits: 1,
-                },
-                None => return Err(HttpError::EmptyChunkSize),
-            },
-            Chunk::Size { value, digits } => match (hex_value(byte), byte) {
-                (Some(_), _) if digits == MAX_SIZE_DIGITS => return Err(HttpError::ChunkTooLarge),
-                (Some(v), _) => Chunk::Size {
-                    value: value << 4 | u64::from(v),
-                    digits: digits + 1,
-                },
-                (None, b'\r') => Chunk::SizeLf { value },
-                (None, b'\n') => Self::after_size_line(value),
-                (None, b';' | b' ' | b'\t') => Chunk::Extension { value },
-                (None, other) => return Err(HttpError::ChunkSize(other)),
-            },
-            Chunk::Extension { value } => match byte {
-                b'\r' => Chunk::SizeLf { value },
-                b'\n' => Self::after_size_line(value),
-                _ => Chunk::Extension { value },
-            },
-            Chunk::SizeLf { value } => match byte {
-                b'\n' => Self::after_size_line(value),
-                other => return Err(HttpError::BareCr(other)),
-            },
-            Chunk::DataCr => match byte {
-                b'\r' => Chunk::DataLf,
-                b'\n' => Chunk::SizeStart,
-                other => return Err(HttpError::ChunkEnd(other)),
-            },
-            Chunk::DataLf => match byte {
-                b'\n' => Chunk::SizeStart,
-                other => return Err(HttpError::BareCr(other)),
-            },
-            Chunk::TrailerStart => match byte {
-                b'\r' => Chunk::FinalLf,
-                b'\n' => Chunk::Done,
-                _ => Chunk::TrailerLine,
-            },
-            Chunk::TrailerLine => match byte {
-                b'\n' => Chunk::TrailerStart,
-                _ => Chunk::TrailerLine,
-            },
-            Chunk::FinalLf => match byte {
-                b'\n' => Chunk::Done,
-                other => return Err(HttpError::BareCr(other)),
-            },
-            // Handled by the caller before stepping.
-            state @ (Chunk::Data { .. } | Chunk::Done) => state,
-        })
-    }
-
-    fn after_size_line(size: u64) -> Chunk {
-        if size == 0 {
-            Chunk::TrailerStart
-        } else {
-            Chunk::Data { remaining: size }
-        }
-    }
-}
-
-fn hex_value(byte: u8) -> Option<u8> {
-    char::from(byte)
-        .to_digit(16)
-        .and_then(|d| u8::try_from(d).ok())
 }
 
 /// A request head: `METHOD target HTTP/1.1`, `Host`, `Accept:
@@ -479,15 +358,14 @@ pub fn request_head(
 mod tests {
     use super::*;
     use crate::chunked::{encode_chunk, LAST_CHUNK};
-    use proptest::prelude::*;
 
-    /// Decodes `input` fed in the pieces given by `cuts`; returns body, where
+    /// Decodes `input` fed in pieces cut at `cuts`; returns the body, where
     /// the body ended within the whole input (if it did), and any error.
     fn decode_in_pieces(
         input: &[u8],
         cuts: &[usize],
     ) -> (Vec<u8>, Option<usize>, Option<HttpError>) {
-        let mut decoder = ChunkedDecoder::default();
+        let mut decoder = BodyDecoder::new(Framing::Chunked);
         let mut body = Vec::new();
         let mut offset = 0;
         let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
@@ -496,8 +374,8 @@ mod tests {
         for end in bounds {
             let piece = &input[offset..end];
             match decoder.decode(piece, |d| body.extend_from_slice(d)) {
-                Ok(Progress::More) => offset = end,
-                Ok(Progress::Done { consumed }) => return (body, Some(offset + consumed), None),
+                Ok(p) if p.done => return (body, Some(offset + p.consumed), None),
+                Ok(_) => offset = end,
                 Err(e) => return (body, None, Some(e)),
             }
         }
@@ -510,15 +388,31 @@ mod tests {
         wire
     }
 
+    fn response(text: &[u8]) -> ResponseHead {
+        match ResponseHead::parse(text) {
+            Ok(Some((head, len))) if len == text.len() => head,
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(text)),
+        }
+    }
+
+    fn request(text: &[u8]) -> RequestHead {
+        match RequestHead::parse(text) {
+            Ok(Some((head, len))) if len == text.len() => head,
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(text)),
+        }
+    }
+
     #[test]
     fn decodes_whole_body_and_stops_at_its_end() {
         let mut wire = chunked_of(&[b"hello ", b"world"]);
         let end = wire.len();
         wire.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-        let (body, done, err) = decode_in_pieces(&wire, &[]);
-        assert_eq!(body, b"hello world");
-        assert_eq!(done, Some(end));
-        assert_eq!(err, None);
+        for cuts in [&[][..], &[1, 7, 13], &[end - 1, end]] {
+            let (body, done, err) = decode_in_pieces(&wire, cuts);
+            assert_eq!(body, b"hello world");
+            assert_eq!(done, Some(end));
+            assert_eq!(err, None);
+        }
     }
 
     #[test]
@@ -534,17 +428,22 @@ mod tests {
 
     #[test]
     fn rejects_bad_framing() {
-        let cases: [(&[u8], HttpError); 6] = [
-            (b"zz\r\n", HttpError::EmptyChunkSize),
-            (b"\r\n", HttpError::EmptyChunkSize),
-            (b"5x\r\n", HttpError::ChunkSize(b'x')),
-            (b"3\r\nabcX", HttpError::ChunkEnd(b'X')),
-            (b"3\rX", HttpError::BareCr(b'X')),
-            (b"1000000000000000\r\n", HttpError::ChunkTooLarge),
+        let cases: [(&[u8], ChunkError); 6] = [
+            (b"zz\r\n", ChunkError::BadSize),
+            (b"\r\n", ChunkError::BadSize),
+            (b"5x\r\n", ChunkError::BadSize),
+            (b"3\r\nabcX", ChunkError::MissingCrlf),
+            (b"3\rX", ChunkError::BadLineEnd),
+            (b"11111111111111111\r\n", ChunkError::SizeOverflow),
         ];
         for (wire, want) in cases {
             let (_, _, err) = decode_in_pieces(wire, &[]);
-            assert_eq!(err, Some(want), "{:?}", String::from_utf8_lossy(wire));
+            assert_eq!(
+                err,
+                Some(HttpError::Chunked(want)),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
         }
     }
 
@@ -561,90 +460,116 @@ mod tests {
     fn length_and_close_framing() {
         let mut length = BodyDecoder::new(Framing::Length(5));
         let mut body = Vec::new();
+        let more = length.decode(b"abc", |d| body.extend_from_slice(d));
         assert_eq!(
-            length.decode(b"abc", |d| body.extend_from_slice(d)),
-            Ok(Progress::More)
+            more,
+            Ok(Progress {
+                consumed: 3,
+                done: false
+            })
         );
         assert!(!length.eof_is_clean());
+        let done = length.decode(b"defgh", |d| body.extend_from_slice(d));
         assert_eq!(
-            length.decode(b"defgh", |d| body.extend_from_slice(d)),
-            Ok(Progress::Done { consumed: 2 })
+            done,
+            Ok(Progress {
+                consumed: 2,
+                done: true
+            })
         );
         assert_eq!(body, b"abcde");
         assert!(length.eof_is_clean());
         let mut close = BodyDecoder::new(Framing::Close);
-        assert_eq!(close.decode(b"xyz", |_| {}), Ok(Progress::More));
+        assert!(!close.decode(b"xyz", |_| {}).unwrap().done);
         assert!(close.eof_is_clean());
         assert!(BodyDecoder::new(Framing::Length(0)).is_done());
     }
 
-    proptest! {
-        #[test]
-        fn any_split_gives_the_same_body(
-            parts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..300), 0..8),
-            cuts in proptest::collection::vec(any::<usize>(), 0..12),
-        ) {
-            let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-            let wire = chunked_of(&refs);
-            let (body, done, err) = decode_in_pieces(&wire, &cuts);
-            prop_assert_eq!(body, parts.concat());
-            prop_assert_eq!(done, Some(wire.len()));
-            prop_assert_eq!(err, None);
-        }
-
-        #[test]
-        fn never_panics_on_garbage(
-            wire in proptest::collection::vec(any::<u8>(), 0..200),
-            cuts in proptest::collection::vec(any::<usize>(), 0..6),
-        ) {
-            let _ = decode_in_pieces(&wire, &cuts);
-        }
-    }
-
     #[test]
-    fn head_end_finds_the_blank_line() {
-        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody"), Some(25));
-        assert_eq!(head_end(b"HTTP/1.1 200 OK\nA: b\n\nbody"), Some(22));
-        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n"), None);
+    fn response_heads_are_complete_at_their_blank_line() {
+        let wire = b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody";
+        assert_eq!(
+            ResponseHead::parse(wire).unwrap().map(|(_, len)| len),
+            Some(25)
+        );
+        let lf = b"HTTP/1.1 200 OK\nA: b\n\nbody";
+        assert_eq!(
+            ResponseHead::parse(lf).unwrap().map(|(_, len)| len),
+            Some(22)
+        );
+        assert_eq!(
+            ResponseHead::parse(b"HTTP/1.1 200 OK\r\nA: b\r\n"),
+            Ok(None)
+        );
+        let big = [b"HTTP/1.1 200 OK\r\nA: ".as_slice(), &[b'x'; MAX_HEAD]].concat();
+        assert_eq!(ResponseHead::parse(&big), Err(HttpError::HeadTooLarge));
+        let many = format!(
+            "HTTP/1.1 200 OK\r\n{}\r\n",
+            "A: b\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert_eq!(
+            ResponseHead::parse(many.as_bytes()),
+            Err(HttpError::TooManyHeaders)
+        );
     }
 
     #[test]
     fn parses_response_heads() {
-        let head =
-            Head::parse(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
-                .unwrap();
-        assert_eq!(head.status(), Ok((200, 1)));
-        assert_eq!(head.header("content-type"), Some("text/event-stream"));
-        assert_eq!(head.framing(true), Ok(Framing::Chunked));
-        let plain = Head::parse(b"HTTP/1.0 404 Not Found\r\n\r\n").unwrap();
-        assert_eq!(plain.status(), Ok((404, 0)));
-        assert_eq!(plain.framing(true), Ok(Framing::Close));
-        assert!(plain.wants_close(0));
-        let sized = Head::parse(b"HTTP/1.1 200\r\ncontent-length: 7, 7\r\n\r\n").unwrap();
-        assert_eq!(sized.framing(true), Ok(Framing::Length(7)));
-        for bad in [
-            &b"HTP/1.1 200 OK\r\n\r\n"[..],
-            b"HTTP/1.1 2000\r\n\r\n",
-            b"\r\n\r\n",
-        ] {
-            assert!(Head::parse(bad).unwrap().status().is_err());
+        let head = response(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        );
+        assert_eq!((head.status, head.minor), (200, 1));
+        assert_eq!(head.headers.get("content-type"), Some("text/event-stream"));
+        assert_eq!(head.framing(), Ok(Framing::Chunked));
+        let plain = response(b"HTTP/1.0 404 Not Found\r\n\r\n");
+        assert_eq!((plain.status, plain.minor), (404, 0));
+        assert_eq!(plain.framing(), Ok(Framing::Close));
+        let sized = response(b"HTTP/1.1 200\r\ncontent-length: 7, 7\r\n\r\n");
+        assert_eq!(sized.framing(), Ok(Framing::Length(7)));
+        for bad in [&b"HTP/1.1 200 OK\r\n\r\n"[..], b"HTTP/1.1 2000\r\n\r\n"] {
+            assert!(
+                matches!(ResponseHead::parse(bad), Err(HttpError::StartLine(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
-        assert!(Head::parse(b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n").is_err());
+        assert_eq!(
+            ResponseHead::parse(b"HTTP/1.1 2000\r\n\r\n")
+                .unwrap_err()
+                .to_string(),
+            "malformed start line \"HTTP/1.1 2000\""
+        );
+        assert!(matches!(
+            ResponseHead::parse(b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n"),
+            Err(HttpError::HeaderLine(_))
+        ));
         let conflicting =
-            Head::parse(b"HTTP/1.1 200\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n").unwrap();
-        assert!(conflicting.framing(true).is_err());
+            response(b"HTTP/1.1 200\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n");
+        assert!(conflicting.framing().is_err());
+        let unknown = response(b"HTTP/1.1 200\r\ntransfer-encoding: gzip\r\n\r\n");
+        assert!(unknown.framing().is_err());
     }
 
     #[test]
     fn parses_request_heads() {
-        let head = Head::parse(b"POST /x?count=3 HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
-        assert_eq!(head.request_line(), Ok(("POST", "/x?count=3", 1)));
-        assert!(head.wants_close(1));
-        assert_eq!(head.framing(false), Ok(Framing::Length(0)));
-        assert!(Head::parse(b"GET /\r\n\r\n")
-            .unwrap()
-            .request_line()
-            .is_err());
+        let head = request(b"POST /x?count=3 HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert_eq!(
+            (head.method.as_str(), head.target.as_str(), head.minor),
+            ("POST", "/x?count=3", 1)
+        );
+        assert!(head.wants_close());
+        assert_eq!(head.framing(), Ok(Framing::Length(0)));
+        let old = request(b"GET / HTTP/1.0\r\nLast-Event-ID: 41\r\n\r\n");
+        assert!(old.wants_close());
+        assert_eq!(old.headers.get("last-event-id"), Some("41"));
+        assert!(!request(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").wants_close());
+        let chunked = request(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(chunked.framing(), Ok(Framing::Chunked));
+        assert!(!chunked.wants_close());
+        assert!(matches!(
+            RequestHead::parse(b"GET /\r\n\r\n"),
+            Err(HttpError::StartLine(_))
+        ));
     }
 
     #[test]

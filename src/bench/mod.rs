@@ -15,17 +15,19 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | `plan` | flags → validated [`plan::Plan`]: URL, headers, durations |
+//! | `args` | the flags and their help, embedded by `crate::cli` as `ssegate bench` |
+//! | `plan` | flags → validated [`plan::Plan`]: URL, method, body, headers |
 //! | `client` | the run: ramp, deadline, progress line, settling each stream |
 //! | `client_h1` | one stream on its own HTTP/1.1 connection (TLS for https) |
 //! | `client_h2` | streams multiplexed on HTTP/2 connections (h2c or TLS + ALPN) |
-//! | `http1` | hand-written HTTP/1.1 heads and the incremental chunked decoder |
+//! | `http1` | HTTP/1.1 heads (parsed by httparse), body framing over [`crate::chunked`] |
 //! | `stats` | per-stream meter, sharded counters, HDR histograms, percentiles |
 //! | `report` | the table, the progress line and the `--json` object |
 //! | `tls` | rustls client configs, `--insecure` |
 //! | `sys` | open-files limit, CPU seconds, peak RSS |
 //! | `upstream` | the benchmark origin |
 
+mod args;
 mod client;
 mod client_h1;
 mod client_h2;
@@ -39,9 +41,7 @@ pub mod upstream;
 
 use std::process::ExitCode;
 
-use crate::cli::{BenchArgs, BenchCommand};
-
-pub use plan::parse_duration;
+pub use args::{BenchArgs, BenchClientArgs, BenchCommand, BenchUpstreamArgs};
 
 /// Exit code for unusable flags (EX_USAGE), as for configuration errors.
 const EXIT_USAGE: u8 = 64;

@@ -1,53 +1,14 @@
 //! From `ssegate bench` flags to a validated [`Plan`]: the URL split into
-//! what connecting needs, method, body and headers checked, durations parsed.
-//! Everything here works on strings, so it is tested without sockets.
+//! what connecting needs, method, body and headers checked, the durations
+//! (parsed by clap, see `args`) checked against each other. Everything here
+//! works on strings, so it is tested without sockets.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Uri};
 
-use crate::cli::BenchClientArgs;
-
-/// Parses `500ms`, `5s`, `2m`, `1h`, compounds such as `1m30s`, and `0`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    const UNITS: [(&str, u64); 4] = [("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)];
-    let help = || format!("invalid duration {text:?}: write e.g. 500ms, 5s, 2m, 1h or 1m30s");
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if text.is_empty() {
-        return Err(help());
-    }
-    let mut rest = text;
-    let mut total_ms: u64 = 0;
-    let mut previous: Option<usize> = None;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let letters = rest[digits..]
-            .bytes()
-            .take_while(u8::is_ascii_alphabetic)
-            .count();
-        let (number, unit) = (&rest[..digits], &rest[digits..digits + letters]);
-        let Some(index) = UNITS.iter().position(|(name, _)| *name == unit) else {
-            return Err(help());
-        };
-        // Largest unit first, each once: "1m1m" and "30s1m" are typos.
-        if number.is_empty() || previous.is_some_and(|p| index <= p) {
-            return Err(help());
-        }
-        previous = Some(index);
-        let ms = number
-            .parse::<u64>()
-            .ok()
-            .and_then(|n| n.checked_mul(UNITS[index].1))
-            .and_then(|ms| total_ms.checked_add(ms))
-            .ok_or_else(|| format!("duration {text:?} is too large"))?;
-        total_ms = ms;
-        rest = &rest[digits + letters..];
-    }
-    Ok(Duration::from_millis(total_ms))
-}
+use super::args::BenchClientArgs;
 
 /// Where and how to connect, from the URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,27 +204,7 @@ fn read_body(data: &str) -> Result<Bytes, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        let ok = |t: &str| parse_duration(t).unwrap();
-        assert_eq!(ok("500ms"), Duration::from_millis(500));
-        assert_eq!(ok("5s"), Duration::from_secs(5));
-        assert_eq!(ok("2m"), Duration::from_secs(120));
-        assert_eq!(ok("1h"), Duration::from_secs(3600));
-        assert_eq!(ok("1m30s"), Duration::from_secs(90));
-        assert_eq!(ok("1s500ms"), Duration::from_millis(1500));
-        assert_eq!(ok("0"), Duration::ZERO);
-        assert_eq!(ok("0s"), Duration::ZERO);
-        for bad in [
-            "", "5", "s", "5x", "1.5s", "-1s", "1m1m", "30s1m", "5 s", "ms5",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
-        }
-        assert!(parse_duration("99999999999999999999h")
-            .unwrap_err()
-            .contains("too large"));
-    }
+    use crate::bench::BenchArgs;
 
     #[test]
     fn targets() {
@@ -301,9 +242,7 @@ mod tests {
     }
 
     fn args(extra: &[&str]) -> Result<Plan, String> {
-        use clap::Parser;
         let mut argv = vec![
-            "ssegate",
             "bench",
             "--url",
             "http://h/",
@@ -313,11 +252,7 @@ mod tests {
             "10s",
         ];
         argv.extend_from_slice(extra);
-        let cli = crate::cli::Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-        match cli.command {
-            crate::cli::Command::Bench(b) => Plan::from_args(&b.client),
-            _ => Err("not bench".into()),
-        }
+        Plan::from_args(&BenchArgs::try_parse_from(&argv)?.client)
     }
 
     #[test]

@@ -362,9 +362,7 @@ mod tests {
     use crate::bench::stats::Stats;
 
     fn plan() -> Plan {
-        use clap::Parser;
-        let cli = crate::cli::Cli::try_parse_from([
-            "ssegate",
+        let args = crate::bench::BenchArgs::try_parse_from(&[
             "bench",
             "--url",
             "http://h/",
@@ -374,10 +372,7 @@ mod tests {
             "1s",
         ])
         .unwrap();
-        match cli.command {
-            crate::cli::Command::Bench(b) => Plan::from_args(&b.client).unwrap(),
-            _ => unreachable!(),
-        }
+        Plan::from_args(&args.client).unwrap()
     }
 
     #[test]

@@ -34,11 +34,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::broadcast;
 
-use super::http1::{self, BodyDecoder, Framing, Head, Progress};
+use super::args::BenchUpstreamArgs;
+use super::http1::{self, BodyDecoder, Framing, HttpError, RequestHead};
 use super::stats::unix_micros;
 use super::{sys, EXIT_USAGE};
 use crate::chunked::{encode_chunk, LAST_CHUNK};
-use crate::cli::BenchUpstreamArgs;
 
 /// Events kept for `Last-Event-ID`, and how far a subscriber may lag.
 pub const KEEP: usize = 4096;
@@ -501,7 +501,7 @@ async fn serve_h1(hub: Arc<Hub>, mut tcp: TcpStream, mut buf: BytesMut) {
 async fn read_request_head(
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
-) -> Result<Option<Head>, String> {
+) -> Result<Option<RequestHead>, String> {
     loop {
         // Blank lines before a request line are allowed (RFC 9112 §2.2).
         let blank = buf
@@ -509,13 +509,14 @@ async fn read_request_head(
             .take_while(|b| matches!(b, b'\r' | b'\n'))
             .count();
         buf.advance(blank);
-        if let Some(end) = http1::head_end(buf) {
-            let head = Head::parse(&buf[..end]).map_err(|e| e.to_string())?;
-            buf.advance(end);
-            return Ok(Some(head));
-        }
-        if buf.len() > http1::MAX_HEAD {
-            return Err("request head too large".into());
+        match RequestHead::parse(buf) {
+            Ok(Some((head, len))) => {
+                buf.advance(len);
+                return Ok(Some(head));
+            }
+            Ok(None) => {}
+            Err(HttpError::HeadTooLarge) => return Err("request head too large".into()),
+            Err(e) => return Err(e.to_string()),
         }
         match tcp.read_buf(buf).await {
             Ok(0) | Err(_) => return Ok(None),
@@ -539,24 +540,21 @@ async fn serve_h1_request(
     hub: &Hub,
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
-    head: &Head,
+    head: &RequestHead,
 ) -> io::Result<bool> {
-    let parsed = head
-        .request_line()
-        .map(|(method, target, minor)| {
-            (
-                Request::new(method, target, head.header("last-event-id")),
-                minor,
-            )
-        })
-        .and_then(|request| head.framing(false).map(|framing| (request, framing)));
-    let ((request, minor), framing) = match parsed {
-        Ok(parts) => parts,
+    let framing = match head.framing() {
+        Ok(framing) => framing,
         Err(e) => {
             write_bad_request(tcp, &e.to_string()).await?;
             return Ok(false);
         }
     };
+    let request = Request::new(
+        &head.method,
+        &head.target,
+        head.headers.get("last-event-id"),
+    );
+    let minor = head.minor;
     let body_bytes = read_request_body(tcp, buf, framing).await?;
     log::debug!("{:?} with a body of {body_bytes} bytes", request.kind);
     let chunked = minor == 1;
@@ -569,7 +567,7 @@ async fn serve_h1_request(
         }
         Kind::Tokens => tokens_h1(tcp, request.tokens(), chunked).await?,
     };
-    Ok(reusable && chunked && !head.wants_close(minor))
+    Ok(reusable && chunked && !head.wants_close())
 }
 
 fn sse_head(chunked: bool) -> &'static [u8] {
@@ -593,13 +591,11 @@ async fn read_request_body(
             let progress = decoder
                 .decode(&buf[..], |piece| total += piece.len() as u64)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            match progress {
-                Progress::Done { consumed } => {
-                    buf.advance(consumed);
-                    return Ok(total);
-                }
-                Progress::More => buf.clear(),
+            if progress.done {
+                buf.advance(progress.consumed);
+                return Ok(total);
             }
+            buf.clear();
         }
         if tcp.read_buf(buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
