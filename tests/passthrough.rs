@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use common::{
     basic_config, find, within, H1Client, Proxy, ProxyConfig, SeenRequest, UpConn, Upstream,
 };
+use rand::RngCore;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -22,17 +23,10 @@ const TEN_MB: usize = 10 * 1024 * 1024;
 // ---------------------------------------------------------------------------
 // Helpers
 
-/// `len` bytes of a deterministic pseudo-random pattern (xorshift64*).
+/// `len` bytes of a deterministic pseudo-random pattern drawn from `seed`.
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
+    let mut out = vec![0u8; len];
+    common::seeded_rng(seed).fill_bytes(&mut out);
     out
 }
 

@@ -6,6 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use rand::rngs::StdRng;
+use rand::Rng;
 
 const SSE: &str = "text/event-stream";
 
@@ -224,39 +226,25 @@ async fn no_heartbeat_while_upstream_pauses_mid_event() {
     drop(a_up);
 }
 
-/// A tiny deterministic PRNG so failures reproduce from the printed seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Random SSE-ish bytes: fields, comments, blank lines, all three line ends,
 /// a BOM at the start sometimes, and raw non-UTF-8 bytes.
-fn random_sse(rng: &mut Rng) -> Vec<u8> {
+fn random_sse(rng: &mut StdRng) -> Vec<u8> {
     let mut out = Vec::new();
-    if rng.below(4) == 0 {
+    if rng.gen_range(0..4) == 0 {
         out.extend_from_slice(b"\xEF\xBB\xBF");
     }
-    let lines = 4 + rng.below(20);
+    let lines = 4 + rng.gen_range(0..20);
     for _ in 0..lines {
-        match rng.below(8) {
+        match rng.gen_range(0..8) {
             0 => out.extend_from_slice(b""),
             1 => out.extend_from_slice(b": a comment"),
-            2 => out.extend_from_slice(format!("id: {}", rng.below(1000)).as_bytes()),
+            2 => out.extend_from_slice(format!("id: {}", rng.gen_range(0..1000)).as_bytes()),
             3 => out.extend_from_slice(b"event: tick"),
             4 => out.extend_from_slice(b"retry: 1500"),
             5 => out.extend_from_slice(b"data:\xFF\xFE raw"),
-            _ => out.extend_from_slice(format!("data: {}", rng.below(1 << 20)).as_bytes()),
+            _ => out.extend_from_slice(format!("data: {}", rng.gen_range(0..1 << 20)).as_bytes()),
         }
-        let eol: &[u8] = match rng.below(3) {
+        let eol: &[u8] = match rng.gen_range(0..3) {
             0 => b"\n",
             1 => b"\r\n",
             _ => b"\r",
@@ -277,7 +265,7 @@ async fn random_streams_and_chunkings_keep_upstream_bytes_exactly() {
     .await;
     let mut total_heartbeats = 0;
     for seed in 1..=12u64 {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x1234_5678_9ABC_DEF1));
+        let mut rng = seeded_rng(seed);
         let input = random_sse(&mut rng);
         let mut client = H1Client::connect(proxy.addr).await;
         client.get("/r", &[]).await;
@@ -298,12 +286,12 @@ async fn random_streams_and_chunkings_keep_upstream_bytes_exactly() {
             // Half the cuts land on a boundary, half anywhere (mid-line, between CR and LF…).
             let next_boundary = boundaries.iter().copied().find(|&b| b > pos);
             let end = match next_boundary {
-                Some(b) if rng.below(2) == 0 => b,
-                _ => (pos + 1 + rng.below(40) as usize).min(input.len()),
+                Some(b) if rng.gen_range(0..2) == 0 => b,
+                _ => (pos + 1 + rng.gen_range(0..40usize)).min(input.len()),
             };
             conn.chunk(&input[pos..end]).await;
             pos = end;
-            if rng.below(2) == 0 {
+            if rng.gen_range(0..2) == 0 {
                 // Longer than two heartbeat intervals: a heartbeat is due if,
                 // and only if, the stream is at a boundary.
                 tokio::time::sleep(Duration::from_millis(90)).await;

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -26,6 +28,13 @@ pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T
         Ok(v) => v,
         Err(_) => panic!("timed out waiting for {what}"),
     }
+}
+
+/// The suite's one pseudo-random generator: `rand`'s `StdRng` from a fixed
+/// seed, so a test draws the same values on every run and a failure
+/// reproduces from the seed it prints.
+pub fn seeded_rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
 }
 
 /// A folder for one test's files, removed on drop.
