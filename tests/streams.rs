@@ -166,16 +166,54 @@ last-modified: Sat, 21 Nov 2026 00:00:00 GMT\r\nx-app: kept\r\n\r\n",
     assert_eq!(got, b"data: first\n\n");
 }
 
+/// Slack for the clocks of two processes and timer rounding when a lower
+/// bound on elapsed time is checked.
+const CLOCK_TOLERANCE: Duration = Duration::from_millis(5);
+
+/// Writes `bytes` as a chunk from the upstream side and returns the moment
+/// just before: the proxy cannot have received them earlier, so any timer it
+/// starts on them runs from this moment or later.
+async fn chunk_at(conn: &mut UpConn, bytes: &[u8]) -> Instant {
+    let at = Instant::now();
+    conn.chunk(bytes).await;
+    at
+}
+
+/// Heartbeats come after `heartbeat` of upstream silence, never sooner, and
+/// keep coming while the upstream stays silent.
+///
+/// The bounds are lower bounds on the moment the client sees a heartbeat,
+/// which load can only delay: the k-th heartbeat after an upstream write
+/// cannot be sent before k intervals have passed since that write, so it is
+/// seen no earlier than that. (The gap between two heartbeats as seen by the
+/// client is no bound: a late read of the first shortens it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_upstream_gets_heartbeat_comments() {
+    const INTERVAL: Duration = Duration::from_millis(250);
     let mut up = Upstream::start().await;
-    let proxy = proxy_for(&up, "").await;
+    let proxy = proxy_for(&up, "heartbeat = \"250ms\"").await;
     let (mut client, mut conn) = open_stream(&proxy, &mut up, "/idle").await;
-    for _ in 0..3 {
+    let written = chunk_at(&mut conn, b"data: first\n\n").await;
+    // Heartbeats before the first upstream byte (load may delay the write)
+    // are whole ones; then the event.
+    let mut got = Vec::new();
+    client.read_until(&mut got, b"data: first\n\n").await;
+    assert_eq!(
+        got.len(),
+        count(&got, b":\n\n") * 3 + b"data: first\n\n".len(),
+        "only whole heartbeats before the event: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    for k in 1..=4u32 {
         assert_eq!(client.next_chunk().await.as_deref(), Some(&b":\n\n"[..]));
+        let seen = written.elapsed();
+        assert!(
+            seen + CLOCK_TOLERANCE >= INTERVAL * k,
+            "heartbeat {k} seen {seen:?} after the last upstream byte: more than one per {INTERVAL:?}"
+        );
     }
-    // Upstream bytes still pass between heartbeats.
-    conn.chunk(b"data: after\n\n").await;
+    // Upstream bytes still pass between heartbeats, and restart the silence.
+    let written = chunk_at(&mut conn, b"data: after\n\n").await;
     let mut got = Vec::new();
     client.read_until(&mut got, b"data: after\n\n").await;
     assert!(got.ends_with(b"data: after\n\n"));
@@ -184,6 +222,12 @@ async fn idle_upstream_gets_heartbeat_comments() {
         count(&got, b":\n\n") * 3 + b"data: after\n\n".len(),
         "only whole heartbeats before the event: {:?}",
         String::from_utf8_lossy(&got)
+    );
+    assert_eq!(client.next_chunk().await.as_deref(), Some(&b":\n\n"[..]));
+    let seen = written.elapsed();
+    assert!(
+        seen + CLOCK_TOLERANCE >= INTERVAL,
+        "heartbeat seen {seen:?} after an upstream event, before {INTERVAL:?} of silence"
     );
 }
 
@@ -347,18 +391,37 @@ async fn stream_outlives_the_ordinary_read_timeout() {
     client.read_until(&mut got, b"data: still here\n\n").await;
 }
 
+/// After `idle_timeout` of upstream silence, not before, the stream ends
+/// cleanly; on a loaded machine it may take longer, within a bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_ends_a_silent_stream_cleanly() {
+    const IDLE: Duration = Duration::from_millis(300);
+    const SLACK: Duration = Duration::from_secs(5);
     let mut up = Upstream::start().await;
     let proxy = proxy_for(&up, "heartbeat = \"off\"\nidle_timeout = \"300ms\"").await;
     let (mut client, mut conn) = open_stream(&proxy, &mut up, "/s").await;
-    conn.chunk(b"data: one\n\n").await;
+    let written = chunk_at(&mut conn, b"data: one\n\n").await;
     assert_eq!(
         client.next_chunk().await.as_deref(),
         Some(&b"data: one\n\n"[..])
     );
     // Then silence: the terminating chunk comes, and the upstream is closed.
-    assert_eq!(client.next_chunk().await, None);
+    let end = tokio::time::timeout(
+        (IDLE + SLACK).saturating_sub(written.elapsed()),
+        client.next_chunk(),
+    )
+    .await;
+    let ended_after = written.elapsed();
+    assert_eq!(
+        end,
+        Ok(None),
+        "no clean end within {:?} of the last upstream byte",
+        IDLE + SLACK
+    );
+    assert!(
+        ended_after + CLOCK_TOLERANCE >= IDLE,
+        "ended {ended_after:?} after the last upstream byte, before idle_timeout ({IDLE:?})"
+    );
     within("upstream close", conn.closed()).await;
 }
 
