@@ -298,15 +298,24 @@ impl Proxy {
 
     /// Waits for the process to exit (after a signal) and returns its status.
     pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
-        within("proxy exit", async {
+        self.wait_exit_within(WAIT).await
+    }
+
+    /// Like `wait_exit`, failing after `limit` rather than `WAIT` (for a
+    /// grace period that takes a good part of `WAIT` by itself).
+    pub async fn wait_exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let exited = async {
             loop {
                 if let Some(s) = self.child.try_wait().unwrap() {
                     return s;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        })
-        .await
+        };
+        match tokio::time::timeout(limit, exited).await {
+            Ok(s) => s,
+            Err(_) => panic!("timed out waiting for proxy exit"),
+        }
     }
 }
 
