@@ -6,6 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use rand::rngs::StdRng;
+use rand::Rng;
 
 const SSE: &str = "text/event-stream";
 
@@ -164,16 +166,54 @@ last-modified: Sat, 21 Nov 2026 00:00:00 GMT\r\nx-app: kept\r\n\r\n",
     assert_eq!(got, b"data: first\n\n");
 }
 
+/// Slack for the clocks of two processes and timer rounding when a lower
+/// bound on elapsed time is checked.
+const CLOCK_TOLERANCE: Duration = Duration::from_millis(5);
+
+/// Writes `bytes` as a chunk from the upstream side and returns the moment
+/// just before: the proxy cannot have received them earlier, so any timer it
+/// starts on them runs from this moment or later.
+async fn chunk_at(conn: &mut UpConn, bytes: &[u8]) -> Instant {
+    let at = Instant::now();
+    conn.chunk(bytes).await;
+    at
+}
+
+/// Heartbeats come after `heartbeat` of upstream silence, never sooner, and
+/// keep coming while the upstream stays silent.
+///
+/// The bounds are lower bounds on the moment the client sees a heartbeat,
+/// which load can only delay: the k-th heartbeat after an upstream write
+/// cannot be sent before k intervals have passed since that write, so it is
+/// seen no earlier than that. (The gap between two heartbeats as seen by the
+/// client is no bound: a late read of the first shortens it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_upstream_gets_heartbeat_comments() {
+    const INTERVAL: Duration = Duration::from_millis(250);
     let mut up = Upstream::start().await;
-    let proxy = proxy_for(&up, "").await;
+    let proxy = proxy_for(&up, "heartbeat = \"250ms\"").await;
     let (mut client, mut conn) = open_stream(&proxy, &mut up, "/idle").await;
-    for _ in 0..3 {
+    let written = chunk_at(&mut conn, b"data: first\n\n").await;
+    // Heartbeats before the first upstream byte (load may delay the write)
+    // are whole ones; then the event.
+    let mut got = Vec::new();
+    client.read_until(&mut got, b"data: first\n\n").await;
+    assert_eq!(
+        got.len(),
+        count(&got, b":\n\n") * 3 + b"data: first\n\n".len(),
+        "only whole heartbeats before the event: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    for k in 1..=4u32 {
         assert_eq!(client.next_chunk().await.as_deref(), Some(&b":\n\n"[..]));
+        let seen = written.elapsed();
+        assert!(
+            seen + CLOCK_TOLERANCE >= INTERVAL * k,
+            "heartbeat {k} seen {seen:?} after the last upstream byte: more than one per {INTERVAL:?}"
+        );
     }
-    // Upstream bytes still pass between heartbeats.
-    conn.chunk(b"data: after\n\n").await;
+    // Upstream bytes still pass between heartbeats, and restart the silence.
+    let written = chunk_at(&mut conn, b"data: after\n\n").await;
     let mut got = Vec::new();
     client.read_until(&mut got, b"data: after\n\n").await;
     assert!(got.ends_with(b"data: after\n\n"));
@@ -182,6 +222,12 @@ async fn idle_upstream_gets_heartbeat_comments() {
         count(&got, b":\n\n") * 3 + b"data: after\n\n".len(),
         "only whole heartbeats before the event: {:?}",
         String::from_utf8_lossy(&got)
+    );
+    assert_eq!(client.next_chunk().await.as_deref(), Some(&b":\n\n"[..]));
+    let seen = written.elapsed();
+    assert!(
+        seen + CLOCK_TOLERANCE >= INTERVAL,
+        "heartbeat seen {seen:?} after an upstream event, before {INTERVAL:?} of silence"
     );
 }
 
@@ -224,39 +270,25 @@ async fn no_heartbeat_while_upstream_pauses_mid_event() {
     drop(a_up);
 }
 
-/// A tiny deterministic PRNG so failures reproduce from the printed seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Random SSE-ish bytes: fields, comments, blank lines, all three line ends,
 /// a BOM at the start sometimes, and raw non-UTF-8 bytes.
-fn random_sse(rng: &mut Rng) -> Vec<u8> {
+fn random_sse(rng: &mut StdRng) -> Vec<u8> {
     let mut out = Vec::new();
-    if rng.below(4) == 0 {
+    if rng.gen_range(0..4) == 0 {
         out.extend_from_slice(b"\xEF\xBB\xBF");
     }
-    let lines = 4 + rng.below(20);
+    let lines = 4 + rng.gen_range(0..20);
     for _ in 0..lines {
-        match rng.below(8) {
+        match rng.gen_range(0..8) {
             0 => out.extend_from_slice(b""),
             1 => out.extend_from_slice(b": a comment"),
-            2 => out.extend_from_slice(format!("id: {}", rng.below(1000)).as_bytes()),
+            2 => out.extend_from_slice(format!("id: {}", rng.gen_range(0..1000)).as_bytes()),
             3 => out.extend_from_slice(b"event: tick"),
             4 => out.extend_from_slice(b"retry: 1500"),
             5 => out.extend_from_slice(b"data:\xFF\xFE raw"),
-            _ => out.extend_from_slice(format!("data: {}", rng.below(1 << 20)).as_bytes()),
+            _ => out.extend_from_slice(format!("data: {}", rng.gen_range(0..1 << 20)).as_bytes()),
         }
-        let eol: &[u8] = match rng.below(3) {
+        let eol: &[u8] = match rng.gen_range(0..3) {
             0 => b"\n",
             1 => b"\r\n",
             _ => b"\r",
@@ -277,7 +309,7 @@ async fn random_streams_and_chunkings_keep_upstream_bytes_exactly() {
     .await;
     let mut total_heartbeats = 0;
     for seed in 1..=12u64 {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x1234_5678_9ABC_DEF1));
+        let mut rng = seeded_rng(seed);
         let input = random_sse(&mut rng);
         let mut client = H1Client::connect(proxy.addr).await;
         client.get("/r", &[]).await;
@@ -298,12 +330,12 @@ async fn random_streams_and_chunkings_keep_upstream_bytes_exactly() {
             // Half the cuts land on a boundary, half anywhere (mid-line, between CR and LF…).
             let next_boundary = boundaries.iter().copied().find(|&b| b > pos);
             let end = match next_boundary {
-                Some(b) if rng.below(2) == 0 => b,
-                _ => (pos + 1 + rng.below(40) as usize).min(input.len()),
+                Some(b) if rng.gen_range(0..2) == 0 => b,
+                _ => (pos + 1 + rng.gen_range(0..40usize)).min(input.len()),
             };
             conn.chunk(&input[pos..end]).await;
             pos = end;
-            if rng.below(2) == 0 {
+            if rng.gen_range(0..2) == 0 {
                 // Longer than two heartbeat intervals: a heartbeat is due if,
                 // and only if, the stream is at a boundary.
                 tokio::time::sleep(Duration::from_millis(90)).await;
@@ -359,18 +391,37 @@ async fn stream_outlives_the_ordinary_read_timeout() {
     client.read_until(&mut got, b"data: still here\n\n").await;
 }
 
+/// After `idle_timeout` of upstream silence, not before, the stream ends
+/// cleanly; on a loaded machine it may take longer, within a bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_ends_a_silent_stream_cleanly() {
+    const IDLE: Duration = Duration::from_millis(300);
+    const SLACK: Duration = Duration::from_secs(5);
     let mut up = Upstream::start().await;
     let proxy = proxy_for(&up, "heartbeat = \"off\"\nidle_timeout = \"300ms\"").await;
     let (mut client, mut conn) = open_stream(&proxy, &mut up, "/s").await;
-    conn.chunk(b"data: one\n\n").await;
+    let written = chunk_at(&mut conn, b"data: one\n\n").await;
     assert_eq!(
         client.next_chunk().await.as_deref(),
         Some(&b"data: one\n\n"[..])
     );
     // Then silence: the terminating chunk comes, and the upstream is closed.
-    assert_eq!(client.next_chunk().await, None);
+    let end = tokio::time::timeout(
+        (IDLE + SLACK).saturating_sub(written.elapsed()),
+        client.next_chunk(),
+    )
+    .await;
+    let ended_after = written.elapsed();
+    assert_eq!(
+        end,
+        Ok(None),
+        "no clean end within {:?} of the last upstream byte",
+        IDLE + SLACK
+    );
+    assert!(
+        ended_after + CLOCK_TOLERANCE >= IDLE,
+        "ended {ended_after:?} after the last upstream byte, before idle_timeout ({IDLE:?})"
+    );
     within("upstream close", conn.closed()).await;
 }
 
@@ -465,10 +516,31 @@ async fn post_with_json_body_streams_reply_token_by_token() {
     assert_eq!(client.next_chunk().await, None);
 }
 
+/// A proxy in front of `up` with heartbeats off and every timer of 30 s or
+/// more, so that nothing but the client going away can end a stream within
+/// `NO_TIMER`.
+async fn proxy_without_short_timers(up: &Upstream) -> Proxy {
+    let cfg = basic_config(up.addr, "heartbeat = \"off\"")
+        .replace("connect = \"2s\"", "connect = \"30s\"")
+        .replace("read = \"2s\"", "read = \"30s\"")
+        .replace("write = \"5s\"", "write = \"30s\"");
+    for timer in ["connect", "read", "write"] {
+        assert!(cfg.contains(&format!("{timer} = \"30s\"")), "{cfg}");
+    }
+    Proxy::start(ProxyConfig::new(cfg)).await
+}
+
+/// Well under every timer of `proxy_without_short_timers`, and seconds
+/// above what a loaded machine takes to notice a closed connection.
+const NO_TIMER: Duration = Duration::from_secs(5);
+
+/// The client closing its connection closes the upstream one at once, not
+/// at some timer: the upstream is silent, heartbeats are off, and every
+/// timeout is 30 s or more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_disconnect_closes_the_upstream_within_a_second() {
+async fn client_disconnect_closes_the_upstream_promptly() {
     let mut up = Upstream::start().await;
-    let proxy = proxy_for(&up, "heartbeat = \"off\"").await;
+    let proxy = proxy_without_short_timers(&up).await;
     let (mut client, mut conn) = open_stream(&proxy, &mut up, "/s").await;
     conn.chunk(b"data: one\n\n").await;
     assert!(client.next_chunk().await.is_some());
@@ -476,16 +548,18 @@ async fn client_disconnect_closes_the_upstream_within_a_second() {
     let start = Instant::now();
     within("upstream close", conn.closed()).await;
     assert!(
-        start.elapsed() < Duration::from_secs(1),
+        start.elapsed() < NO_TIMER,
         "upstream closed after {:?}",
         start.elapsed()
     );
 }
 
+/// Like `client_disconnect_closes_the_upstream_promptly`, for an HTTP/2
+/// stream reset by its client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_client_reset_closes_the_upstream() {
     let mut up = Upstream::start().await;
-    let proxy = proxy_for(&up, "heartbeat = \"off\"").await;
+    let proxy = proxy_without_short_timers(&up).await;
     let mut send = h2c_connect(proxy.addr).await;
     let mut conns = std::mem::replace(&mut up.conns, tokio::sync::mpsc::channel(1).1);
     let upstream = tokio::spawn(async move {
@@ -502,7 +576,11 @@ async fn h2_client_reset_closes_the_upstream() {
     drop(body); // dropping the receive half resets the stream
     let start = Instant::now();
     within("upstream close", conn.closed()).await;
-    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(
+        start.elapsed() < NO_TIMER,
+        "upstream closed after {:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -26,6 +28,13 @@ pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T
         Ok(v) => v,
         Err(_) => panic!("timed out waiting for {what}"),
     }
+}
+
+/// The suite's one pseudo-random generator: `rand`'s `StdRng` from a fixed
+/// seed, so a test draws the same values on every run and a failure
+/// reproduces from the seed it prints.
+pub fn seeded_rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
 }
 
 /// A folder for one test's files, removed on drop.
@@ -289,15 +298,24 @@ impl Proxy {
 
     /// Waits for the process to exit (after a signal) and returns its status.
     pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
-        within("proxy exit", async {
+        self.wait_exit_within(WAIT).await
+    }
+
+    /// Like `wait_exit`, failing after `limit` rather than `WAIT` (for a
+    /// grace period that takes a good part of `WAIT` by itself).
+    pub async fn wait_exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let exited = async {
             loop {
                 if let Some(s) = self.child.try_wait().unwrap() {
                     return s;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        })
-        .await
+        };
+        match tokio::time::timeout(limit, exited).await {
+            Ok(s) => s,
+            Err(_) => panic!("timed out waiting for proxy exit"),
+        }
     }
 }
 
