@@ -8,7 +8,7 @@
 use std::fmt;
 use std::ops::Range;
 
-use super::locate::KeyIndex;
+use serde_path_to_error::{Path, Segment};
 
 /// One problem in a configuration file.
 ///
@@ -54,8 +54,11 @@ impl ConfigError {
         }
     }
 
-    /// Converts a parse error from `toml`, recovering the key from its span.
-    pub(crate) fn from_toml(err: &toml::de::Error, text: &str, file: &str) -> ConfigError {
+    /// Converts a parse error from `toml`, with the key path that
+    /// `serde_path_to_error` recorded on the way down to it.
+    pub(crate) fn from_toml(err: &TomlError, text: &str, file: &str) -> ConfigError {
+        let path = err.path();
+        let err = err.inner();
         let message = friendlier(&one_line(err.message()));
         let Some(span) = err.span() else {
             return ConfigError::at(file, text, None, "", message);
@@ -66,9 +69,7 @@ impl ConfigError {
             return ConfigError::at(file, text, Some(span), "", message);
         }
         // Valid TOML that does not fit the schema.
-        let key = KeyIndex::of(text)
-            .and_then(|index| index.key_for(text, &span, missing_field(&message)))
-            .unwrap_or_default();
+        let key = key_path(path, missing_field(&message));
         ConfigError::at(file, text, Some(span), key, message)
     }
 }
@@ -115,6 +116,45 @@ impl From<ConfigError> for ConfigErrors {
     fn from(error: ConfigError) -> Self {
         ConfigErrors(vec![error])
     }
+}
+
+/// What `config::parse` gets from deserialising the schema: toml's error
+/// (message and span) with the path of the value it is about.
+pub(crate) type TomlError = serde_path_to_error::Error<toml::de::Error>;
+
+/// Deserialises `text` as TOML, keeping the key path of an error.
+pub(crate) fn from_toml_str<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, TomlError> {
+    serde_path_to_error::deserialize(toml::Deserializer::new(text))
+}
+
+/// The dotted key (`listener[1].tls.cert`) of a path from
+/// `serde_path_to_error`. A [`toml::Spanned`] value is deserialised as a
+/// struct with private fields, which show up in the path but are no keys.
+/// A "missing field" error is about the table that lacks `missing_field`,
+/// so that is where its path ends.
+fn key_path(path: &Path, missing_field: Option<&str>) -> String {
+    fn push_name(key: &mut String, name: &str) {
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(name);
+    }
+    let mut key = String::new();
+    for segment in path {
+        match segment {
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Map { key: name } | Segment::Enum { variant: name } => {
+                if !name.starts_with("$__serde_spanned_private_") {
+                    push_name(&mut key, name);
+                }
+            }
+            Segment::Unknown => push_name(&mut key, "?"),
+        }
+    }
+    if let Some(field) = missing_field {
+        push_name(&mut key, field);
+    }
+    key
 }
 
 /// 1-based line and character column of byte `offset` in `text`.
@@ -200,7 +240,7 @@ mod tests {
     }
 
     fn from_toml(text: &str) -> ConfigError {
-        let err = toml::from_str::<crate::config::file::File>(text).expect_err(text);
+        let err = from_toml_str::<crate::config::file::File>(text).expect_err(text);
         ConfigError::from_toml(&err, text, "f.toml")
     }
 
@@ -214,7 +254,7 @@ mod tests {
             "{e}"
         );
 
-        // A datetime defeats the key index, but is still a schema error with a place.
+        // A datetime is valid TOML, so a schema error with a place.
         let e = from_toml("[server]\nthreads = 1979-05-27\n");
         assert_eq!((e.line, e.column), (Some(2), Some(11)));
         assert!(!e.message.starts_with("invalid TOML"), "{e}");
@@ -222,6 +262,37 @@ mod tests {
 
         let e = from_toml("[[listener]]\naddress = \"a\"\ntls = {}\n");
         assert_eq!((e.line, e.key.as_str()), (Some(3), "listener[0].tls.cert"));
+    }
+
+    fn key_of(text: &str) -> String {
+        from_toml(text).key
+    }
+
+    #[test]
+    fn keys_name_values_with_indexes() {
+        // Inside `Spanned`, whose private fields are not keys.
+        assert_eq!(key_of("[server]\nthreads = 1979-05-27\n"), "server.threads");
+        let text = "[[listener]]\naddress = \"a\"\n[[listener]]\naddress = \"b\"\n\
+                    tls = { cert = 5, key = \"k\" }\n";
+        assert_eq!(key_of(text), "listener[1].tls.cert");
+        let text = "[[upstream]]\nname = \"a\"\nservers = [\"x\", 5]\n";
+        assert_eq!(key_of(text), "upstream[0].servers[1]");
+        let text = "[[route]]\npath = \"/\"\nupstream = \"a\"\nstrip_prefix = 1\n";
+        assert_eq!(key_of(text), "route[0].strip_prefix");
+    }
+
+    #[test]
+    fn missing_field_names_the_table_that_lacks_it() {
+        let text = "[[route]]\npath = \"/\"\n[[route]]\nupstream = \"a\"\n";
+        assert_eq!(key_of(text), "route[0].upstream");
+        let text = "[[route]]\npath = \"/\"\nupstream = \"a\"\n[[route]]\nupstream = \"a\"\n";
+        assert_eq!(key_of(text), "route[1].path");
+        let text = "[[listener]]\naddress = \"a\"\n[listener.tls]\ncert = \"x\"\n";
+        assert_eq!(key_of(text), "listener[0].tls.key");
+        // Empty tables, with a header or inline.
+        let text = "[[route]]\npath = \"/\"\nupstream = \"a\"\n[[route]] # empty\n";
+        assert_eq!(key_of(text), "route[1].path");
+        assert_eq!(key_of("listener = [{ }]\n"), "listener[0].address");
     }
 
     #[test]

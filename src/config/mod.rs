@@ -17,14 +17,13 @@
 //!
 //! Modules: `file` (serde schema), `model` (runtime types), `validate`
 //! (the conversion and all checks), `duration` (`"1h30m"` syntax), `error`
-//! and `locate` (error positions and key paths), `summary` (`ssegate check`).
+//! (error positions and key paths), `summary` (`ssegate check`).
 
 pub mod file;
 pub mod model;
 
 mod duration;
 mod error;
-mod locate;
 mod summary;
 mod validate;
 
@@ -41,7 +40,7 @@ pub use validate::Document;
 pub fn parse(text: &str, source: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
     // A syntax or shape error leaves nothing reliable to validate, so it is reported alone.
     let schema: file::File =
-        toml::from_str(text).map_err(|e| ConfigError::from_toml(&e, text, source))?;
+        error::from_toml_str(text).map_err(|e| ConfigError::from_toml(&e, text, source))?;
     Config::try_from(Document {
         schema,
         text,
