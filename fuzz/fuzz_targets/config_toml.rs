@@ -475,7 +475,8 @@ impl Wrong {
             Wrong::Float(f) => float(*f),
             Wrong::Array => "[]".to_string(),
             Wrong::Table => "{}".to_string(),
-            // Datetimes defeat the key index of `config::locate`.
+            // Datetimes once defeated the key index that named the key of a
+            // TOML shape error (now serde_path_to_error, `config::error`).
             Wrong::Date => "1979-05-27".to_string(),
         }
     }
