@@ -39,12 +39,6 @@ pub struct RouteEntry {
     compressed_logged: AtomicBool,
 }
 
-impl AsRef<Route> for RouteEntry {
-    fn as_ref(&self) -> &Route {
-        &self.config
-    }
-}
-
 impl AsRef<Route> for Arc<RouteEntry> {
     fn as_ref(&self) -> &Route {
         &self.config
