@@ -370,16 +370,36 @@ impl ProxyApp {
             }),
             _ => None,
         };
-        let (end, st) = stream::relay(
-            &mut client,
-            up,
-            &runtime.policy,
-            *compressed,
-            &shutdown,
-            runtime.metrics.relay(),
-            resumer.as_ref(),
-        )
-        .await;
+        let (policy, probe) = (&runtime.policy, runtime.metrics.relay());
+        let rng = stream::LocalRng;
+        let (end, st) = match resumer.as_ref() {
+            Some(r) => {
+                let mut source = resume::Resuming::new(up, r);
+                stream::relay(
+                    &mut client,
+                    &mut source,
+                    policy,
+                    *compressed,
+                    &shutdown,
+                    probe,
+                    rng,
+                )
+                .await
+            }
+            None => {
+                let mut source = stream::Direct::new(up);
+                stream::relay(
+                    &mut client,
+                    &mut source,
+                    policy,
+                    *compressed,
+                    &shutdown,
+                    probe,
+                    rng,
+                )
+                .await
+            }
+        };
         Box::pin(self.end_stream(client, job, end, st, shutdown)).await;
     }
 

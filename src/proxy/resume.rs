@@ -16,19 +16,28 @@
 //!        └──► next attempt, up to resume_attempts; then end with `retry:`
 //! ```
 //!
+//! [`Resuming`] is the stream phase's [`Source`] for such a stream: live,
+//! waiting out a backoff, or reconnecting; the relay keeps serving
+//! heartbeats, the client watch and shutdown in every state.
+//!
 //! Only what is safe to repeat is resumed: GET requests whose events carry
 //! ids (or whose upstream failed before any event), uncompressed, failing
 //! at an event boundary, so that the client never sees half an event
 //! followed by another stream's bytes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use http::header::HeaderValue;
 use pingora_http::RequestHeader;
 use rand::Rng;
+use tokio::time::{sleep_until, Instant};
 
 use super::headers;
+use super::stream::{body_event, retry_hint, Settled, Source, SourceEvent};
 use crate::metrics::ResumeMetrics;
+use crate::sse::Framer;
 use crate::upstream::{Connected, Pool, Pools};
 
 /// The longest wait between two reconnections, whatever `retry:` said.
@@ -57,8 +66,8 @@ impl Resumer<'_> {
     }
 
     /// The wait before attempt `attempt` (1-based); see [`delay`].
-    pub fn delay(&self, attempt: u32, retry_ms: Option<u64>) -> Duration {
-        delay(self.base(retry_ms), attempt)
+    pub fn delay(&self, attempt: u32, retry_ms: Option<u64>, rng: &mut impl Rng) -> Duration {
+        delay(self.base(retry_ms), attempt, rng)
     }
 
     /// One reconnection: a connection from the pool (a server that refuses
@@ -115,17 +124,190 @@ impl Resumer<'_> {
 /// The wait before attempt `attempt` (1-based): `base` doubled per earlier
 /// attempt, at most [`MAX_DELAY`] (or `base`, if larger), plus up to half
 /// of that as jitter, so that streams cut by one upstream failure do not
-/// all reconnect in the same instant.
-pub fn delay(base: Duration, attempt: u32) -> Duration {
+/// all reconnect in the same instant. The jitter is drawn from `rng`.
+pub fn delay(base: Duration, attempt: u32, rng: &mut impl Rng) -> Duration {
     let doubled = base.saturating_mul(1 << attempt.saturating_sub(1).min(16));
     let delay = doubled.min(MAX_DELAY.max(base));
     let jitter_ms = (delay.as_millis() / 2) as u64;
     let extra = if jitter_ms == 0 {
         0
     } else {
-        rand::thread_rng().gen_range(0..=jitter_ms)
+        rng.gen_range(0..=jitter_ms)
     };
     delay + Duration::from_millis(extra)
+}
+
+/// The reconnection under way, boxed: it is rare, and inline its state
+/// would size every stream's task.
+type Reconnect<'a> = Pin<Box<dyn Future<Output = Result<Box<Connected>, String>> + Send + 'a>>;
+
+/// Where a resumable stream's upstream bytes come from at the moment.
+enum State<'a> {
+    /// The upstream connection in `up`.
+    Live,
+    /// The upstream failed; waiting before reconnection `attempt`.
+    Waiting { until: Instant, attempt: u32 },
+    /// Reconnection `attempt` is under way.
+    Connecting {
+        attempt: u32,
+        reconnect: Reconnect<'a>,
+    },
+    /// Reconnection `attempt` is over; [`Source::settle`] takes it from here.
+    Reconnected {
+        attempt: u32,
+        result: Result<Box<Connected>, String>,
+    },
+}
+
+/// The [`Source`] of a stream that may be resumed: its upstream
+/// connection, replaced (in place, in `up`) when it fails.
+pub struct Resuming<'a> {
+    up: &'a mut Connected,
+    resumer: &'a Resumer<'a>,
+    state: State<'a>,
+    /// The id a resume continues after, as decided when the upstream failed.
+    resume_id: Option<Vec<u8>>,
+    /// After a resume, the new response's body starts here: a BOM there is
+    /// the new stream's, not an event's, and is not passed on.
+    strip_bom: bool,
+}
+
+impl<'a> Resuming<'a> {
+    pub fn new(up: &'a mut Connected, resumer: &'a Resumer<'a>) -> Self {
+        Resuming {
+            up,
+            resumer,
+            state: State::Live,
+            resume_id: None,
+            strip_bom: false,
+        }
+    }
+
+    /// Starts reconnection `attempt`.
+    fn connect(&mut self, attempt: u32) {
+        let r = self.resumer;
+        r.metrics.attempted();
+        let id = self.resume_id.clone();
+        self.state = State::Connecting {
+            attempt,
+            reconnect: Box::pin(async move { r.reconnect(id.as_deref()).await.map(Box::new) }),
+        };
+    }
+}
+
+impl Source for Resuming<'_> {
+    /// Cancel-safe: the read, the sleep and the boxed reconnection all
+    /// survive being dropped half-way through the relay's turn.
+    async fn next(&mut self) -> SourceEvent {
+        loop {
+            match &mut self.state {
+                State::Live => {
+                    let mut event = body_event(self.up.session.read_response_body().await);
+                    if let SourceEvent::Chunk(chunk) = &mut event {
+                        if self.strip_bom {
+                            self.strip_bom = false;
+                            if chunk.starts_with(b"\xEF\xBB\xBF") {
+                                let _ = chunk.split_to(3);
+                            }
+                        }
+                    }
+                    return event;
+                }
+                State::Waiting { until, attempt } => {
+                    let attempt = *attempt;
+                    sleep_until(*until).await;
+                    self.connect(attempt);
+                }
+                State::Connecting { attempt, reconnect } => {
+                    let result = reconnect.as_mut().await;
+                    let attempt = *attempt;
+                    self.state = State::Reconnected { attempt, result };
+                }
+                State::Reconnected { .. } => return SourceEvent::Settle,
+            }
+        }
+    }
+
+    /// No idle timeout while a resume is under way: its attempts bound it.
+    fn idle_applies(&self) -> bool {
+        matches!(self.state, State::Live)
+    }
+
+    async fn recover<R: Rng + Send>(
+        &mut self,
+        why: &str,
+        framer: &Framer,
+        at_boundary: bool,
+        rng: &mut R,
+    ) -> bool {
+        let Some((id, wait)) = start_resume(self.resumer, framer, at_boundary, rng) else {
+            return false;
+        };
+        log::info!("{why}; resuming in {wait:?}");
+        // A silent upstream may still be there: let it go now, not once a
+        // new connection has been found. Boxed, as the other rare awaits
+        // here: inline, their state would size every stream's task.
+        Box::pin(self.up.session.shutdown()).await;
+        self.resume_id = id;
+        self.state = State::Waiting {
+            until: Instant::now() + wait,
+            attempt: 1,
+        };
+        true
+    }
+
+    async fn settle<R: Rng + Send>(&mut self, framer: &Framer, rng: &mut R) -> Settled {
+        let (attempt, result) = match std::mem::replace(&mut self.state, State::Live) {
+            State::Reconnected { attempt, result } => (attempt, result),
+            other => {
+                self.state = other;
+                return Settled::Continue;
+            }
+        };
+        let r = self.resumer;
+        match result {
+            Ok(new) => {
+                log::info!("stream resumed from {} after attempt {attempt}", new.peer);
+                let old = std::mem::replace(self.up, *new);
+                Box::pin(r.pools.release(old, false)).await;
+                r.metrics.succeeded();
+                self.strip_bom = true;
+                Settled::Resumed
+            }
+            Err(reason) if attempt < r.attempts => {
+                let wait = r.delay(attempt + 1, framer.retry(), rng);
+                log::info!("resume attempt {attempt} failed: {reason}; next in {wait:?}");
+                self.state = State::Waiting {
+                    until: Instant::now() + wait,
+                    attempt: attempt + 1,
+                };
+                Settled::Continue
+            }
+            Err(reason) => {
+                log::warn!("resume failed after {attempt} attempts ({reason}); ending the stream");
+                r.metrics.failed();
+                // Resumes start only at an event boundary, and only
+                // heartbeats went out since.
+                let base = r.base(framer.retry());
+                Settled::GaveUp(retry_hint(base, base / 2, rng))
+            }
+        }
+    }
+}
+
+/// Whether a failed upstream can be replaced, and if so the id to resume
+/// after (see `Resumer::reconnect`) and the wait before the first attempt.
+fn start_resume(
+    r: &Resumer<'_>,
+    framer: &Framer,
+    at_boundary: bool,
+    rng: &mut impl Rng,
+) -> Option<(Option<Vec<u8>>, Duration)> {
+    if !at_boundary {
+        return None;
+    }
+    let point = Resumer::resume_point(framer.last_event_id(), framer.events())?;
+    Some((point.map(<[u8]>::to_vec), r.delay(1, framer.retry(), rng)))
 }
 
 /// Sends `req` on `up` and reads a response header that can continue an
@@ -165,6 +347,7 @@ mod tests {
     #[test]
     fn delays_double_with_jitter_and_a_cap() {
         let ms = |d: Duration| d.as_millis();
+        let delay = |base, attempt| delay(base, attempt, &mut rand::thread_rng());
         for _ in 0..50 {
             let base = Duration::from_millis(100);
             assert!((100..=150).contains(&ms(delay(base, 1))));
