@@ -37,6 +37,8 @@
 //! one in tests; the clock is tokio's, so tests run under a paused clock.
 
 mod deadlines;
+#[cfg(test)]
+mod relay_tests;
 mod source;
 
 use std::time::Duration;
