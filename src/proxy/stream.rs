@@ -41,12 +41,14 @@ mod deadlines;
 mod relay_tests;
 mod source;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
 use pingora_core::server::ShutdownWatch;
 use rand::Rng;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 
 pub use super::downstream::Sink;
 use super::downstream::WriteFailure;
@@ -165,6 +167,60 @@ impl Relayed<'_> {
         Step::Write(self.policy.heartbeat_text.clone(), Then::Continue)
     }
 
+    /// What to do about one turn's `turn`.
+    async fn take<R: Rng + Send>(
+        &mut self,
+        turn: Turn,
+        source: &mut impl Source,
+        rng: &mut R,
+    ) -> Step {
+        match turn {
+            Turn::Source(SourceEvent::Chunk(chunk)) => self.chunk(chunk),
+            Turn::Source(SourceEvent::Done) => Step::End(StreamEnd::UpstreamDone),
+            Turn::Source(SourceEvent::Failed(e)) => {
+                let why = format!("upstream failed mid-stream: {e}");
+                self.lost_upstream(source, why, StreamEnd::UpstreamError, rng)
+                    .await
+            }
+            Turn::Source(SourceEvent::Settle) => {
+                let settled = source.settle(&self.framer, rng).await;
+                self.settled(settled)
+            }
+            Turn::ClientGone => Step::End(StreamEnd::ClientGone),
+            Turn::Due(Due::Heartbeat, now) => self.heartbeat(now),
+            Turn::Due(Due::Idle, _) => {
+                let why = "upstream silent for the idle timeout".to_string();
+                self.lost_upstream(source, why, StreamEnd::IdleTimeout, rng)
+                    .await
+            }
+            Turn::Due(Due::DrainMoment, _) => {
+                self.deadlines.on_drain_moment();
+                Step::Continue
+            }
+            Turn::Due(Due::DrainLimit, _) => Step::End(StreamEnd::ShutdownAborted),
+            Turn::ShutdownStarted => self.start_drain(rng),
+        }
+    }
+
+    /// The upstream failed or fell silent (`why`): the source resumes, or
+    /// the stream ends as `end`.
+    async fn lost_upstream<R: Rng + Send>(
+        &self,
+        source: &mut impl Source,
+        why: String,
+        end: StreamEnd,
+        rng: &mut R,
+    ) -> Step {
+        if source
+            .recover(&why, &self.framer, self.at_boundary(), rng)
+            .await
+        {
+            return Step::Continue;
+        }
+        log::info!("{why}");
+        Step::End(end)
+    }
+
     /// What the source did in [`Source::settle`].
     fn settled(&mut self, settled: Settled) -> Step {
         match settled {
@@ -179,20 +235,47 @@ impl Relayed<'_> {
     }
 }
 
-/// The upstream failed or fell silent (`why`): the source resumes, or the
-/// stream ends as `end`.
-async fn lost_upstream<R: Rng + Send>(
-    s: &Relayed<'_>,
-    source: &mut impl Source,
-    why: String,
-    end: StreamEnd,
-    rng: &mut R,
-) -> Step {
-    if source.recover(&why, &s.framer, s.at_boundary(), rng).await {
-        return Step::Continue;
+/// What wakes the loop besides its two sides.
+struct Wakeups<'a, F> {
+    /// One timer for whichever deadline comes first (see `Alarm`).
+    timer: Pin<&'a mut Sleep>,
+    alarm: Alarm,
+    /// Resolves once shutdown starts. Created once, so its waker
+    /// registration survives the loop's turns.
+    shutdown: Pin<&'a mut F>,
+}
+
+impl<F: Future<Output = ()>> Wakeups<'_, F> {
+    /// Waits for the next thing to act on: the source has something, the
+    /// client left, a deadline came, or shutdown started.
+    async fn next_turn(
+        &mut self,
+        source: &mut impl Source,
+        client: &mut impl Sink,
+        deadlines: &Deadlines,
+    ) -> Turn {
+        loop {
+            let idle_applies = source.idle_applies();
+            if let Some(at) = self.alarm.plan(deadlines.next_due(idle_applies)) {
+                self.timer.as_mut().reset(at);
+            }
+            return tokio::select! {
+                biased;
+                event = source.next() => Turn::Source(event),
+                _ = client.closed() => Turn::ClientGone,
+                _ = self.timer.as_mut(), if self.alarm.is_armed() => {
+                    self.alarm.fired();
+                    let now = Instant::now();
+                    match deadlines.due(now, idle_applies) {
+                        Some(due) => Turn::Due(due, now),
+                        // Set for a deadline that has since moved later.
+                        None => continue,
+                    }
+                }
+                _ = self.shutdown.as_mut(), if !deadlines.draining() => Turn::ShutdownStarted,
+            };
+        }
     }
-    log::info!("{why}");
-    Step::End(end)
 }
 
 /// Resolves once shutdown starts (or the server is torn down).
@@ -238,63 +321,22 @@ pub async fn relay<R: Rng + Send>(
     if *shutdown.borrow() {
         s.start_drain(&mut rng);
     }
-    // Created once, so its waker registration survives the loop's turns.
     let shutdown_started = shutdown_started(shutdown.clone());
     tokio::pin!(shutdown_started);
-    // One timer for whichever deadline comes first (see `Alarm`).
     let timer = sleep_until(far_future());
     tokio::pin!(timer);
-    let mut alarm = Alarm::default();
+    let mut wake = Wakeups {
+        timer,
+        alarm: Alarm::default(),
+        shutdown: shutdown_started,
+    };
 
     let end = loop {
         let step = if s.deadlines.drain_ready() && s.at_boundary() {
             s.drained(&mut rng)
         } else {
-            let idle_applies = source.idle_applies();
-            if let Some(at) = alarm.plan(s.deadlines.next_due(idle_applies)) {
-                timer.as_mut().reset(at);
-            }
-            let turn = tokio::select! {
-                biased;
-                event = source.next() => Turn::Source(event),
-                _ = client.closed() => Turn::ClientGone,
-                _ = &mut timer, if alarm.is_armed() => {
-                    alarm.fired();
-                    let now = Instant::now();
-                    match s.deadlines.due(now, idle_applies) {
-                        Some(due) => Turn::Due(due, now),
-                        // Set for a deadline that has since moved later.
-                        None => continue,
-                    }
-                }
-                _ = &mut shutdown_started, if !s.deadlines.draining() => Turn::ShutdownStarted,
-            };
-            match turn {
-                Turn::Source(SourceEvent::Chunk(chunk)) => s.chunk(chunk),
-                Turn::Source(SourceEvent::Done) => Step::End(StreamEnd::UpstreamDone),
-                Turn::Source(SourceEvent::Failed(e)) => {
-                    let why = format!("upstream failed mid-stream: {e}");
-                    let end = StreamEnd::UpstreamError;
-                    lost_upstream(&s, source, why, end, &mut rng).await
-                }
-                Turn::Source(SourceEvent::Settle) => {
-                    let settled = source.settle(&s.framer, &mut rng).await;
-                    s.settled(settled)
-                }
-                Turn::ClientGone => Step::End(StreamEnd::ClientGone),
-                Turn::Due(Due::Heartbeat, now) => s.heartbeat(now),
-                Turn::Due(Due::Idle, _) => {
-                    let why = "upstream silent for the idle timeout".to_string();
-                    let end = StreamEnd::IdleTimeout;
-                    lost_upstream(&s, source, why, end, &mut rng).await
-                }
-                Turn::Due(Due::DrainMoment, _) => {
-                    s.deadlines.on_drain_moment();
-                    Step::Continue
-                }
-                Turn::Due(Due::DrainLimit, _) => Step::End(StreamEnd::ShutdownAborted),
-                Turn::ShutdownStarted => s.start_drain(&mut rng),
-            }
+            let turn = wake.next_turn(source, client, &s.deadlines).await;
+            s.take(turn, source, &mut rng).await
         };
         match step {
             Step::Continue => {}
