@@ -521,3 +521,45 @@ async fn a_stalled_client_ends_the_stream_after_the_write_timeout() {
     // The stalled chunk was read and counted; the client never had it.
     assert_eq!(r.stats.bytes, 18);
 }
+
+/// The size of the future `f` returns, without calling it.
+#[allow(clippy::type_complexity)]
+fn future_size<A, B, C, D, E, G, H, F>(_: fn(A, B, C, D, E, G, H) -> F) -> usize {
+    std::mem::size_of::<F>()
+}
+
+/// The relay's future is most of an idle stream's task (BENCHMARKS.md:
+/// 8.09 KiB per idle stream). 1720 bytes is what it was before it became
+/// generic (1592 since); past that, look for a rare await that is not boxed.
+#[test]
+fn the_production_relay_future_is_no_larger_than_before() {
+    use crate::proxy::downstream::Downstream;
+    use crate::proxy::resume::Resuming;
+    use pingora_core::server::ShutdownWatch;
+
+    use super::{Direct, LocalRng};
+    use crate::metrics::RelayProbe;
+
+    let resuming = future_size::<
+        &'static mut Downstream,
+        &'static mut Resuming<'static>,
+        &'static StreamPolicy,
+        bool,
+        &'static ShutdownWatch,
+        &'static RelayProbe,
+        LocalRng,
+        _,
+    >(relay);
+    let direct = future_size::<
+        &'static mut Downstream,
+        &'static mut Direct<'static>,
+        &'static StreamPolicy,
+        bool,
+        &'static ShutdownWatch,
+        &'static RelayProbe,
+        LocalRng,
+        _,
+    >(relay);
+    assert!(resuming <= 1720, "{resuming} bytes");
+    assert!(direct <= 1720, "{direct} bytes");
+}
