@@ -335,8 +335,11 @@ pub async fn relay<R: Rng + Send>(
         let step = if s.deadlines.drain_ready() && s.at_boundary() {
             s.drained(&mut rng)
         } else {
-            let turn = wake.next_turn(source, client, &s.deadlines).await;
-            s.take(turn, source, &mut rng).await
+            match wake.next_turn(source, client, &s.deadlines).await {
+                // The hot path, without a detour through `take`'s future.
+                Turn::Source(SourceEvent::Chunk(chunk)) => s.chunk(chunk),
+                turn => s.take(turn, source, &mut rng).await,
+            }
         };
         match step {
             Step::Continue => {}
