@@ -40,6 +40,8 @@ enum Item {
 /// with the relay's RNG, as the real resumer draws it.
 struct ScriptedResume {
     base: Duration,
+    /// The reconnection fails for good: `settle` gives up.
+    give_up: bool,
     waiting_until: Option<Instant>,
     /// When each recovery started (`recover`) and when it reconnected (`settle`).
     log: Vec<(&'static str, Instant)>,
@@ -64,6 +66,7 @@ impl Scripted {
     fn resuming(mut self, base: Duration) -> Self {
         self.resume = Some(ScriptedResume {
             base,
+            give_up: false,
             waiting_until: None,
             log: Vec::new(),
         });
@@ -116,11 +119,16 @@ impl Source for Scripted {
         true
     }
 
-    async fn settle<R: Rng + Send>(&mut self, _framer: &Framer, _rng: &mut R) -> Settled {
+    async fn settle<R: Rng + Send>(&mut self, _framer: &Framer, rng: &mut R) -> Settled {
         let Some(r) = self.resume.as_mut() else {
             return Settled::Continue;
         };
         r.waiting_until = None;
+        if r.give_up {
+            r.log.push(("gave up", Instant::now()));
+            // As `Resuming` does: the base wait plus up to half of it.
+            return Settled::GaveUp(super::retry_hint(r.base, r.base / 2, rng));
+        }
         r.log.push(("resumed", Instant::now()));
         Settled::Resumed
     }
@@ -208,6 +216,19 @@ async fn run(
     shutdown_at: Option<Duration>,
     seed: u64,
 ) -> Run {
+    run_with(start, source, client, policy, shutdown_at, seed, false).await
+}
+
+/// [`run`], for a stream whose upstream compressed it if `compressed`.
+async fn run_with(
+    start: Instant,
+    source: &mut Scripted,
+    client: &mut Memory,
+    policy: &StreamPolicy,
+    shutdown_at: Option<Duration>,
+    seed: u64,
+    compressed: bool,
+) -> Run {
     let metrics = Metrics::new().expect("metrics");
     let route = metrics.route("test").expect("route metrics");
     let (tx, rx) = watch::channel(false);
@@ -219,7 +240,7 @@ async fn run(
         pending::<()>().await
     };
     let rng = StdRng::seed_from_u64(seed);
-    let relayed = relay(client, source, policy, false, &rx, route.relay(), rng);
+    let relayed = relay(client, source, policy, compressed, &rx, route.relay(), rng);
     let (end, stats) = tokio::select! {
         r = relayed => r,
         _ = signal => unreachable!(),
@@ -480,6 +501,76 @@ async fn resume_waits_the_seeded_backoff_then_continues() {
 
 /// What `StdRng::seed_from_u64(3)` draws first in 0..=10000.
 const RESUME_JITTER_3: u64 = 952;
+
+#[tokio::test(start_paused = true)]
+async fn a_resume_that_gives_up_ends_with_the_seeded_retry() {
+    let start = Instant::now();
+    let mut source = Scripted::new(
+        start,
+        vec![
+            (secs(1), Item::Chunk(b"id: 1\ndata: a\n\n")),
+            (secs(5), Item::Fail),
+        ],
+    )
+    .resuming(secs(20));
+    if let Some(r) = source.resume.as_mut() {
+        r.give_up = true;
+    }
+    let mut client = Memory::default();
+    let r = run(start, &mut source, &mut client, &policy(), None, 3).await;
+    // Seed 3 draws the wait's jitter, then the hint's: 0..=10000 ms each.
+    let mut mirror = StdRng::seed_from_u64(3);
+    let draws = (
+        mirror.gen_range(0..=10_000u64),
+        mirror.gen_range(0..=10_000u64),
+    );
+    assert_eq!(draws, (RESUME_JITTER_3, GIVE_UP_JITTER_3));
+    let gave_up = 5_000 + 20_000 + u128::from(RESUME_JITTER_3);
+    let retry = format!("retry: {}\n\n", 20_000 + GIVE_UP_JITTER_3);
+    assert_eq!(
+        client.log(start),
+        [
+            (1_000, "id: 1\ndata: a\n\n"),
+            (16_000, ":\n\n"),
+            (gave_up, retry.as_str()),
+        ]
+    );
+    assert_eq!(r.end, StreamEnd::ResumeFailed);
+    assert_eq!(r.ended_ms, gave_up);
+    // A clean end: the client can tell it from a cut stream.
+    assert_eq!(client.finished, Some(start + ms(gave_up as u64)));
+    assert_eq!(r.stats.resumes, 0);
+}
+
+/// What `StdRng::seed_from_u64(3)` draws second in 0..=10000.
+const GIVE_UP_JITTER_3: u64 = 3525;
+
+#[tokio::test(start_paused = true)]
+async fn a_compressed_stream_gets_no_heartbeat_and_no_retry() {
+    let start = Instant::now();
+    let mut source = Scripted::new(start, vec![(secs(1), Item::Chunk(b"\x1f\x8b\x08"))]);
+    let mut client = Memory::default();
+    let r = run_with(
+        start,
+        &mut source,
+        &mut client,
+        &policy(),
+        Some(secs(10)),
+        7,
+        true,
+    )
+    .await;
+    // The framer cannot see boundaries in compressed bytes: nothing is
+    // injected, and the drain can only cut the stream at its limit.
+    assert_eq!(r.end, StreamEnd::ShutdownAborted);
+    assert_eq!(r.ended_ms, 40_000);
+    assert_eq!(client.writes.len(), 1);
+    assert_eq!(
+        client.writes[0],
+        (start + secs(1), Bytes::from_static(b"\x1f\x8b\x08"))
+    );
+    assert_eq!((r.stats.heartbeats, r.stats.bytes), (0, 3));
+}
 
 #[tokio::test(start_paused = true)]
 async fn upstream_failure_mid_event_is_not_resumed() {
