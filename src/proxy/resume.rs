@@ -25,6 +25,7 @@
 //! at an event boundary, so that the client never sees half an event
 //! followed by another stream's bytes.
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -63,11 +64,6 @@ impl Resumer<'_> {
     /// The base wait: the upstream's last `retry:` (ms), else `resume_backoff`.
     pub fn base(&self, retry_ms: Option<u64>) -> Duration {
         retry_ms.map_or(self.backoff, Duration::from_millis)
-    }
-
-    /// The wait before attempt `attempt` (1-based); see [`delay`].
-    pub fn delay(&self, attempt: u32, retry_ms: Option<u64>, rng: &mut impl Rng) -> Duration {
-        delay(self.base(retry_ms), attempt, rng)
     }
 
     /// One reconnection: a connection from the pool (a server that refuses
@@ -137,12 +133,78 @@ pub fn delay(base: Duration, attempt: u32, rng: &mut impl Rng) -> Duration {
     delay + Duration::from_millis(extra)
 }
 
+/// What [`Resuming`] needs of the world: reads from the upstream
+/// connection it holds, and new connections when that one fails.
+/// [`Resumer`] is the real one (the route's pool, the request again with
+/// `Last-Event-ID`); tests script one.
+pub trait Reconnector: Sync {
+    /// An upstream connection.
+    type Up: Send;
+    /// The next read of `up`'s response body. Cancel-safe.
+    fn read(up: &mut Self::Up) -> impl Future<Output = SourceEvent> + Send;
+    /// Lets a failed or silent `up` go.
+    fn close(up: &mut Self::Up) -> impl Future<Output = ()> + Send;
+    /// Who answers on `up`, for the log.
+    fn peer(up: &Self::Up) -> &dyn fmt::Display;
+    /// One reconnection that continues after `last_id` (see [`Resumer::reconnect`]).
+    fn reconnect(
+        &self,
+        last_id: Option<&[u8]>,
+    ) -> impl Future<Output = Result<Self::Up, String>> + Send;
+    /// Gives back the connection a resume replaced.
+    fn release(&self, old: Self::Up) -> impl Future<Output = ()> + Send;
+    /// Reconnections before giving up.
+    fn attempts(&self) -> u32;
+    /// The base wait (see [`Resumer::base`]).
+    fn base(&self, retry_ms: Option<u64>) -> Duration;
+    fn metrics(&self) -> &ResumeMetrics;
+}
+
+impl Reconnector for Resumer<'_> {
+    type Up = Connected;
+
+    async fn read(up: &mut Connected) -> SourceEvent {
+        body_event(up.session.read_response_body().await)
+    }
+
+    fn close(up: &mut Connected) -> impl Future<Output = ()> + Send {
+        up.session.shutdown()
+    }
+
+    fn peer(up: &Connected) -> &dyn fmt::Display {
+        &up.peer
+    }
+
+    fn reconnect(
+        &self,
+        last_id: Option<&[u8]>,
+    ) -> impl Future<Output = Result<Connected, String>> + Send {
+        Resumer::reconnect(self, last_id)
+    }
+
+    fn release(&self, old: Connected) -> impl Future<Output = ()> + Send {
+        self.pools.release(old, false)
+    }
+
+    fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    fn base(&self, retry_ms: Option<u64>) -> Duration {
+        Resumer::base(self, retry_ms)
+    }
+
+    fn metrics(&self) -> &ResumeMetrics {
+        self.metrics
+    }
+}
+
 /// The reconnection under way, boxed: it is rare, and inline its state
 /// would size every stream's task.
-type Reconnect<'a> = Pin<Box<dyn Future<Output = Result<Box<Connected>, String>> + Send + 'a>>;
+type Reconnecting<'a, U> = Pin<Box<dyn Future<Output = Result<Box<U>, String>> + Send + 'a>>;
 
 /// Where a resumable stream's upstream bytes come from at the moment.
-enum State<'a> {
+enum State<'a, U> {
     /// The upstream connection in `up`.
     Live,
     /// The upstream failed; waiting before reconnection `attempt`.
@@ -150,21 +212,21 @@ enum State<'a> {
     /// Reconnection `attempt` is under way.
     Connecting {
         attempt: u32,
-        reconnect: Reconnect<'a>,
+        reconnect: Reconnecting<'a, U>,
     },
     /// Reconnection `attempt` is over; [`Source::settle`] takes it from here.
     Reconnected {
         attempt: u32,
-        result: Result<Box<Connected>, String>,
+        result: Result<Box<U>, String>,
     },
 }
 
 /// The [`Source`] of a stream that may be resumed: its upstream
 /// connection, replaced (in place, in `up`) when it fails.
-pub struct Resuming<'a> {
-    up: &'a mut Connected,
-    resumer: &'a Resumer<'a>,
-    state: State<'a>,
+pub struct Resuming<'a, C: Reconnector> {
+    up: &'a mut C::Up,
+    resumer: &'a C,
+    state: State<'a, C::Up>,
     /// The id a resume continues after, as decided when the upstream failed.
     resume_id: Option<Vec<u8>>,
     /// After a resume, the new response's body starts here: a BOM there is
@@ -172,8 +234,8 @@ pub struct Resuming<'a> {
     strip_bom: bool,
 }
 
-impl<'a> Resuming<'a> {
-    pub fn new(up: &'a mut Connected, resumer: &'a Resumer<'a>) -> Self {
+impl<'a, C: Reconnector> Resuming<'a, C> {
+    pub fn new(up: &'a mut C::Up, resumer: &'a C) -> Self {
         Resuming {
             up,
             resumer,
@@ -186,7 +248,7 @@ impl<'a> Resuming<'a> {
     /// Starts reconnection `attempt`.
     fn connect(&mut self, attempt: u32) {
         let r = self.resumer;
-        r.metrics.attempted();
+        r.metrics().attempted();
         let id = self.resume_id.clone();
         self.state = State::Connecting {
             attempt,
@@ -195,14 +257,14 @@ impl<'a> Resuming<'a> {
     }
 }
 
-impl Source for Resuming<'_> {
+impl<C: Reconnector> Source for Resuming<'_, C> {
     /// Cancel-safe: the read, the sleep and the boxed reconnection all
     /// survive being dropped half-way through the relay's turn.
     async fn next(&mut self) -> SourceEvent {
         loop {
             match &mut self.state {
                 State::Live => {
-                    let mut event = body_event(self.up.session.read_response_body().await);
+                    let mut event = C::read(self.up).await;
                     if let SourceEvent::Chunk(chunk) = &mut event {
                         if self.strip_bom {
                             self.strip_bom = false;
@@ -247,7 +309,7 @@ impl Source for Resuming<'_> {
         // A silent upstream may still be there: let it go now, not once a
         // new connection has been found. Boxed, as the other rare awaits
         // here: inline, their state would size every stream's task.
-        Box::pin(self.up.session.shutdown()).await;
+        Box::pin(C::close(self.up)).await;
         self.resume_id = id;
         self.state = State::Waiting {
             until: Instant::now() + wait,
@@ -267,15 +329,18 @@ impl Source for Resuming<'_> {
         let r = self.resumer;
         match result {
             Ok(new) => {
-                log::info!("stream resumed from {} after attempt {attempt}", new.peer);
+                log::info!(
+                    "stream resumed from {} after attempt {attempt}",
+                    C::peer(&new)
+                );
                 let old = std::mem::replace(self.up, *new);
-                Box::pin(r.pools.release(old, false)).await;
-                r.metrics.succeeded();
+                Box::pin(r.release(old)).await;
+                r.metrics().succeeded();
                 self.strip_bom = true;
                 Settled::Resumed
             }
-            Err(reason) if attempt < r.attempts => {
-                let wait = r.delay(attempt + 1, framer.retry(), rng);
+            Err(reason) if attempt < r.attempts() => {
+                let wait = delay(r.base(framer.retry()), attempt + 1, rng);
                 log::info!("resume attempt {attempt} failed: {reason}; next in {wait:?}");
                 self.state = State::Waiting {
                     until: Instant::now() + wait,
@@ -285,7 +350,7 @@ impl Source for Resuming<'_> {
             }
             Err(reason) => {
                 log::warn!("resume failed after {attempt} attempts ({reason}); ending the stream");
-                r.metrics.failed();
+                r.metrics().failed();
                 // Resumes start only at an event boundary, and only
                 // heartbeats went out since.
                 let base = r.base(framer.retry());
@@ -298,7 +363,7 @@ impl Source for Resuming<'_> {
 /// Whether a failed upstream can be replaced, and if so the id to resume
 /// after (see `Resumer::reconnect`) and the wait before the first attempt.
 fn start_resume(
-    r: &Resumer<'_>,
+    r: &impl Reconnector,
     framer: &Framer,
     at_boundary: bool,
     rng: &mut impl Rng,
@@ -307,7 +372,10 @@ fn start_resume(
         return None;
     }
     let point = Resumer::resume_point(framer.last_event_id(), framer.events())?;
-    Some((point.map(<[u8]>::to_vec), r.delay(1, framer.retry(), rng)))
+    Some((
+        point.map(<[u8]>::to_vec),
+        delay(r.base(framer.retry()), 1, rng),
+    ))
 }
 
 /// Sends `req` on `up` and reads a response header that can continue an

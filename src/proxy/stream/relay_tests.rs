@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::future::pending;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,9 +17,9 @@ use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
 use super::{relay, Settled, Sink, Source, SourceEvent, StreamPolicy, WriteFailure};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ResumeMetrics};
 use crate::outcome::{StreamEnd, StreamStats};
-use crate::proxy::resume;
+use crate::proxy::resume::{self, Reconnector, Resuming};
 use crate::sse::Framer;
 
 fn ms(n: u64) -> Duration {
@@ -74,23 +75,28 @@ impl Scripted {
     }
 }
 
+/// The next step of `script` (times after `start`), at its time; then silence.
+async fn play(start: Instant, script: &mut VecDeque<(Duration, Item)>) -> SourceEvent {
+    let Some((at, _)) = script.front() else {
+        return pending().await;
+    };
+    sleep_until(start + *at).await;
+    match script.pop_front().map(|(_, item)| item) {
+        Some(Item::Chunk(b)) => SourceEvent::Chunk(Bytes::from_static(b)),
+        Some(Item::Done) => SourceEvent::Done,
+        Some(Item::Fail) | None => {
+            SourceEvent::Failed(Error::explain(ErrorType::ReadError, "scripted failure"))
+        }
+    }
+}
+
 impl Source for Scripted {
     async fn next(&mut self) -> SourceEvent {
         if let Some(until) = self.resume.as_ref().and_then(|r| r.waiting_until) {
             sleep_until(until).await;
             return SourceEvent::Settle;
         }
-        let Some((at, _)) = self.script.front() else {
-            return pending().await;
-        };
-        sleep_until(self.start + *at).await;
-        match self.script.pop_front().map(|(_, item)| item) {
-            Some(Item::Chunk(b)) => SourceEvent::Chunk(Bytes::from_static(b)),
-            Some(Item::Done) => SourceEvent::Done,
-            Some(Item::Fail) | None => {
-                SourceEvent::Failed(Error::explain(ErrorType::ReadError, "scripted failure"))
-            }
-        }
+        play(self.start, &mut self.script).await
     }
 
     fn idle_applies(&self) -> bool {
@@ -633,7 +639,7 @@ fn the_production_relay_future_is_no_larger_than_before() {
 
     let resuming = future_size::<
         &'static mut Downstream,
-        &'static mut Resuming<'static>,
+        &'static mut Resuming<'static, crate::proxy::resume::Resumer<'static>>,
         &'static StreamPolicy,
         bool,
         &'static ShutdownWatch,
@@ -653,4 +659,196 @@ fn the_production_relay_future_is_no_larger_than_before() {
     >(relay);
     assert!(resuming <= 1720, "{resuming} bytes");
     assert!(direct <= 1720, "{direct} bytes");
+}
+
+/// An upstream connection in memory, playing its script.
+struct Conn {
+    start: Instant,
+    script: VecDeque<(Duration, Item)>,
+}
+
+impl Conn {
+    fn new(start: Instant, script: Vec<(Duration, Item)>) -> Self {
+        Conn {
+            start,
+            script: script.into(),
+        }
+    }
+}
+
+/// Reconnections answered from a script, for the real `resume::Resuming`:
+/// each attempt takes the next answer and is recorded with its time and
+/// the id it resumes after.
+struct Answers<'m> {
+    start: Instant,
+    answers: Mutex<VecDeque<Result<Conn, String>>>,
+    calls: Mutex<Vec<(u128, Option<Vec<u8>>)>>,
+    attempts: u32,
+    backoff: Duration,
+    metrics: &'m ResumeMetrics,
+}
+
+impl Reconnector for Answers<'_> {
+    type Up = Conn;
+
+    async fn read(up: &mut Conn) -> SourceEvent {
+        play(up.start, &mut up.script).await
+    }
+
+    async fn close(up: &mut Conn) {
+        up.script.clear();
+    }
+
+    fn peer(_: &Conn) -> &dyn std::fmt::Display {
+        &"scripted"
+    }
+
+    async fn reconnect(&self, last_id: Option<&[u8]>) -> Result<Conn, String> {
+        let at = (Instant::now() - self.start).as_millis();
+        self.calls
+            .lock()
+            .unwrap()
+            .push((at, last_id.map(<[u8]>::to_vec)));
+        let answer = self.answers.lock().unwrap().pop_front();
+        answer.unwrap_or_else(|| Err("no answer left".into()))
+    }
+
+    async fn release(&self, _old: Conn) {}
+
+    fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    fn base(&self, retry_ms: Option<u64>) -> Duration {
+        retry_ms.map_or(self.backoff, Duration::from_millis)
+    }
+
+    fn metrics(&self) -> &ResumeMetrics {
+        self.metrics
+    }
+}
+
+/// Runs `relay` over the real `Resuming`, with `up` first and `answers`
+/// for each reconnection; no shutdown.
+async fn run_resuming(
+    start: Instant,
+    up: &mut Conn,
+    answers: &Answers<'_>,
+    client: &mut Memory,
+    policy: &StreamPolicy,
+    seed: u64,
+) -> Run {
+    let metrics = Metrics::new().expect("metrics");
+    let route = metrics.route("test").expect("route metrics");
+    let (_tx, rx) = watch::channel(false);
+    let mut source = Resuming::new(up, answers);
+    let rng = StdRng::seed_from_u64(seed);
+    let (end, stats) = relay(client, &mut source, policy, false, &rx, route.relay(), rng).await;
+    Run {
+        end,
+        stats,
+        ended_ms: (Instant::now() - start).as_millis(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn resuming_retries_with_doubling_backoff_then_continues_without_the_new_bom() {
+    let start = Instant::now();
+    let metrics = Metrics::new().expect("metrics");
+    let route = metrics.route("test").expect("route metrics");
+    let mut up = Conn::new(
+        start,
+        vec![
+            (secs(1), Item::Chunk(b"id: 1\ndata: a\n\n")),
+            (secs(5), Item::Fail),
+        ],
+    );
+    let resumed = Conn::new(
+        start,
+        vec![
+            // Due at once: the new response's body, opening with a BOM.
+            (secs(0), Item::Chunk(b"\xEF\xBB\xBFid: 2\ndata: b\n\n")),
+            (secs(40), Item::Done),
+        ],
+    );
+    let answers = Answers {
+        start,
+        answers: Mutex::new(VecDeque::from([Err("refused".into()), Ok(resumed)])),
+        calls: Mutex::new(Vec::new()),
+        attempts: 3,
+        backoff: secs(2),
+        metrics: route.resume(),
+    };
+    let mut client = Memory::default();
+    let r = run_resuming(start, &mut up, &answers, &mut client, &policy(), 11).await;
+    // resume_backoff 2 s: attempt 1 after 2 s + 0..=1 s, attempt 2 after
+    // 4 s + 0..=2 s, drawn in that order from seed 11.
+    let mut mirror = StdRng::seed_from_u64(11);
+    let first = 5_000 + 2_000 + u128::from(mirror.gen_range(0..=1_000u64));
+    let second = first + 4_000 + u128::from(mirror.gen_range(0..=2_000u64));
+    let calls = answers.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        [(first, Some(b"1".to_vec())), (second, Some(b"1".to_vec()))]
+    );
+    // No heartbeat while waiting (the first would be due at 16 s); the
+    // resumption restarts the silence clock.
+    assert_eq!(
+        client.log(start),
+        [
+            (1_000, "id: 1\ndata: a\n\n"),
+            (second, "id: 2\ndata: b\n\n"),
+            (second + 15_000, ":\n\n"),
+        ]
+    );
+    assert_eq!(r.end, StreamEnd::UpstreamDone);
+    assert_eq!(r.ended_ms, 40_000);
+    assert_eq!((r.stats.resumes, r.stats.events), (1, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn resuming_honours_the_upstream_retry_and_gives_up_after_its_attempts() {
+    let start = Instant::now();
+    let metrics = Metrics::new().expect("metrics");
+    let route = metrics.route("test").expect("route metrics");
+    let mut up = Conn::new(
+        start,
+        vec![
+            (secs(1), Item::Chunk(b"retry: 500\nid: 7\ndata: a\n\n")),
+            (secs(5), Item::Fail),
+        ],
+    );
+    let answers = Answers {
+        start,
+        answers: Mutex::new(VecDeque::new()),
+        calls: Mutex::new(Vec::new()),
+        attempts: 3,
+        backoff: secs(2),
+        metrics: route.resume(),
+    };
+    let mut client = Memory::default();
+    let r = run_resuming(start, &mut up, &answers, &mut client, &policy(), 5).await;
+    // The upstream's `retry: 500` replaces resume_backoff: waits of
+    // 500 ms, 1 s and 2 s, each plus up to half of it, then `retry:`
+    // with 500 ms plus up to 250 ms, drawn in that order from seed 5.
+    let mut mirror = StdRng::seed_from_u64(5);
+    let mut at = 5_000;
+    let mut expected = Vec::new();
+    for wait in [500u64, 1_000, 2_000] {
+        at += u128::from(wait + mirror.gen_range(0..=wait / 2));
+        expected.push((at, Some(b"7".to_vec())));
+    }
+    let retry = format!("retry: {}\n\n", 500 + mirror.gen_range(0..=250u64));
+    assert_eq!(*answers.calls.lock().unwrap(), expected);
+    assert_eq!(
+        client.log(start),
+        [
+            (1_000, "retry: 500\nid: 7\ndata: a\n\n"),
+            (at, retry.as_str())
+        ]
+    );
+    assert_eq!(r.end, StreamEnd::ResumeFailed);
+    assert_eq!(r.ended_ms, at);
+    assert_eq!(client.finished, Some(start + ms(at as u64)));
+    assert_eq!(r.stats.resumes, 0);
 }
