@@ -1,6 +1,7 @@
 //! `relay` in memory, under tokio's paused clock: a scripted source (chunks
-//! at given virtual times, then silence, end or failure) and a sink that
-//! records each write with its virtual time. Every assertion is exact:
+//! at given virtual times, then silence, end or failure), or the real
+//! `resume::Resuming` over scripted connections (`Answers`), and a sink
+//! that records each write with its virtual time. Every assertion is exact:
 //! times to the millisecond, bytes to the byte; the random draws come from
 //! a seeded `StdRng` (rand 0.8's ChaCha12, pinned by Cargo.lock).
 
