@@ -30,6 +30,37 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::chunked::{ChunkHead, CHUNK_END, LAST_CHUNK};
 
+/// Where a stream's bytes go: the four operations the stream phase needs
+/// of its client. [`Downstream`] is the real one; tests use one in memory.
+pub trait Sink {
+    /// Writes `data` and flushes it. Empty data is not written.
+    fn write(&mut self, data: Bytes) -> impl Future<Output = Result<(), WriteFailure>> + Send;
+    /// Resolves when the client has gone away. Cancel-safe.
+    fn closed(&mut self) -> impl Future<Output = ()> + Send;
+    /// Ends the response body properly.
+    fn finish(&mut self) -> impl Future<Output = Result<(), WriteFailure>> + Send;
+    /// Ends the response so that the client can tell it was cut short.
+    fn abort(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+impl Sink for Downstream {
+    fn write(&mut self, data: Bytes) -> impl Future<Output = Result<(), WriteFailure>> + Send {
+        Downstream::write(self, data)
+    }
+
+    fn closed(&mut self) -> impl Future<Output = ()> + Send {
+        Downstream::closed(self)
+    }
+
+    fn finish(&mut self) -> impl Future<Output = Result<(), WriteFailure>> + Send {
+        Downstream::finish(self)
+    }
+
+    fn abort(&mut self) -> impl Future<Output = ()> + Send {
+        Downstream::abort(self)
+    }
+}
+
 /// Why a write to the client did not complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteFailure {

@@ -192,16 +192,36 @@ async fn run(
         backoff: route.config.resume_backoff,
         metrics: route.metrics.resume(),
     });
-    let (end, st) = stream::relay(
-        &mut client,
-        up,
-        &route.policy,
-        *compressed,
-        &shutdown,
-        route.metrics.relay(),
-        resumer.as_ref(),
-    )
-    .await;
+    let (policy, probe) = (&route.policy, route.metrics.relay());
+    let rng = stream::LocalRng;
+    let (end, st) = match resumer.as_ref() {
+        Some(r) => {
+            let mut source = resume::Resuming::new(up, r);
+            stream::relay(
+                &mut client,
+                &mut source,
+                policy,
+                *compressed,
+                &shutdown,
+                probe,
+                rng,
+            )
+            .await
+        }
+        None => {
+            let mut source = stream::Direct::new(up);
+            stream::relay(
+                &mut client,
+                &mut source,
+                policy,
+                *compressed,
+                &shutdown,
+                probe,
+                rng,
+            )
+            .await
+        }
+    };
     Box::pin(finish(app, client, job, end, st, shutdown)).await;
 }
 

@@ -80,7 +80,7 @@ async fn shed(
 ) -> Outcome {
     route.metrics.shed(limit);
     let label = route.metrics.label();
-    let ms = stream::backoff_ms(l.shed_retry, l.shed_retry_jitter);
+    let ms = stream::jittered_ms(l.shed_retry, l.shed_retry_jitter, &mut stream::LocalRng);
     match limit {
         Limit::Upstream => {
             log::debug!("route {label}: no upstream for an EventSource; told to retry in {ms} ms")

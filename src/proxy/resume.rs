@@ -16,19 +16,29 @@
 //!        └──► next attempt, up to resume_attempts; then end with `retry:`
 //! ```
 //!
+//! [`Resuming`] is the stream phase's [`Source`] for such a stream: live,
+//! waiting out a backoff, or reconnecting; the relay keeps serving
+//! heartbeats, the client watch and shutdown in every state.
+//!
 //! Only what is safe to repeat is resumed: GET requests whose events carry
 //! ids (or whose upstream failed before any event), uncompressed, failing
 //! at an event boundary, so that the client never sees half an event
 //! followed by another stream's bytes.
 
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use http::header::HeaderValue;
 use pingora_http::RequestHeader;
 use rand::Rng;
+use tokio::time::{sleep_until, Instant};
 
 use super::headers;
+use super::stream::{body_event, retry_hint, Settled, Source, SourceEvent};
 use crate::metrics::ResumeMetrics;
+use crate::sse::Framer;
 use crate::upstream::{Connected, Pool, Pools};
 
 /// The longest wait between two reconnections, whatever `retry:` said.
@@ -54,11 +64,6 @@ impl Resumer<'_> {
     /// The base wait: the upstream's last `retry:` (ms), else `resume_backoff`.
     pub fn base(&self, retry_ms: Option<u64>) -> Duration {
         retry_ms.map_or(self.backoff, Duration::from_millis)
-    }
-
-    /// The wait before attempt `attempt` (1-based); see [`delay`].
-    pub fn delay(&self, attempt: u32, retry_ms: Option<u64>) -> Duration {
-        delay(self.base(retry_ms), attempt)
     }
 
     /// One reconnection: a connection from the pool (a server that refuses
@@ -115,17 +120,262 @@ impl Resumer<'_> {
 /// The wait before attempt `attempt` (1-based): `base` doubled per earlier
 /// attempt, at most [`MAX_DELAY`] (or `base`, if larger), plus up to half
 /// of that as jitter, so that streams cut by one upstream failure do not
-/// all reconnect in the same instant.
-pub fn delay(base: Duration, attempt: u32) -> Duration {
+/// all reconnect in the same instant. The jitter is drawn from `rng`.
+pub fn delay(base: Duration, attempt: u32, rng: &mut impl Rng) -> Duration {
     let doubled = base.saturating_mul(1 << attempt.saturating_sub(1).min(16));
     let delay = doubled.min(MAX_DELAY.max(base));
     let jitter_ms = (delay.as_millis() / 2) as u64;
     let extra = if jitter_ms == 0 {
         0
     } else {
-        rand::thread_rng().gen_range(0..=jitter_ms)
+        rng.gen_range(0..=jitter_ms)
     };
     delay + Duration::from_millis(extra)
+}
+
+/// What [`Resuming`] needs of the world: reads from the upstream
+/// connection it holds, and new connections when that one fails.
+/// [`Resumer`] is the real one (the route's pool, the request again with
+/// `Last-Event-ID`); tests script one.
+pub trait Reconnector: Sync {
+    /// An upstream connection.
+    type Up: Send;
+    /// The next read of `up`'s response body. Cancel-safe.
+    fn read(up: &mut Self::Up) -> impl Future<Output = SourceEvent> + Send;
+    /// Lets a failed or silent `up` go.
+    fn close(up: &mut Self::Up) -> impl Future<Output = ()> + Send;
+    /// Who answers on `up`, for the log.
+    fn peer(up: &Self::Up) -> &dyn fmt::Display;
+    /// One reconnection that continues after `last_id` (see [`Resumer::reconnect`]).
+    fn reconnect(
+        &self,
+        last_id: Option<&[u8]>,
+    ) -> impl Future<Output = Result<Self::Up, String>> + Send;
+    /// Gives back the connection a resume replaced.
+    fn release(&self, old: Self::Up) -> impl Future<Output = ()> + Send;
+    /// Reconnections before giving up.
+    fn attempts(&self) -> u32;
+    /// The base wait (see [`Resumer::base`]).
+    fn base(&self, retry_ms: Option<u64>) -> Duration;
+    fn metrics(&self) -> &ResumeMetrics;
+}
+
+impl Reconnector for Resumer<'_> {
+    type Up = Connected;
+
+    async fn read(up: &mut Connected) -> SourceEvent {
+        body_event(up.session.read_response_body().await)
+    }
+
+    fn close(up: &mut Connected) -> impl Future<Output = ()> + Send {
+        up.session.shutdown()
+    }
+
+    fn peer(up: &Connected) -> &dyn fmt::Display {
+        &up.peer
+    }
+
+    fn reconnect(
+        &self,
+        last_id: Option<&[u8]>,
+    ) -> impl Future<Output = Result<Connected, String>> + Send {
+        Resumer::reconnect(self, last_id)
+    }
+
+    fn release(&self, old: Connected) -> impl Future<Output = ()> + Send {
+        self.pools.release(old, false)
+    }
+
+    fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    fn base(&self, retry_ms: Option<u64>) -> Duration {
+        Resumer::base(self, retry_ms)
+    }
+
+    fn metrics(&self) -> &ResumeMetrics {
+        self.metrics
+    }
+}
+
+/// The reconnection under way, boxed: it is rare, and inline its state
+/// would size every stream's task.
+type Reconnecting<'a, U> = Pin<Box<dyn Future<Output = Result<Box<U>, String>> + Send + 'a>>;
+
+/// Where a resumable stream's upstream bytes come from at the moment.
+enum State<'a, U> {
+    /// The upstream connection in `up`.
+    Live,
+    /// The upstream failed; waiting before reconnection `attempt`.
+    Waiting { until: Instant, attempt: u32 },
+    /// Reconnection `attempt` is under way.
+    Connecting {
+        attempt: u32,
+        reconnect: Reconnecting<'a, U>,
+    },
+    /// Reconnection `attempt` is over; [`Source::settle`] takes it from here.
+    Reconnected {
+        attempt: u32,
+        result: Result<Box<U>, String>,
+    },
+}
+
+/// The [`Source`] of a stream that may be resumed: its upstream
+/// connection, replaced (in place, in `up`) when it fails.
+pub struct Resuming<'a, C: Reconnector> {
+    up: &'a mut C::Up,
+    resumer: &'a C,
+    state: State<'a, C::Up>,
+    /// The id a resume continues after, as decided when the upstream failed.
+    resume_id: Option<Vec<u8>>,
+    /// After a resume, the new response's body starts here: a BOM there is
+    /// the new stream's, not an event's, and is not passed on.
+    strip_bom: bool,
+}
+
+impl<'a, C: Reconnector> Resuming<'a, C> {
+    pub fn new(up: &'a mut C::Up, resumer: &'a C) -> Self {
+        Resuming {
+            up,
+            resumer,
+            state: State::Live,
+            resume_id: None,
+            strip_bom: false,
+        }
+    }
+
+    /// Starts reconnection `attempt`.
+    fn connect(&mut self, attempt: u32) {
+        let r = self.resumer;
+        r.metrics().attempted();
+        let id = self.resume_id.clone();
+        self.state = State::Connecting {
+            attempt,
+            reconnect: Box::pin(async move { r.reconnect(id.as_deref()).await.map(Box::new) }),
+        };
+    }
+}
+
+impl<C: Reconnector> Source for Resuming<'_, C> {
+    /// Cancel-safe: the read, the sleep and the boxed reconnection all
+    /// survive being dropped half-way through the relay's turn.
+    async fn next(&mut self) -> SourceEvent {
+        loop {
+            match &mut self.state {
+                State::Live => {
+                    let mut event = C::read(self.up).await;
+                    if let SourceEvent::Chunk(chunk) = &mut event {
+                        if self.strip_bom {
+                            self.strip_bom = false;
+                            if chunk.starts_with(b"\xEF\xBB\xBF") {
+                                let _ = chunk.split_to(3);
+                            }
+                        }
+                    }
+                    return event;
+                }
+                State::Waiting { until, attempt } => {
+                    let attempt = *attempt;
+                    sleep_until(*until).await;
+                    self.connect(attempt);
+                }
+                State::Connecting { attempt, reconnect } => {
+                    let result = reconnect.as_mut().await;
+                    let attempt = *attempt;
+                    self.state = State::Reconnected { attempt, result };
+                }
+                State::Reconnected { .. } => return SourceEvent::Settle,
+            }
+        }
+    }
+
+    /// No idle timeout while a resume is under way: its attempts bound it.
+    fn idle_applies(&self) -> bool {
+        matches!(self.state, State::Live)
+    }
+
+    async fn recover<R: Rng + Send>(
+        &mut self,
+        why: &str,
+        framer: &Framer,
+        at_boundary: bool,
+        rng: &mut R,
+    ) -> bool {
+        let Some((id, wait)) = start_resume(self.resumer, framer, at_boundary, rng) else {
+            return false;
+        };
+        log::info!("{why}; resuming in {wait:?}");
+        // A silent upstream may still be there: let it go now, not once a
+        // new connection has been found. Boxed, as the other rare awaits
+        // here: inline, their state would size every stream's task.
+        Box::pin(C::close(self.up)).await;
+        self.resume_id = id;
+        self.state = State::Waiting {
+            until: Instant::now() + wait,
+            attempt: 1,
+        };
+        true
+    }
+
+    async fn settle<R: Rng + Send>(&mut self, framer: &Framer, rng: &mut R) -> Settled {
+        let (attempt, result) = match std::mem::replace(&mut self.state, State::Live) {
+            State::Reconnected { attempt, result } => (attempt, result),
+            other => {
+                self.state = other;
+                return Settled::Continue;
+            }
+        };
+        let r = self.resumer;
+        match result {
+            Ok(new) => {
+                log::info!(
+                    "stream resumed from {} after attempt {attempt}",
+                    C::peer(&new)
+                );
+                let old = std::mem::replace(self.up, *new);
+                Box::pin(r.release(old)).await;
+                r.metrics().succeeded();
+                self.strip_bom = true;
+                Settled::Resumed
+            }
+            Err(reason) if attempt < r.attempts() => {
+                let wait = delay(r.base(framer.retry()), attempt + 1, rng);
+                log::info!("resume attempt {attempt} failed: {reason}; next in {wait:?}");
+                self.state = State::Waiting {
+                    until: Instant::now() + wait,
+                    attempt: attempt + 1,
+                };
+                Settled::Continue
+            }
+            Err(reason) => {
+                log::warn!("resume failed after {attempt} attempts ({reason}); ending the stream");
+                r.metrics().failed();
+                // Resumes start only at an event boundary, and only
+                // heartbeats went out since.
+                let base = r.base(framer.retry());
+                Settled::GaveUp(retry_hint(base, base / 2, rng))
+            }
+        }
+    }
+}
+
+/// Whether a failed upstream can be replaced, and if so the id to resume
+/// after (see `Resumer::reconnect`) and the wait before the first attempt.
+fn start_resume(
+    r: &impl Reconnector,
+    framer: &Framer,
+    at_boundary: bool,
+    rng: &mut impl Rng,
+) -> Option<(Option<Vec<u8>>, Duration)> {
+    if !at_boundary {
+        return None;
+    }
+    let point = Resumer::resume_point(framer.last_event_id(), framer.events())?;
+    Some((
+        point.map(<[u8]>::to_vec),
+        delay(r.base(framer.retry()), 1, rng),
+    ))
 }
 
 /// Sends `req` on `up` and reads a response header that can continue an
@@ -165,6 +415,7 @@ mod tests {
     #[test]
     fn delays_double_with_jitter_and_a_cap() {
         let ms = |d: Duration| d.as_millis();
+        let delay = |base, attempt| delay(base, attempt, &mut rand::thread_rng());
         for _ in 0..50 {
             let base = Duration::from_millis(100);
             assert!((100..=150).contains(&ms(delay(base, 1))));

@@ -1,30 +1,45 @@
 //! The stream phase: relaying an event stream once its response header is
 //! on the client's socket.
 //!
-//! One `select!` per turn over four sources; the turn's action is taken
-//! after the `select!` so that reads and writes never hold the session at
-//! the same time:
+//! [`relay`] is generic over where the bytes come from (a [`Source`]: one
+//! upstream connection, or one that is resumed after failures, see
+//! `resume.rs`) and where they go (a [`Sink`]: the client). One `select!`
+//! per turn over four branches; the turn's action is taken after the
+//! `select!`, so that reads and writes never hold the session at the same
+//! time:
 //!
 //! ```text
-//!            ┌───────────── upstream chunk ──► feed framer, write + flush to client
+//!   drain moment passed and at an event boundary? ──► `retry: N`, end
 //!            │
-//!   loop ────┼───────────── client closed ───► drop upstream (never pooled)
+//!            ▼   set the one timer to the first deadline (deadlines.rs), if earlier
 //!            │
-//!            ├───────────── silence ≥ heartbeat, at event boundary ─► write comment
-//!            ├───────────── silence ≥ idle_timeout ─► end stream (or resume)
-//!            ├───────────── upstream fails ─► abort (or resume: resume.rs)
-//!            └───────────── shutdown ──► at a random moment in the drain window,
-//!                                        at the next boundary: `retry: N`, end
+//!            ┌── source.next() ── Chunk ──► feed framer, write + flush to client
+//!            │                    Done ───► end
+//!            │                    Failed ─► source.recover(): resumes, or end
+//!            │                    Settle ─► source.settle(): resumed, waits again,
+//!   loop ────┤                              or gives up (`retry: N`, end)
+//!            ├── client closed ───► end (upstream dropped, never pooled)
+//!            ├── timer ── Deadlines::due(now):
+//!            │              Heartbeat (at a boundary) ─► write comment
+//!            │              Idle ─────► source.recover(): resumes, or end
+//!            │              DrainMoment ─► end at the next boundary
+//!            │              DrainLimit ──► cut, even mid-event
+//!            └── shutdown ──► pick a moment in the drain window (injected RNG)
 //! ```
-//!
-//! With a resumer, the upstream side is a small state machine ([`Source`]):
-//! live, waiting out a backoff, or reconnecting; the loop keeps serving
-//! heartbeats, the client watch and shutdown in every state.
 //!
 //! Nothing is buffered: each upstream chunk is on the client's socket
 //! before the next read. The framer watches the bytes but never changes
 //! them, so the client receives the upstream's bytes plus whole comment
 //! lines inserted only between events.
+//!
+//! Randomness (the drain moment, `retry:` jitter, resume backoff) comes
+//! from the RNG given to [`relay`]: [`LocalRng`] in production, a seeded
+//! one in tests; the clock is tokio's, so tests run under a paused clock.
+
+mod deadlines;
+#[cfg(test)]
+mod relay_tests;
+mod source;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -33,14 +48,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use pingora_core::server::ShutdownWatch;
 use rand::Rng;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 
-use super::downstream::{Downstream, WriteFailure};
-use super::resume::Resumer;
+pub use super::downstream::Sink;
+use super::downstream::WriteFailure;
 use crate::metrics::RelayProbe;
 use crate::outcome::{StreamEnd, StreamStats};
 use crate::sse::Framer;
-use crate::upstream::Connected;
+pub use deadlines::{Alarm, Deadlines, Due};
+pub use source::{body_event, Direct, LocalRng, Settled, Source, SourceEvent};
 
 /// The settings one stream runs with (the route's, over `[stream]`).
 #[derive(Debug, Clone)]
@@ -59,70 +75,214 @@ pub struct StreamPolicy {
 
 /// What one turn of the loop decided to do.
 enum Turn {
-    Chunk(Bytes),
-    UpstreamDone,
-    UpstreamError(Box<pingora_error::Error>),
+    Source(SourceEvent),
     ClientGone,
-    HeartbeatDue,
-    IdleDue,
+    /// A deadline has come, at the instant given.
+    Due(Due, Instant),
     ShutdownStarted,
-    /// The moment this stream picked in the drain window has come.
-    DrainDue,
-    DrainExpired,
-    /// A resume's backoff is over: time for the next reconnection.
-    BackoffOver,
-    Reconnected(Result<Box<Connected>, String>),
 }
 
-/// Where the stream's upstream bytes come from at the moment.
-enum Source<'r> {
-    /// The upstream connection in `up`.
-    Live,
-    /// The upstream failed; waiting before reconnection `attempt`.
-    Waiting { until: Instant, attempt: u32 },
-    /// Reconnection `attempt` is under way.
-    Connecting {
-        attempt: u32,
-        reconnect: Pin<Box<dyn Future<Output = Result<Box<Connected>, String>> + Send + 'r>>,
+/// What a turn leaves for the end of the loop. Every client write of the
+/// loop goes through [`Step::Write`], so the write's future (the largest
+/// state of the stream's task) has one place in the relay's state.
+enum Step {
+    Continue,
+    End(StreamEnd),
+    /// Write these bytes to the client and flush them, then `Then`.
+    Write(Bytes, Then),
+}
+
+/// What follows a client write that succeeded.
+enum Then {
+    Continue,
+    /// An upstream chunk of `len` bytes, read at `read_at`, was relayed.
+    Relayed {
+        len: usize,
+        read_at: Instant,
     },
+    End(StreamEnd),
 }
 
-/// The next thing the upstream side has for the loop. Cancel-safe: the
-/// read, the sleep and the boxed reconnection all survive being dropped
-/// half-way through a turn.
-async fn next_upstream(source: &mut Source<'_>, up: &mut Connected) -> Turn {
-    match source {
-        Source::Live => match up.session.read_response_body().await {
-            Ok(Some(chunk)) => Turn::Chunk(chunk),
-            Ok(None) => Turn::UpstreamDone,
-            Err(e) => Turn::UpstreamError(e),
-        },
-        Source::Waiting { until, .. } => {
-            sleep_until(*until).await;
-            Turn::BackoffOver
+/// What the relay knows of the stream it relays.
+struct Relayed<'p> {
+    policy: &'p StreamPolicy,
+    compressed: bool,
+    framer: Framer,
+    stats: StreamStats,
+    deadlines: Deadlines,
+}
+
+impl Relayed<'_> {
+    /// Whether a comment or `retry:` can be injected now without changing an event.
+    fn at_boundary(&self) -> bool {
+        // Before the first upstream byte the framer cannot rule out a BOM to
+        // come, so it answers "no"; but a stream whose upstream sends headers
+        // and then nothing is exactly the one that needs heartbeats to survive
+        // idle-cutting middleboxes. We inject there and accept that an upstream
+        // that starts its body with a BOM only after a whole heartbeat interval
+        // of silence loses that BOM's meaning (documented in README.md).
+        !self.compressed && (self.framer.at_event_boundary() || self.framer.bytes() == 0)
+    }
+
+    /// The shutdown signal came: this stream picks its moment in the drain window.
+    fn start_drain(&mut self, rng: &mut impl Rng) -> Step {
+        let window = self.policy.drain_window.as_millis() as u64;
+        let picked = (window > 0).then(|| Duration::from_millis(rng.gen_range(0..=window)));
+        let limit = self.policy.drain_limit;
+        self.deadlines.start_drain(Instant::now(), picked, limit);
+        Step::Continue
+    }
+
+    /// The stream drains and stands at an event boundary: `retry: N`, then the end.
+    fn drained(&self, rng: &mut impl Rng) -> Step {
+        let p = self.policy;
+        let retry = retry_hint(p.shutdown_retry, p.shutdown_retry_jitter, rng);
+        Step::Write(retry, Then::End(StreamEnd::Shutdown))
+    }
+
+    /// An upstream chunk, to be relayed to the client.
+    fn chunk(&mut self, chunk: Bytes) -> Step {
+        if chunk.is_empty() {
+            return Step::Continue;
         }
-        Source::Connecting { reconnect, .. } => Turn::Reconnected(reconnect.as_mut().await),
+        let read_at = Instant::now();
+        self.deadlines.on_upstream_bytes(read_at);
+        if !self.compressed {
+            self.framer.feed(&chunk);
+        }
+        let len = chunk.len();
+        self.stats.bytes += len as u64;
+        Step::Write(chunk, Then::Relayed { len, read_at })
+    }
+
+    /// The heartbeat deadline came at `now`. Mid-event silence: injecting
+    /// there would split the event, so wait; the next upstream byte
+    /// restarts the silence clock.
+    fn heartbeat(&mut self, now: Instant) -> Step {
+        self.deadlines.on_heartbeat(now);
+        if !self.at_boundary() {
+            return Step::Continue;
+        }
+        self.stats.heartbeats += 1;
+        Step::Write(self.policy.heartbeat_text.clone(), Then::Continue)
+    }
+
+    /// What to do about one turn's `turn`.
+    async fn take<R: Rng + Send>(
+        &mut self,
+        turn: Turn,
+        source: &mut impl Source,
+        rng: &mut R,
+    ) -> Step {
+        match turn {
+            Turn::Source(SourceEvent::Chunk(chunk)) => self.chunk(chunk),
+            Turn::Source(SourceEvent::Done) => Step::End(StreamEnd::UpstreamDone),
+            Turn::Source(SourceEvent::Failed(e)) => {
+                let why = format!("upstream failed mid-stream: {e}");
+                self.lost_upstream(source, why, StreamEnd::UpstreamError, rng)
+                    .await
+            }
+            Turn::Source(SourceEvent::Settle) => {
+                let settled = source.settle(&self.framer, rng).await;
+                self.settled(settled)
+            }
+            Turn::ClientGone => Step::End(StreamEnd::ClientGone),
+            Turn::Due(Due::Heartbeat, now) => self.heartbeat(now),
+            Turn::Due(Due::Idle, _) => {
+                let why = "upstream silent for the idle timeout".to_string();
+                self.lost_upstream(source, why, StreamEnd::IdleTimeout, rng)
+                    .await
+            }
+            Turn::Due(Due::DrainMoment, _) => {
+                self.deadlines.on_drain_moment();
+                Step::Continue
+            }
+            Turn::Due(Due::DrainLimit, _) => Step::End(StreamEnd::ShutdownAborted),
+            Turn::ShutdownStarted => self.start_drain(rng),
+        }
+    }
+
+    /// The upstream failed or fell silent (`why`): the source resumes, or
+    /// the stream ends as `end`.
+    async fn lost_upstream<R: Rng + Send>(
+        &self,
+        source: &mut impl Source,
+        why: String,
+        end: StreamEnd,
+        rng: &mut R,
+    ) -> Step {
+        if source
+            .recover(&why, &self.framer, self.at_boundary(), rng)
+            .await
+        {
+            return Step::Continue;
+        }
+        log::info!("{why}");
+        Step::End(end)
+    }
+
+    /// What the source did in [`Source::settle`].
+    fn settled(&mut self, settled: Settled) -> Step {
+        match settled {
+            Settled::Continue => Step::Continue,
+            Settled::Resumed => {
+                self.stats.resumes += 1;
+                self.deadlines.on_upstream_bytes(Instant::now());
+                Step::Continue
+            }
+            Settled::GaveUp(hint) => Step::Write(hint, Then::End(StreamEnd::ResumeFailed)),
+        }
     }
 }
 
-/// A graceful shutdown in progress for this stream.
-struct Drain {
-    /// The moment picked in the drain window; `None` once it has passed,
-    /// and the stream ends at its next event boundary.
-    from: Option<Instant>,
-    /// The stream is cut here even if mid-event.
-    abort_at: Instant,
+/// What wakes the loop besides its two sides.
+struct Wakeups<'a, F> {
+    /// One timer for whichever deadline comes first (see `Alarm`).
+    timer: Pin<&'a mut Sleep>,
+    alarm: Alarm,
+    /// Resolves once shutdown starts. Created once, so its waker
+    /// registration survives the loop's turns.
+    shutdown: Pin<&'a mut F>,
 }
 
-impl Drain {
-    fn start(policy: &StreamPolicy) -> Drain {
-        let now = Instant::now();
-        let window = policy.drain_window.as_millis() as u64;
-        let from = (window > 0)
-            .then(|| now + Duration::from_millis(rand::thread_rng().gen_range(0..=window)));
-        Drain {
-            from,
-            abort_at: now + policy.drain_limit,
+impl<F: Future<Output = ()>> Wakeups<'_, F> {
+    /// Waits for the next thing to act on: the source has something, the
+    /// client left, a deadline came, or shutdown started.
+    async fn next_turn(
+        &mut self,
+        source: &mut impl Source,
+        client: &mut impl Sink,
+        deadlines: &Deadlines,
+    ) -> Turn {
+        loop {
+            let idle_applies = source.idle_applies();
+            if let Some(at) = self.alarm.plan(deadlines.next_due(idle_applies)) {
+                self.timer.as_mut().reset(at);
+            }
+            return tokio::select! {
+                biased;
+                event = source.next() => Turn::Source(event),
+                _ = client.closed() => Turn::ClientGone,
+                _ = self.timer.as_mut(), if self.alarm.is_armed() => {
+                    self.alarm.fired();
+                    let now = Instant::now();
+                    match deadlines.due(now, idle_applies) {
+                        Some(due) => Turn::Due(due, now),
+                        // Set for a deadline that has since moved later.
+                        None => continue,
+                    }
+                }
+                _ = self.shutdown.as_mut(), if !deadlines.draining() => Turn::ShutdownStarted,
+            };
+        }
+    }
+}
+
+/// Resolves once shutdown starts (or the server is torn down).
+async fn shutdown_started(mut rx: ShutdownWatch) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -134,283 +294,90 @@ fn write_end(failure: WriteFailure) -> StreamEnd {
     }
 }
 
-/// Relays the upstream body to the client until one side ends.
+/// Relays the upstream body from `source` to `client` until one side ends.
 ///
 /// `compressed`: the upstream applied a content coding, so the framer cannot
 /// see event boundaries; the bytes pass through untouched and no heartbeat
 /// or `retry:` is ever injected. `probe` is told of every relayed chunk;
-/// everything else is reported through the returned end and stats.
-/// `resumer`: the stream may be resumed from a new upstream connection when
-/// `up` fails (see `resume.rs`); `up` is then replaced.
-pub async fn relay(
-    client: &mut Downstream,
-    up: &mut Connected,
+/// everything else is reported through the returned end and stats. `rng`
+/// draws the drain moment and every jitter ([`LocalRng`] in production).
+pub async fn relay<R: Rng + Send>(
+    client: &mut impl Sink,
+    source: &mut impl Source,
     policy: &StreamPolicy,
     compressed: bool,
     shutdown: &ShutdownWatch,
     probe: &RelayProbe,
-    resumer: Option<&Resumer<'_>>,
+    mut rng: R,
 ) -> (StreamEnd, StreamStats) {
-    let mut framer = Framer::new();
-    let mut stats = StreamStats::default();
     let heartbeat = if compressed { None } else { policy.heartbeat };
-    let mut last_upstream = Instant::now();
-    let mut last_heartbeat = last_upstream;
-    let mut drain: Option<Drain> = None;
-    if *shutdown.borrow() {
-        drain = Some(Drain::start(policy));
-    }
-    let mut source = Source::Live;
-    // After a resume, the new response's body starts here: a BOM there is
-    // the new stream's, not an event's, and is not passed on.
-    let mut strip_bom = false;
-    // The id a resume continues after, as decided when the upstream failed.
-    let mut resume_id: Option<Vec<u8>> = None;
-    // Resolves once shutdown starts (or the server is torn down). Created
-    // once, so its waker registration survives the loop's turns.
-    let mut shutdown_rx = shutdown.clone();
-    let shutdown_started = async move {
-        while !*shutdown_rx.borrow_and_update() {
-            if shutdown_rx.changed().await.is_err() {
-                return;
-            }
-        }
+    let mut s = Relayed {
+        policy,
+        compressed,
+        framer: Framer::new(),
+        stats: StreamStats::default(),
+        deadlines: Deadlines::new(Instant::now(), heartbeat, policy.idle_timeout),
     };
+    if *shutdown.borrow() {
+        s.start_drain(&mut rng);
+    }
+    let shutdown_started = shutdown_started(shutdown.clone());
     tokio::pin!(shutdown_started);
-    // One timer for whichever deadline comes first. It is moved only when
-    // the deadline comes earlier than where it is set, or after it fired:
-    // every event pushes the heartbeat deadline later, and leaving the timer
-    // in place (it then fires early and is re-set once) saves a timer update
-    // per event.
     let timer = sleep_until(far_future());
     tokio::pin!(timer);
-    let mut armed: Option<Instant> = None;
+    let mut wake = Wakeups {
+        timer,
+        alarm: Alarm::default(),
+        shutdown: shutdown_started,
+    };
 
     let end = loop {
-        // Before the first upstream byte the framer cannot rule out a BOM to
-        // come, so it answers "no"; but a stream whose upstream sends headers
-        // and then nothing is exactly the one that needs heartbeats to survive
-        // idle-cutting middleboxes. We inject there and accept that an upstream
-        // that starts its body with a BOM only after a whole heartbeat interval
-        // of silence loses that BOM's meaning (documented in README.md).
-        let at_boundary = !compressed && (framer.at_event_boundary() || framer.bytes() == 0);
-        if at_boundary && drain.as_ref().is_some_and(|d| d.from.is_none()) {
-            let retry = retry_hint(policy.shutdown_retry, policy.shutdown_retry_jitter);
-            if let Err(e) = client.write(retry).await {
-                break write_end(e);
+        let step = if s.deadlines.drain_ready() && s.at_boundary() {
+            s.drained(&mut rng)
+        } else {
+            match wake.next_turn(source, client, &s.deadlines).await {
+                // The hot path, without a detour through `take`'s future.
+                Turn::Source(SourceEvent::Chunk(chunk)) => s.chunk(chunk),
+                turn => s.take(turn, source, &mut rng).await,
             }
-            break StreamEnd::Shutdown;
-        }
-        let live = matches!(source, Source::Live);
-        let heartbeat_at = heartbeat.map(|h| last_upstream.max(last_heartbeat) + h);
-        // No idle timeout while a resume is under way: its attempts bound it.
-        let idle_at = policy
-            .idle_timeout
-            .filter(|_| live)
-            .map(|t| last_upstream + t);
-        let (drain_from, drain_abort) = match &drain {
-            Some(d) => (d.from, Some(d.abort_at)),
-            None => (None, None),
         };
-        let next_deadline = [heartbeat_at, idle_at, drain_from, drain_abort]
-            .into_iter()
-            .flatten()
-            .min();
-        match (next_deadline, armed) {
-            (Some(due), Some(at)) if due >= at => {}
-            (Some(due), _) => {
-                timer.as_mut().reset(due);
-                armed = Some(due);
-            }
-            (None, _) => armed = None,
-        }
-
-        let turn = tokio::select! {
-            biased;
-            turn = next_upstream(&mut source, up) => turn,
-            _ = client.closed() => Turn::ClientGone,
-            _ = &mut timer, if armed.is_some() => {
-                armed = None;
-                let now = Instant::now();
-                if drain_abort.is_some_and(|d| d <= now) {
-                    Turn::DrainExpired
-                } else if drain_from.is_some_and(|d| d <= now) {
-                    Turn::DrainDue
-                } else if idle_at.is_some_and(|d| d <= now) {
-                    Turn::IdleDue
-                } else if heartbeat_at.is_some_and(|d| d <= now) {
-                    Turn::HeartbeatDue
-                } else {
-                    // Set for a deadline that has since moved later.
-                    continue;
-                }
-            }
-            _ = &mut shutdown_started, if drain.is_none() => Turn::ShutdownStarted,
-        };
-
-        match turn {
-            Turn::Chunk(mut chunk) => {
-                if strip_bom {
-                    strip_bom = false;
-                    if chunk.starts_with(b"\xEF\xBB\xBF") {
-                        let _ = chunk.split_to(3);
-                    }
-                }
-                if chunk.is_empty() {
-                    continue;
-                }
-                last_upstream = Instant::now();
-                if !compressed {
-                    framer.feed(&chunk);
-                }
-                let len = chunk.len();
-                stats.bytes += len as u64;
-                if let Err(e) = client.write(chunk).await {
+        match step {
+            Step::Continue => {}
+            Step::End(end) => break end,
+            Step::Write(bytes, then) => {
+                if let Err(e) = client.write(bytes).await {
                     break write_end(e);
                 }
-                // `last_upstream` is when this chunk's read completed.
-                probe.relayed(len, last_upstream.elapsed());
-            }
-            Turn::UpstreamDone => break StreamEnd::UpstreamDone,
-            Turn::UpstreamError(_) | Turn::IdleDue => {
-                let (why, end) = match turn {
-                    Turn::UpstreamError(e) => (
-                        format!("upstream failed mid-stream: {e}"),
-                        StreamEnd::UpstreamError,
-                    ),
-                    _ => (
-                        "upstream silent for the idle timeout".to_string(),
-                        StreamEnd::IdleTimeout,
-                    ),
-                };
-                let Some((id, wait)) = start_resume(resumer, &framer, at_boundary) else {
-                    log::info!("{why}");
-                    break end;
-                };
-                log::info!("{why}; resuming in {wait:?}");
-                // A silent upstream may still be there: let it go now, not
-                // once a new connection has been found.
-                // Boxed, as the other rare awaits below: inline, their state
-                // would size every stream's task.
-                Box::pin(up.session.shutdown()).await;
-                resume_id = id;
-                source = Source::Waiting {
-                    until: Instant::now() + wait,
-                    attempt: 1,
-                };
-            }
-            Turn::BackoffOver => {
-                let (Some(r), Source::Waiting { attempt, .. }) = (resumer, &source) else {
-                    continue;
-                };
-                let attempt = *attempt;
-                r.metrics.attempted();
-                let id = resume_id.clone();
-                source = Source::Connecting {
-                    attempt,
-                    reconnect: Box::pin(
-                        async move { r.reconnect(id.as_deref()).await.map(Box::new) },
-                    ),
-                };
-            }
-            Turn::Reconnected(result) => {
-                let (Some(r), Source::Connecting { attempt, .. }) = (resumer, &source) else {
-                    continue;
-                };
-                let attempt = *attempt;
-                match result {
-                    Ok(new) => {
-                        log::info!("stream resumed from {} after attempt {attempt}", new.peer);
-                        let old = std::mem::replace(up, *new);
-                        Box::pin(r.pools.release(old, false)).await;
-                        r.metrics.succeeded();
-                        stats.resumes += 1;
-                        source = Source::Live;
-                        strip_bom = true;
-                        last_upstream = Instant::now();
-                    }
-                    Err(reason) if attempt < r.attempts => {
-                        let wait = r.delay(attempt + 1, framer.retry());
-                        log::info!("resume attempt {attempt} failed: {reason}; next in {wait:?}");
-                        source = Source::Waiting {
-                            until: Instant::now() + wait,
-                            attempt: attempt + 1,
-                        };
-                    }
-                    Err(reason) => {
-                        log::warn!(
-                            "resume failed after {attempt} attempts ({reason}); ending the stream"
-                        );
-                        r.metrics.failed();
-                        // Resumes start only at an event boundary, and only
-                        // heartbeats went out since.
-                        let base = r.base(framer.retry());
-                        let retry = retry_hint(base, base / 2);
-                        if let Err(e) = client.write(retry).await {
-                            break write_end(e);
-                        }
-                        break StreamEnd::ResumeFailed;
-                    }
+                match then {
+                    Then::Continue => {}
+                    Then::Relayed { len, read_at } => probe.relayed(len, read_at.elapsed()),
+                    Then::End(end) => break end,
                 }
             }
-            Turn::ClientGone => break StreamEnd::ClientGone,
-            Turn::HeartbeatDue => {
-                // Mid-event silence: injecting here would split the event, so
-                // wait; the next upstream byte restarts the silence clock.
-                last_heartbeat = Instant::now();
-                if at_boundary {
-                    stats.heartbeats += 1;
-                    if let Err(e) = client.write(policy.heartbeat_text.clone()).await {
-                        break write_end(e);
-                    }
-                }
-            }
-            Turn::ShutdownStarted => drain = Some(Drain::start(policy)),
-            Turn::DrainDue => {
-                if let Some(d) = drain.as_mut() {
-                    d.from = None;
-                }
-            }
-            Turn::DrainExpired => break StreamEnd::ShutdownAborted,
         }
     };
-    stats.events = framer.events();
+    s.stats.events = s.framer.events();
     if end.is_clean() {
         if let Err(e) = client.finish().await {
-            return (write_end(e), stats);
+            return (write_end(e), s.stats);
         }
     }
-    (end, stats)
-}
-
-/// Whether a failed upstream can be replaced, and if so the id to resume
-/// after (see `Resumer::reconnect`) and the wait before the first attempt.
-fn start_resume(
-    resumer: Option<&Resumer<'_>>,
-    framer: &Framer,
-    at_boundary: bool,
-) -> Option<(Option<Vec<u8>>, Duration)> {
-    let r = resumer?;
-    if !at_boundary {
-        return None;
-    }
-    let point = Resumer::resume_point(framer.last_event_id(), framer.events())?;
-    Some((point.map(<[u8]>::to_vec), r.delay(1, framer.retry())))
+    (end, s.stats)
 }
 
 /// `retry: N` plus the blank line that closes it, N in milliseconds with jitter
 /// so that a whole fleet of clients does not reconnect in the same instant.
-pub fn retry_hint(base: Duration, jitter: Duration) -> Bytes {
-    retry_field(backoff_ms(base, jitter))
+pub fn retry_hint(base: Duration, jitter: Duration, rng: &mut impl Rng) -> Bytes {
+    retry_field(jittered_ms(base, jitter, rng))
 }
 
-/// `base` plus a uniform random extra in [0, jitter], in milliseconds.
-pub fn backoff_ms(base: Duration, jitter: Duration) -> u64 {
+/// `base` plus a uniform random extra in [0, jitter] drawn from `rng`, in milliseconds.
+pub fn jittered_ms(base: Duration, jitter: Duration, rng: &mut impl Rng) -> u64 {
     let jitter_ms = jitter.as_millis() as u64;
     let extra = if jitter_ms == 0 {
         0
     } else {
-        rand::thread_rng().gen_range(0..=jitter_ms)
+        rng.gen_range(0..=jitter_ms)
     };
     (base.as_millis() as u64).saturating_add(extra)
 }
@@ -431,7 +398,11 @@ mod tests {
     #[test]
     fn retry_hint_within_jitter() {
         for _ in 0..100 {
-            let b = retry_hint(Duration::from_millis(1000), Duration::from_millis(500));
+            let b = retry_hint(
+                Duration::from_millis(1000),
+                Duration::from_millis(500),
+                &mut rand::thread_rng(),
+            );
             let s = std::str::from_utf8(&b).unwrap();
             let ms: u64 = s
                 .strip_prefix("retry: ")
@@ -443,7 +414,7 @@ mod tests {
             assert!((1000..=1500).contains(&ms), "{ms}");
         }
         assert_eq!(
-            &retry_hint(Duration::from_millis(250), Duration::ZERO)[..],
+            &retry_hint(Duration::from_millis(250), Duration::ZERO, &mut LocalRng)[..],
             b"retry: 250\n\n"
         );
     }
