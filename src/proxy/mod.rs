@@ -15,8 +15,9 @@
 //!        │
 //!  ResponseKind ──event stream──► event_stream.rs: admission (limits.rs),
 //!        │                         header out, then a task of its own that
-//!        │                         runs the relay (stream.rs, resume.rs)
-//!        │                         over the client (downstream.rs)
+//!        │                         runs the relay (stream.rs) from a Source
+//!        │                         (one upstream, or resume.rs's resuming
+//!        │                         one) to a Sink (the client: downstream.rs)
 //!        │        (a WebSocket tunnel will be a phase here too)
 //!        ordinary
 //!        ▼
