@@ -35,12 +35,16 @@
 //! their own: they belong to the piece ending at the next blank line.
 //!
 //! So a stream cut at its boundaries is a run of pieces, each made of whole
-//! lines and ending in exactly one blank line, followed by a tail that has
-//! no blank line (a half-built event, comments, or nothing). Each piece,
-//! read by a client that has read the pieces before it, dispatches exactly
-//! the event (if any) that the whole stream dispatches at its blank line,
-//! and leaves the last event ID that its [`Boundary`] reports; the tail
-//! dispatches nothing. A BOM at the stream start is part of the first piece.
+//! lines and ending in its only blank line (but for the split CRLF below),
+//! followed by a tail that has no blank line (a half-built event, comments,
+//! or nothing). Each piece, read by a client that has read the pieces before
+//! it, dispatches exactly the event (if any) that the whole stream
+//! dispatches at its blank line, and leaves the last event ID that its
+//! [`Boundary`] reports; the tail dispatches nothing. A BOM at the stream
+//! start is part of the first piece. A later piece that opens with the
+//! bytes of a BOM holds them as content (a field name starting with
+//! U+FEFF); sent as the first bytes of another response, they would be
+//! dropped as that stream's BOM.
 //!
 //! One case makes a cut depend on the chunking: a CRLF ending a blank line
 //! whose CR is the last byte of a chunk. The CR has ended the line, so the
@@ -48,11 +52,12 @@
 //! without waiting for the next one (with CR-only line ends, waiting would
 //! hold every event back until the next arrives). The LF opening the next
 //! chunk is then the first byte of the next piece. It belongs to the
-//! previous line end and the framer reads it so; a client reading the next
-//! piece on its own reads it as one more blank line, which dispatches
-//! nothing and sets the last event ID to the value it already has (the
-//! argument of [`Framer::at_event_boundary`] for heartbeats). When the CR
-//! and LF arrive in the same chunk, the boundary is after the LF.
+//! previous line end and the framer reads it so; a parser that reads the
+//! next piece apart from the one before reads it as one more blank line,
+//! which dispatches nothing and sets the last event ID to the value it
+//! already has (the argument of [`Framer::at_event_boundary`] for
+//! heartbeats). When the CR and LF arrive in the same chunk, the boundary is
+//! after the LF.
 //!
 //! The standard decodes the stream as UTF-8 first; the framer works on raw
 //! bytes instead, which gives the same lines and fields: the decoder never
