@@ -26,6 +26,11 @@
 //! - `long-line`: one event whose data line is 1 MiB;
 //! - `comments`: nine `: keep-alive` comment lines for every event.
 //!
+//! Sizes, text and the `tiny` chunk lengths come from `rand`'s `StdRng` with
+//! fixed seeds, so every run feeds the same bytes in the same chunks (for as
+//! long as Cargo.lock keeps the same `rand`, whose `StdRng` algorithm may
+//! change between versions).
+//!
 //! Chunkings: `16k` (socket reads of a busy stream), `event` (one event per
 //! chunk, as a quiet upstream writes them), `tiny` (1 to 3 bytes, the worst a
 //! network can do), `cr/lf split` (CRLF line ends always split between chunks,
@@ -37,6 +42,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use ssegate::sse::Framer;
 
 /// Data bytes the client mode keeps per event (the load generator's setting).
@@ -101,7 +108,7 @@ struct Generated {
 enum Cut {
     Fixed(usize),
     PerEvent,
-    /// Pseudo-random lengths from 1 to 3 bytes.
+    /// Pseudo-random lengths from 1 to 3 bytes, from a seeded generator.
     Tiny,
     /// After every CR, so each CRLF's LF starts the next chunk.
     AfterCr,
@@ -116,11 +123,11 @@ impl Cut {
                 .collect(),
             Cut::PerEvent => gen.event_ends.clone(),
             Cut::Tiny => {
-                let mut rng = Rng(0x5eed);
+                let mut rng = StdRng::seed_from_u64(0x5eed);
                 let mut ends = Vec::with_capacity(len / 2 + 1);
                 let mut at = 0;
                 while at < len {
-                    at = (at + 1 + (rng.next() % 3) as usize).min(len);
+                    at = (at + rng.gen_range(1..=3)).min(len);
                     ends.push(at);
                 }
                 ends
@@ -140,21 +147,9 @@ impl Cut {
     }
 }
 
-/// xorshift64: deterministic inputs without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// Typical JSON events of 100 to 1000 data bytes with the given line end.
 fn json_events(eol: &str, comments_per_event: usize) -> Generated {
-    let mut rng = Rng(42);
+    let mut rng = StdRng::seed_from_u64(42);
     let mut bytes = Vec::with_capacity(PASS_BYTES + 4096);
     let mut event_ends = Vec::new();
     let mut events = 0;
@@ -164,13 +159,13 @@ fn json_events(eol: &str, comments_per_event: usize) -> Generated {
             bytes.extend_from_slice(format!(": keep-alive{eol}").as_bytes());
             comments += 1;
         }
-        let target = 100 + (rng.next() % 901) as usize;
+        let target: usize = rng.gen_range(100..=1000);
         let mut data = format!(
             r#"{{"id":{events},"type":"price","symbol":"ACME","ts_us":1732185600{:06},"tags":["a","b"],"text":""#,
-            rng.next() % 1_000_000
+            rng.gen_range(0..1_000_000u32)
         );
         while data.len() + 2 < target {
-            data.push(char::from(b'a' + (rng.next() % 26) as u8));
+            data.push(char::from(rng.gen_range(b'a'..=b'z')));
         }
         data.push_str("\"}");
         let event = format!("id: {events}{eol}event: update{eol}data: {data}{eol}{eol}");

@@ -8,7 +8,11 @@
 //! 1. any chunking gives what feeding everything at once gives;
 //! 2. the framer agrees with the reference, up to its documented caps;
 //! 3. heartbeats `:\n\n` injected wherever `at_event_boundary()` says so change
-//!    nothing a client can observe, and can be removed to give the input back.
+//!    nothing a client can observe, and can be removed to give the input back;
+//! 4. the boundaries `feed_boundaries()` reports are the reference's blank
+//!    lines, with the reference's last event ID after each, and cut the
+//!    stream into pieces that put back together give the input, each firing
+//!    exactly its one event (`sse_reference::check_cuts` says precisely).
 
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -21,7 +25,7 @@ const HEARTBEAT: &[u8] = b":\n\n";
 #[path = "../fuzz/src/sse_reference.rs"]
 #[allow(dead_code)]
 mod sse_reference;
-use sse_reference::{expected, reference, run, RefEvent, Seen, BOM};
+use sse_reference::{check_cuts, expected, reference, run, RefEvent, Seen, BOM};
 
 /// Cuts `input` at the given points; repeated points make empty chunks.
 fn chunk<'a>(input: &'a [u8], cuts: &[Index]) -> Vec<&'a [u8]> {
@@ -100,6 +104,11 @@ fn piece() -> impl Strategy<Value = Vec<u8>> {
 fn stream() -> impl Strategy<Value = Vec<u8>> {
     (any::<bool>(), prop::collection::vec(piece(), 0..40))
         .prop_map(|(bom, pieces)| [if bom { BOM } else { &b""[..] }, &pieces.concat()].concat())
+}
+
+/// Cuts `input` just after every CR, so that every CRLF is split.
+fn after_every_cr(input: &[u8]) -> Vec<&[u8]> {
+    input.split_inclusive(|&b| b == b'\r').collect()
 }
 
 fn cuts() -> impl Strategy<Value = Vec<Index>> {
@@ -184,6 +193,70 @@ proptest! {
         restored.extend_from_slice(&output[from..]);
         prop_assert_eq!(restored, input);
     }
+
+    #[test]
+    fn boundaries_cut_whole_events(input in stream(), cuts in cuts()) {
+        let chunks = chunk(&input, &cuts);
+        for make in [Framer::new as fn() -> Framer, || Framer::with_data_capture(5)] {
+            check_cuts(make(), &chunks).map_err(TestCaseError::fail)?;
+            check_cuts(make(), &[&input]).map_err(TestCaseError::fail)?;
+            check_cuts(make(), &after_every_cr(&input)).map_err(TestCaseError::fail)?;
+        }
+    }
+}
+
+#[test]
+fn boundaries_of_a_stream_cut_by_hand() {
+    // Blank lines end at 15 (an event), 23 (a heartbeat) and 42 (an id-only
+    // block with CRLF line ends); "data: c\n" is the tail.
+    let stream: &[u8] = b"id: 7\ndata: a\n\n: ping\n\nid: 8\r\nevent: x\r\n\r\ndata: c\n";
+    let id = |s: &[u8]| Some(s.to_vec());
+    let whole = [
+        (15, id(b"7"), true),
+        (23, id(b"7"), false),
+        (42, id(b"8"), false),
+    ];
+    assert_eq!(boundaries(&[stream]), [whole.to_vec()]);
+    let ends: Vec<usize> = reference(stream).dispatches.iter().map(|d| d.end).collect();
+    assert_eq!(ends, [15, 23, 42]);
+    // Cut between the CR and the LF of the last blank line: the boundary
+    // comes with the CR, at the chunk's end, and the LF is no boundary.
+    let chunks: [&[u8]; 2] = [&stream[..41], &stream[41..]];
+    assert_eq!(
+        boundaries(&chunks),
+        [
+            vec![whole[0].clone(), whole[1].clone(), (41, id(b"8"), false)],
+            vec![]
+        ]
+    );
+    assert_eq!(check_cuts(Framer::new(), &chunks), Ok(()));
+    // Offsets are per chunk.
+    let chunks: [&[u8]; 2] = [&stream[..20], &stream[20..]];
+    assert_eq!(
+        boundaries(&chunks),
+        [
+            vec![whole[0].clone()],
+            vec![(3, id(b"7"), false), (22, id(b"8"), false)]
+        ]
+    );
+}
+
+/// A reported boundary as (end, id, dispatched).
+type Cut = (usize, Option<Vec<u8>>, bool);
+
+/// The boundaries reported for each chunk.
+fn boundaries(chunks: &[&[u8]]) -> Vec<Vec<Cut>> {
+    let mut framer = Framer::new();
+    chunks
+        .iter()
+        .map(|chunk| {
+            let mut out = Vec::new();
+            framer.feed_boundaries(chunk, &mut out);
+            out.into_iter()
+                .map(|b| (b.end, b.id, b.dispatched))
+                .collect()
+        })
+        .collect()
 }
 
 #[test]

@@ -20,12 +20,18 @@
 //! 4. `at_event_boundary()` after each of the first chunks is the reference's
 //!    answer for that prefix;
 //! 5. heartbeats `:\n\n` injected wherever the framer says it is at a boundary
-//!    change no event, last id or retry a client would see.
+//!    change no event, last id or retry a client would see;
+//! 6. `feed_boundaries` over the fuzzed chunking reports the reference's blank
+//!    lines with the reference's last event ID after each, and cuts the stream
+//!    into pieces that each fire exactly their event
+//!    (`ssegate_fuzz::sse_reference::check_cuts`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use ssegate::sse::Framer;
-use ssegate_fuzz::sse_reference::{expected_snapshot, reference, run, CLIENT_MAX_TYPE};
+use ssegate_fuzz::sse_reference::{
+    check_cuts, expected_snapshot, reference, run, CLIENT_MAX_TYPE,
+};
 
 /// Prefix checks are quadratic; the first chunks are where the BOM and the
 /// first lines are decided, and later ones differ only in position.
@@ -69,6 +75,12 @@ fuzz_target!(|input: &[u8]| {
     );
 
     check_boundaries(stream, &chunks);
+
+    for framer in [Framer::new(), Framer::with_data_capture(max_data)] {
+        if let Err(why) = check_cuts(framer, &chunks) {
+            panic!("feed_boundaries vs reference: {why}");
+        }
+    }
 });
 
 /// Cuts `stream` into chunks of the given lengths, cycling through them.

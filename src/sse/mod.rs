@@ -17,7 +17,47 @@
 //!   injects a heartbeat comment `:\n\n`, and [`Framer::last_event_id`] /
 //!   [`Framer::retry`] when it resumes a stream;
 //! - the load-test client ([`Framer::with_data_capture`]) gets every dispatched
-//!   [`Event`] through [`Framer::feed_with`].
+//!   [`Event`] through [`Framer::feed_with`];
+//! - shared streams cut each chunk into whole events with
+//!   [`Framer::feed_boundaries`], which reports where in the chunk every
+//!   [`Boundary`] lies and the last event ID there.
+//!
+//! # Boundaries
+//!
+//! A boundary is the end of a blank line: the offset just past the line end
+//! (CR, LF or CRLF) of every line that is empty. That is where the standard
+//! runs "dispatch the event", and there the framer is always
+//! [at an event boundary](Framer::at_event_boundary). *Every* blank line is
+//! one, whether or not an event fires there: after an event with data, after
+//! a block of only comments (a heartbeat `:\n\n`), after `id: 7\n\n` (which
+//! fires nothing but moves the last event ID), after a discarded event (no
+//! data), and after a blank line alone. Comment lines are not boundaries on
+//! their own: they belong to the piece ending at the next blank line.
+//!
+//! So a stream cut at its boundaries is a run of pieces, each made of whole
+//! lines and ending in its only blank line (but for the split CRLF below),
+//! followed by a tail that has no blank line (a half-built event, comments,
+//! or nothing). Each piece, read by a client that has read the pieces before
+//! it, dispatches exactly the event (if any) that the whole stream
+//! dispatches at its blank line, and leaves the last event ID that its
+//! [`Boundary`] reports; the tail dispatches nothing. A BOM at the stream
+//! start is part of the first piece. A later piece that opens with the
+//! bytes of a BOM holds them as content (a field name starting with
+//! U+FEFF); sent as the first bytes of another response, they would be
+//! dropped as that stream's BOM.
+//!
+//! One case makes a cut depend on the chunking: a CRLF ending a blank line
+//! whose CR is the last byte of a chunk. The CR has ended the line, so the
+//! event is complete and the boundary is reported at the end of that chunk,
+//! without waiting for the next one (with CR-only line ends, waiting would
+//! hold every event back until the next arrives). The LF opening the next
+//! chunk is then the first byte of the next piece. It belongs to the
+//! previous line end and the framer reads it so; a parser that reads the
+//! next piece apart from the one before reads it as one more blank line,
+//! which dispatches nothing and sets the last event ID to the value it
+//! already has (the argument of [`Framer::at_event_boundary`] for
+//! heartbeats). When the CR and LF arrive in the same chunk, the boundary is
+//! after the LF.
 //!
 //! The standard decodes the stream as UTF-8 first; the framer works on raw
 //! bytes instead, which gives the same lines and fields: the decoder never
@@ -65,6 +105,26 @@ pub struct Event<'a> {
     pub event_type_truncated: bool,
     /// The id was longer than [`MAX_ID_LEN`] and was not kept.
     pub id_too_long: bool,
+}
+
+/// The end of a blank line inside a chunk given to [`Framer::feed_boundaries`];
+/// see "Boundaries" in the module documentation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boundary {
+    /// Offset in the chunk just past the blank line's line end: where the next
+    /// piece of the stream starts. Never 0, at most the chunk's length.
+    pub end: usize,
+    /// The last event ID string after this blank line, as
+    /// [`Framer::last_event_id`] would return it there: `None` when no `id`
+    /// was ever dispatched or when the last one was longer than
+    /// [`MAX_ID_LEN`] ([`Boundary::id_too_long`] tells the two apart),
+    /// `Some(b"")` after an empty `id`.
+    pub id: Option<Vec<u8>>,
+    /// The last event ID is an id longer than [`MAX_ID_LEN`], not kept.
+    pub id_too_long: bool,
+    /// An event fired at this blank line (its data buffer was not empty), as
+    /// opposed to a block of comments, fields without data, or nothing.
+    pub dispatched: bool,
 }
 
 /// The fields the standard gives a meaning to; every other name is ignored.
@@ -254,9 +314,43 @@ impl Framer {
     /// Observes the next bytes of the stream, calling `on_event` for every
     /// event dispatched by them, in order.
     pub fn feed_with(&mut self, chunk: &[u8], mut on_event: impl FnMut(&Event<'_>)) {
+        self.observe(chunk, &mut on_event, &mut no_boundary);
+    }
+
+    /// Observes the next bytes of the stream, as [`Framer::feed`] does, and
+    /// appends to `out` every [`Boundary`] (blank line end) inside `chunk`, in
+    /// order; `out` is not cleared first. Cutting the stream at the reported
+    /// offsets gives whole events: see "Boundaries" in the module
+    /// documentation, also for the one case where an offset depends on the
+    /// chunking (a blank line's CRLF split between two chunks).
+    ///
+    /// Allocates a copy of the last event ID for each boundary where one is
+    /// kept; [`Framer::feed`] stays the cheaper call when the cuts are not
+    /// needed.
+    pub fn feed_boundaries(&mut self, chunk: &[u8], out: &mut Vec<Boundary>) {
+        self.observe(chunk, &mut |_| {}, &mut |framer, remaining, dispatched| {
+            out.push(Boundary {
+                end: chunk.len() - remaining,
+                id: framer.last_event_id().map(<[u8]>::to_vec),
+                id_too_long: framer.id.string_state == IdState::TooLong,
+                dispatched,
+            });
+        });
+    }
+
+    /// What every `feed*` call does: counts the bytes, skips a BOM, reads the
+    /// lines. `on_boundary` gets the framer just after each blank line, the
+    /// number of bytes of `chunk` after the line end, and whether an event
+    /// fired. [`no_boundary`] compiles away, which keeps [`Framer::feed`] as
+    /// fast as it was before boundaries could be reported.
+    fn observe<E, B>(&mut self, chunk: &[u8], on_event: &mut E, on_boundary: &mut B)
+    where
+        E: FnMut(&Event<'_>),
+        B: FnMut(&Self, usize, bool),
+    {
         self.bytes = self.bytes.saturating_add(chunk.len() as u64);
-        let rest = self.skip_bom(chunk, &mut on_event);
-        self.scan(rest, &mut on_event);
+        let rest = self.skip_bom(chunk, on_event);
+        self.scan(rest, on_event, on_boundary);
     }
 
     /// Whether a comment plus blank line (`:\n\n`) inserted after the bytes fed
@@ -337,15 +431,22 @@ impl Framer {
             } else {
                 self.bom_decided = true;
                 // What looked like the start of a BOM was line content after all.
+                // It holds no line end, so no boundary can be reported from it.
                 let replay = BOM.get(..matched).unwrap_or_default();
-                self.scan(replay, on_event);
+                self.scan(replay, on_event, &mut no_boundary);
             }
         }
         rest
     }
 
-    /// Splits `rest` at line ends and feeds each piece to the line state.
-    fn scan<F: FnMut(&Event<'_>)>(&mut self, mut rest: &[u8], on_event: &mut F) {
+    /// Splits `rest` at line ends and feeds each piece to the line state;
+    /// calls `on_boundary` after each blank line's end, with the length of
+    /// what follows it in `rest`.
+    fn scan<E, B>(&mut self, mut rest: &[u8], on_event: &mut E, on_boundary: &mut B)
+    where
+        E: FnMut(&Event<'_>),
+        B: FnMut(&Self, usize, bool),
+    {
         if self.pending_cr {
             match rest.split_first() {
                 None => return,
@@ -361,6 +462,8 @@ impl Framer {
             };
             let (content, from_end) = rest.split_at(end);
             self.consume(content);
+            let blank = matches!(self.line, Line::Start);
+            let fires = blank && self.data.len > 0;
             self.end_line(on_event);
             let Some((&line_end, after)) = from_end.split_first() else {
                 return;
@@ -373,6 +476,9 @@ impl Framer {
                     Some((&b'\n', after_lf)) => rest = after_lf,
                     Some(_) => {}
                 }
+            }
+            if blank {
+                on_boundary(self, rest.len(), fires);
             }
         }
     }
@@ -542,6 +648,15 @@ impl Framer {
         self.event_type.clear();
     }
 }
+
+/// The boundary callback of everything but [`Framer::feed_boundaries`].
+///
+/// One named function rather than a closure at each call site: `feed` and the
+/// BOM replay then share one instance of [`Framer::scan`], called from two
+/// places, which the compiler inlines no differently than before boundaries
+/// existed; a closure per site made the main one a single-caller instance,
+/// inlined into `feed`, and the bench 4 % slower on long lines and comments.
+fn no_boundary(_: &Framer, _: usize, _: bool) {}
 
 /// Position of the first CR or LF in `hay`.
 ///
@@ -967,6 +1082,151 @@ mod tests {
         assert_eq!(framer.comments(), 1);
         assert!(!framer.at_event_boundary());
         assert_eq!(framer.bytes(), 2 * LINE as u64 + 12);
+    }
+
+    /// The boundaries `feed_boundaries` reports for each chunk, in a proxy-mode
+    /// framer that is then checked to be in the state `feed` leaves.
+    fn boundaries_of(chunks: &[&[u8]]) -> Vec<Vec<Boundary>> {
+        let (mut framer, mut plain) = (Framer::new(), Framer::new());
+        let per_chunk = chunks
+            .iter()
+            .map(|chunk| {
+                let mut out = Vec::new();
+                framer.feed_boundaries(chunk, &mut out);
+                plain.feed(chunk);
+                out
+            })
+            .collect();
+        assert_eq!(format!("{framer:?}"), format!("{plain:?}"));
+        per_chunk
+    }
+
+    /// A boundary after an event (`fired`) or after a blank line that fired
+    /// nothing, with the last event ID `id`.
+    fn at(end: usize, id: Option<&[u8]>, fired: bool) -> Boundary {
+        Boundary {
+            end,
+            id: id.map(<[u8]>::to_vec),
+            id_too_long: false,
+            dispatched: fired,
+        }
+    }
+
+    #[test]
+    fn boundaries_at_every_blank_line() {
+        let stream: &[u8] = b"id: 1\ndata: a\n\n: hb\n\nid\n\ndata: b\nevent: x";
+        let want = [
+            at(15, Some(b"1"), true),
+            at(21, Some(b"1"), false),
+            at(25, Some(b""), false),
+        ];
+        assert_eq!(boundaries_of(&[stream]), [want.to_vec()]);
+        // Offsets are within each chunk.
+        let (head, tail) = stream.split_at(18);
+        assert_eq!(
+            boundaries_of(&[head, tail]),
+            [
+                vec![want[0].clone()],
+                vec![at(3, Some(b"1"), false), at(7, Some(b""), false)]
+            ]
+        );
+        // A comment line alone is not a boundary, though the framer is at one.
+        let mut framer = Framer::new();
+        let mut out = Vec::new();
+        framer.feed_boundaries(b"data: a\n\n: hb\n", &mut out);
+        assert_eq!(out, [at(9, None, true)]);
+        assert!(framer.at_event_boundary());
+        // Blank lines that fire nothing: alone, after a discarded event, after retry.
+        assert_eq!(
+            boundaries_of(&[b"\nevent: e\n\nretry: 5\n\n"]),
+            [[at(1, None, false), at(11, None, false), at(21, None, false)]]
+        );
+    }
+
+    #[test]
+    fn boundaries_with_each_line_end() {
+        assert_eq!(
+            boundaries_of(&[b"data: a\r\n\r\n"]),
+            [[at(11, None, true)]],
+            "after the LF of a CRLF in the same chunk"
+        );
+        assert_eq!(
+            boundaries_of(&[b"data: a\r\rdata: b\r\r"]),
+            [[at(9, None, true), at(18, None, true)]]
+        );
+        // A blank line's CRLF split between chunks: the boundary comes with the
+        // CR, and the LF opening the next chunk is no boundary of its own.
+        assert_eq!(
+            boundaries_of(&[b"data: a\r\n\r", b"\ndata: b\r\n\r\n"]),
+            [[at(10, None, true)], [at(12, None, true)]]
+        );
+        assert_eq!(
+            boundaries_of(&[b"data: a\r\r", b"data: b\n\n"]),
+            [[at(9, None, true)], [at(9, None, true)]]
+        );
+        assert_eq!(
+            boundaries_of(&[b"data: a\r\n\r", b"", b"\n", b"\n"]),
+            [
+                vec![at(10, None, true)],
+                vec![],
+                vec![],
+                vec![at(1, None, false)]
+            ]
+        );
+    }
+
+    #[test]
+    fn boundaries_count_the_bom() {
+        let stream = [&BOM[..], b"data: a\n\n"].concat();
+        assert_eq!(boundaries_of(&[&stream]), [[at(12, None, true)]]);
+        assert_eq!(
+            boundaries_of(&[&[0xEF], &[0xBB, 0xBF, b'\n']]),
+            [vec![], vec![at(3, None, false)]]
+        );
+        // Not a BOM after all: its bytes start an ignored field's line.
+        assert_eq!(
+            boundaries_of(&[&[0xEF, 0xBB], b"\n\n"]),
+            [vec![], vec![at(2, None, false)]]
+        );
+    }
+
+    #[test]
+    fn boundary_ids_follow_the_id_rules() {
+        // A NUL voids the id line; the id persists.
+        assert_eq!(
+            boundaries_of(&[b"id: 1\n\nid: 2\0\ndata: x\n\n"]),
+            [[at(7, Some(b"1"), false), at(23, Some(b"1"), true)]]
+        );
+        // An id that never reached a blank line does not count.
+        assert_eq!(
+            boundaries_of(&[b"id: 1\ndata: a\n\nid: 2\ndata: b\n", b"\n"]),
+            [
+                vec![at(15, Some(b"1"), true)],
+                vec![at(1, Some(b"2"), true)]
+            ]
+        );
+        let long = [
+            b"id: ".to_vec(),
+            vec![b'a'; MAX_ID_LEN + 1],
+            b"\n\n".to_vec(),
+        ]
+        .concat();
+        let mut too_long = at(MAX_ID_LEN + 7, None, false);
+        too_long.id_too_long = true;
+        assert_eq!(
+            boundaries_of(&[&long, b"id\n\n"]),
+            [[too_long], [at(4, Some(b""), false)]]
+        );
+    }
+
+    #[test]
+    fn boundaries_are_appended() {
+        let mut framer = Framer::with_data_capture(16);
+        let mut out = vec![at(99, None, false)];
+        framer.feed_boundaries(b"data: a\n\n", &mut out);
+        assert_eq!(out, [at(99, None, false), at(9, None, true)]);
+        assert_eq!(framer.events(), 1);
+        assert_eq!(framer.bytes(), 9);
     }
 
     #[test]
