@@ -699,7 +699,8 @@ def _med_range(spread: dict | None) -> str:
         return "—"
     if spread["n"] == 1:
         return _num(spread["median"])
-    return f"{_num(spread['median'])} ({_num(spread['min'])}–{_num(spread['max'])})"
+    sep = " to " if spread["min"] < 0 else "–"
+    return f"{_num(spread['median'])} ({_num(spread['min'])}{sep}{_num(spread['max'])})"
 
 
 def latency_rounds(data: dict, by: dict[str, dict]) -> list[str]:
