@@ -25,7 +25,9 @@ tick and process:
   sched_ms   its summed sch delay in the tick (woken but waiting for a core:
              time other work on the machine took from it);
 and per core, others_ms: CPU time in the tick of every task that is none of
-upstream, load generator, proxy (the machine's other work).
+upstream, load generator, proxy (the machine's other work); over the whole
+window, the other tasks with the longest single runs (a burst on that core
+may wait that long), e.g. the kernel's kdamond.
 """
 
 from __future__ import annotations
@@ -156,6 +158,18 @@ def sched_figures(timehist: str, groups: dict[str, set[int]], period: float, sec
     out["proxy_threads"] = {k: {a: round(b, 2) for a, b in v.items()} for k, v in names.items()}
     # How often a helper thread ran while the worker was in a burst.
     out["helper_runs"] = len(helpers)
+    # The machine's other work, by name and core, over the whole window:
+    # CPU ms per second and the longest single run (what a burst can wait).
+    other: dict[str, list] = {}
+    for r in runs_all:
+        if r[3] in mine or r[5].startswith("perf"):
+            continue
+        name = re.sub(r"[/:].*$", "", r[5])
+        a = other.setdefault(f"{name}@core{r[2]}", [0.0, 0.0])
+        a[0] += (r[1] - r[0]) * 1e3 / secs
+        a[1] = max(a[1], (r[1] - r[0]) * 1e3)
+    top = sorted(other.items(), key=lambda kv: -kv[1][1])[:4]
+    out["others_top"] = {k: {"cpu_ms_per_s": round(v[0], 2), "longest_ms": round(v[1], 2)} for k, v in top}
     return out
 
 
@@ -257,6 +271,10 @@ def line(row: dict) -> str:
                  for k, v in sorted(cum.items()) if k <= 0.0025]
         text += f"\n    relay delay ({rd['count']} chunks, mean {rd['mean_us']} µs): " + ", ".join(parts)
         text += f"; > 1 ms: {rd['count'] - cum.get(0.001, 0)}"
+    if s.get("others_top"):
+        text += "\n    other work, longest runs: " + ", ".join(
+            f"{k} {v['longest_ms']:.1f} ms ({v['cpu_ms_per_s']:.1f} ms CPU/s)"
+            for k, v in s["others_top"].items())
     if s.get("proxy_threads"):
         text += "\n    proxy threads: " + ", ".join(
             f"{k}: {v['runs_per_s']:.0f} runs/s, {v['cpu_ms_per_s']:.2f} ms CPU/s"
