@@ -17,7 +17,7 @@ for measurements) and explains failures on stderr with exit status 1.
     compare.py field FILE FIELD                    -> one top-level field of a JSON file
     compare.py init RESULTS QUICK NOFILE TARGETS SCENARIOS SSEGATE_VERSION PEERS_TSV SKIPS_TSV
     compare.py skip RESULTS TARGET SCENARIO REASON
-    compare.py add-run RESULTS SCENARIO TARGET CELL_DIR
+    compare.py add-run RESULTS SCENARIO TARGET CELL_DIR [ROUND]
     compare.py report RESULTS
 """
 
@@ -323,7 +323,7 @@ def _tsv(path: str) -> list[list[str]]:
 
 
 def init(results: str, quick: str, nofile: str, targets: str, scenarios: str,
-         ssegate_version: str, peers_tsv: str, skips_tsv: str) -> None:
+         ssegate_version: str, peers_tsv: str, skips_tsv: str, rounds: str = "1") -> None:
     peers = {name: {"version": version, "h2_downstream": h2 == "1", "h2_how": how}
              for name, version, h2, how in _tsv(peers_tsv)}
     data = {
@@ -341,6 +341,12 @@ def init(results: str, quick: str, nofile: str, targets: str, scenarios: str,
                     for t, s, r in _tsv(skips_tsv)],
         "runs": [],
     }
+    if int(rounds) > 1:
+        # Alternating rounds of the latency scenario (compare.sh --rounds):
+        # every round's run is in "round_runs"; "runs" holds one summary per
+        # target whose figures are medians over the rounds (see summarize).
+        data["rounds"] = int(rounds)
+        data["round_runs"] = []
     _save(results, data)
 
 
@@ -357,7 +363,7 @@ def _delta(after: dict | None, before: dict | None, key: str):
     return round(after[key] - before[key], 3)
 
 
-def add_run(results: str, scenario: str, target: str, cell: str) -> None:
+def add_run(results: str, scenario: str, target: str, cell: str, rnd: str | None = None) -> None:
     d = Path(cell)
     bench = _maybe_json(d / "bench.json")
     p0, p1 = _maybe_json(d / "proxy_before.json"), _maybe_json(d / "proxy_after.json")
@@ -388,12 +394,91 @@ def add_run(results: str, scenario: str, target: str, cell: str) -> None:
     run["derived"] = derive(run)
     run["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     data = _load(results)
-    data["runs"] = [r for r in data["runs"]
-                    if not (r["scenario"] == scenario and r["target"] == target)]
-    data["runs"].append(run)
+    if rnd is None:
+        data["runs"] = [r for r in data["runs"]
+                        if not (r["scenario"] == scenario and r["target"] == target)]
+        data["runs"].append(run)
+    else:
+        run["round"] = int(rnd)
+        rounds = data.setdefault("round_runs", [])
+        rounds[:] = [r for r in rounds
+                     if not (r["scenario"] == scenario and r["target"] == target
+                             and r.get("round") == run["round"])]
+        rounds.append(run)
+        summarize(data, scenario)
     data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     data["machine"]["loadavg_at_end"] = list(os.getloadavg())
     _save(results, data)
+
+
+# Latency figures summarized over alternating rounds.
+ROUND_KEYS = ("lat_p50_ms", "lat_p90_ms", "lat_p99_ms", "lat_p999_ms", "lat_max_ms")
+# Per-round figures whose medians and spreads the report shows; "added" ones
+# are the target's percentile minus direct's in the same round.
+SPREAD_KEYS = ("lat_p99_ms", "lat_p999_ms", "added_p99_ms", "added_p999_ms")
+
+
+def _spread(values: list) -> dict | None:
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    return {"median": round(statistics.median(values), 4), "min": values[0],
+            "max": values[-1], "n": len(values)}
+
+
+def round_added(data: dict, scenario: str) -> None:
+    """Sets each round run's added percentiles: its p50, p99 and p99.9 minus
+    those of direct in the same round (None without a good direct run)."""
+    rounds = [r for r in data.get("round_runs", []) if r["scenario"] == scenario]
+    direct = {r["round"]: r["derived"] for r in rounds if r["target"] == "direct" and r["ok"]}
+    for r in rounds:
+        d, ref = r["derived"], direct.get(r["round"])
+        for key in ("p50", "p99", "p999"):
+            v = d.get(f"lat_{key}_ms")
+            base = ref.get(f"lat_{key}_ms") if ref and r["target"] != "direct" else None
+            d[f"added_{key}_ms"] = (round(v - base, 4)
+                                    if v is not None and base is not None and r["ok"] else None)
+
+
+def summarize(data: dict, scenario: str) -> None:
+    """Replaces the runs of SCENARIO in "runs" by one summary per target over
+    its rounds: each latency percentile is the median over the good rounds,
+    gaps and duplicates are summed, and "spread" holds median, min and max of
+    p99, p99.9 and of the added p99 and p99.9. Readers of "runs" (the chart,
+    the goals) thus see medians over the rounds."""
+    round_added(data, scenario)
+    rounds = [r for r in data.get("round_runs", []) if r["scenario"] == scenario]
+    targets = []
+    for r in rounds:
+        if r["target"] not in targets:
+            targets.append(r["target"])
+    data["runs"] = [r for r in data["runs"] if r["scenario"] != scenario]
+    for t in targets:
+        mine = sorted((r for r in rounds if r["target"] == t), key=lambda r: r["round"])
+        good = [r for r in mine if r["ok"]]
+        derived: dict = {}
+        for key in ROUND_KEYS + ("events_per_s", "streams_opened", "streams_failed",
+                                 "added_p50_ms", "added_p99_ms", "added_p999_ms"):
+            s = _spread([r["derived"].get(key) for r in good])
+            derived[key] = s["median"] if s else None
+        for key in ("gaps", "duplicates", "errors_total"):
+            vals = [r["derived"].get(key) for r in good if r["derived"].get(key) is not None]
+            derived[key] = sum(vals) if vals else None
+        derived["spread"] = {key: _spread([r["derived"].get(key) for r in good])
+                             for key in SPREAD_KEYS}
+        failed = [r for r in mine if not r["ok"]]
+        params = dict(next((r["params"] for r in mine if r.get("params")), {}))
+        if params:
+            params["summary"] = (params.get("summary", "")
+                                 + f"; median of {len(good)} alternating round(s)")
+        data["runs"].append({
+            "scenario": scenario, "target": t, "ok": bool(good),
+            "error": ("; ".join(f"round {r['round']}: {r['error']}" for r in failed)
+                      if failed else None),
+            "rounds": [r["round"] for r in mine], "rounds_ok": len(good),
+            "cell_dir": None, "bench": None, "params": params,
+            "proxy": None, "upstream": None, "derived": derived,
+        })
 
 
 def derive(run: dict) -> dict:
@@ -517,6 +602,8 @@ def report(results: str) -> str:
         "",
     ]
     errors = [r for r in runs if not r["ok"]]
+    errors += [dict(r, target=f"{r['target']} round {r['round']}")
+               for r in data.get("round_runs", []) if not r["ok"]]
 
     def row(cells: list[str]) -> str:
         return "| " + " | ".join(cells) + " |"
@@ -569,7 +656,9 @@ def report(results: str) -> str:
         lines.append("")
 
     by = _by_target(runs, "latency")
-    if by:
+    if by and data.get("round_runs"):
+        lines += latency_rounds(data, by)
+    elif by:
         dp50, dp99 = ref(by, "direct", "lat_p50_ms"), ref(by, "direct", "lat_p99_ms")
         lines += [f"## latency — {_params_line(by)}", "",
                   row(["target", "opened / failed", "gaps", "p50 ms", "p90 ms", "p99 ms",
@@ -605,6 +694,87 @@ def report(results: str) -> str:
     return "\n".join(lines)
 
 
+def _med_range(spread: dict | None) -> str:
+    if not spread:
+        return "—"
+    if spread["n"] == 1:
+        return _num(spread["median"])
+    sep = " to " if spread["min"] < 0 else "–"
+    return f"{_num(spread['median'])} ({_num(spread['min'])}{sep}{_num(spread['max'])})"
+
+
+def latency_rounds(data: dict, by: dict[str, dict]) -> list[str]:
+    """The latency section of a run with alternating rounds: per target the
+    median and range over the rounds, then every round's own figures."""
+    def row(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    rounds = [r for r in data["round_runs"] if r["scenario"] == "latency"]
+    order = _targets(by)
+    n = max((r["round"] for r in rounds), default=0)
+    lines = [f"## latency — {_params_line(by)}", "",
+             f"{n} rounds; in each round every target in turn ({', '.join(order)}), "
+             "each with a fresh upstream and proxy. Figures: the median over the "
+             "rounds, (min–max) in brackets. Added = the target's percentile minus "
+             "direct's in the same round.", "",
+             row(["target", "rounds ok", "gaps / dups", "p50 ms", "p99 ms", "p99.9 ms",
+                  "added p99 ms", "added p99.9 ms"]),
+             row(["---"] + ["---:"] * 7)]
+    for t in order:
+        d = by[t]["derived"]
+        sp = d.get("spread") or {}
+        lines.append(row([
+            _label(by[t]), f"{by[t].get('rounds_ok', 0)} / {len(by[t].get('rounds', []))}",
+            f"{_num(d.get('gaps'))} / {_num(d.get('duplicates'))}",
+            _num(d.get("lat_p50_ms")), _med_range(sp.get("lat_p99_ms")),
+            _med_range(sp.get("lat_p999_ms")),
+            "—" if t == "direct" else _med_range(sp.get("added_p99_ms")),
+            "—" if t == "direct" else _med_range(sp.get("added_p999_ms")),
+        ]))
+    lines.append("")
+
+    # Round by round: p99 / p99.9 of each target, in the order they ran.
+    cells = {(r["round"], r["target"]): r for r in rounds}
+    lines += ["### latency, round by round: p99 / p99.9 ms", "",
+              row(["round"] + order + ["load 1 min at end"]),
+              row(["---:"] + ["---:"] * (len(order) + 1))]
+    for k in range(1, n + 1):
+        vals = []
+        load = None
+        for t in order:
+            r = cells.get((k, t))
+            if r is None:
+                vals.append("—")
+                continue
+            load = r.get("loadavg_1m_at_end", load)
+            if not r["ok"]:
+                vals.append("FAILED")
+                continue
+            d = r["derived"]
+            vals.append(f"{_num(d.get('lat_p99_ms'))} / {_num(d.get('lat_p999_ms'))}")
+        lines.append(row([str(k)] + vals + [_num(load)]))
+    lines.append("")
+
+    # Paired comparison with nginx, round by round.
+    if "ssegate" in by and "nginx" in by:
+        diffs, wins = [], 0
+        for k in range(1, n + 1):
+            s, g = cells.get((k, "ssegate")), cells.get((k, "nginx"))
+            if not (s and g and s["ok"] and g["ok"]):
+                continue
+            a, b = s["derived"].get("lat_p99_ms"), g["derived"].get("lat_p99_ms")
+            if a is None or b is None:
+                continue
+            diffs.append(a - b)
+            wins += a < b
+        if diffs:
+            sp = _spread(diffs)
+            lines += [f"ssegate p99 − nginx p99, same round: median {_num(sp['median'])} ms "
+                      f"({_num(sp['min'])} to {_num(sp['max'])}); ssegate's p99 is the lower "
+                      f"in {wins} of {len(diffs)} rounds.", ""]
+    return lines
+
+
 def goals(runs: list[dict]) -> list[str]:
     """The four goals of BENCHMARKS.md, judged on this run's figures."""
     def get(scen, target, key):
@@ -632,8 +802,14 @@ def goals(runs: list[dict]) -> list[str]:
                f"({_num(s)} vs {_num(n)} KiB)")
     s, d = (get("latency", t, "lat_p99_ms") for t in ("ssegate", "direct"))
     added = s - d if s is not None and d is not None else None
+    how = ""
+    lat = [r for r in runs if r["scenario"] == "latency" and r["target"] == "ssegate" and r["ok"]]
+    if lat and "rounds" in lat[0]:
+        # Alternating rounds: the median of the per-round differences.
+        added = lat[0]["derived"].get("added_p99_ms")
+        how = f", median over {lat[0]['rounds_ok']} rounds"
     out.append(f"- p99 added latency < 1 ms: "
-               f"{verdict(added < 1 if added is not None else None)} ({_num(added)} ms)")
+               f"{verdict(added < 1 if added is not None else None)} ({_num(added)} ms{how})")
     out.append("")
     return out
 
@@ -670,7 +846,7 @@ def main(argv: list[str]) -> None:
     elif cmd == "skip":
         skip(args[0], args[1], args[2], args[3])
     elif cmd == "add-run":
-        add_run(args[0], args[1], args[2], args[3])
+        add_run(args[0], args[1], args[2], args[3], args[4] if len(args) > 4 else None)
     elif cmd == "report":
         print(report(args[0]))
     else:

@@ -4,6 +4,7 @@
 #   benches/compare.sh [--quick] [--scenarios idle,fanout,h2mux,latency]
 #                      [--targets direct,ssegate,nginx,caddy,haproxy]
 #                      [--out DIR] [--duration SECONDS] [--no-install] [--no-chart]
+#                      [--rounds N]
 #
 # Every (scenario, target) cell gets a fresh bench upstream and a fresh proxy:
 #   - the proxy (one worker/thread) runs pinned to core 0 (taskset -c 0);
@@ -16,6 +17,12 @@
 # Results: DIR/results.json (every raw figure), a markdown report on stdout
 # (also DIR/report.md) and DIR/chart.png. Logs and rendered configs: DIR/run/.
 # DIR defaults to benches/results (benches/results/quick with --quick).
+#
+# --rounds N (latency only) runs the latency scenario N times, alternating
+# the targets within each round (direct, ssegate, nginx, direct, ssegate,
+# nginx, ...), and reports for each target the median and the range over the
+# rounds of its p99 and p99.9 and of its added p99 and p99.9 (minus direct's in
+# the same round). Other scenarios run once, as without it.
 #
 # --quick is a smoke test of a few seconds per cell: small counts, and only
 # direct, ssegate and the peers already installed (nothing is installed).
@@ -38,10 +45,11 @@ OUT=""
 DURATION_OVERRIDE=""
 INSTALL=1
 CHART=1
+ROUNDS=1
 # The bench upstream serves any path; one fixed path keeps logs readable.
 BENCH_PATH="/sse"
 
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 say() { echo "compare: $*" >&2; }
 die() { echo "compare: error: $*" >&2; exit 1; }
 
@@ -54,6 +62,7 @@ while [ $# -gt 0 ]; do
     --duration) DURATION_OVERRIDE="${2:?--duration needs seconds}"; shift ;;
     --no-install) INSTALL=0 ;;
     --no-chart) CHART=0 ;;
+    --rounds) ROUNDS="${2:?--rounds needs a number}"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
@@ -74,6 +83,10 @@ for t in $TARGETS; do
 done
 if [ -z "$OUT" ]; then
   if [ "$QUICK" = 1 ]; then OUT="$HERE/results/quick"; else OUT="$HERE/results"; fi
+fi
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds takes a positive number, got $ROUNDS"
+if [ "$ROUNDS" -gt 1 ] && [[ " ${SCENARIOS} " != *" latency "* ]]; then
+  die "--rounds applies to the latency scenario only, and it is not among: $SCENARIOS"
 fi
 [ -z "$DURATION_OVERRIDE" ] || [[ "$DURATION_OVERRIDE" =~ ^[1-9][0-9]*$ ]] ||
   die "--duration takes whole seconds, got $DURATION_OVERRIDE"
@@ -298,7 +311,7 @@ for t in nginx caddy haproxy; do
 done
 printf '%s\n' "${SKIPS[@]+"${SKIPS[@]}"}" >"$RUN/skips.tsv"
 "${PY[@]}" init "$RESULTS" "$QUICK" "$NOFILE" "$TARGETS" "$SCENARIOS" \
-  "${VERSION[ssegate]}" "$RUN/peers.tsv" "$RUN/skips.tsv"
+  "${VERSION[ssegate]}" "$RUN/peers.tsv" "$RUN/skips.tsv" "$ROUNDS"
 
 # ---------------------------------------------------------------------------
 # one cell
@@ -365,9 +378,11 @@ bench() {
 # thousands N: 9900 -> 9,900 (locale-independent).
 thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
 
+# run_cell SCENARIO TARGET [ROUND]: one cell; with ROUND, one round of the
+# alternating latency rounds (its own cell folder, recorded as that round).
 run_cell() {
-  local scen="$1" t="$2" rate streams dur ramp url base flags=() summary want max_s sock_base
-  CELL="$RUN/$scen-$t"
+  local scen="$1" t="$2" rnd="${3:-}" rate streams dur ramp url base flags=() summary want max_s sock_base
+  CELL="$RUN/$scen-$t${rnd:+-r$rnd}"
   mkdir -p "$CELL"
   case "$scen" in
     idle) rate=$FAN_RATE; streams=$IDLE_STREAMS; dur=$IDLE_DUR; ramp=$IDLE_RAMP
@@ -382,7 +397,7 @@ run_cell() {
   esac
   printf '{"summary": "%s", "streams": %d, "rate": %d, "payload": %d, "duration_s": %d, "ramp_s": %d, "http2": %s}\n' \
     "$summary" "$streams" "$rate" "$PAYLOAD" "$dur" "$ramp" "$([ "$scen" = h2mux ] && echo true || echo false)" >"$CELL/params.json"
-  say "── $scen / $t: $summary"
+  say "── $scen / $t${rnd:+ (round $rnd of $ROUNDS)}: $summary"
 
   # The upstream: fresh for every cell, pinned with the load generator.
   spawn "$CELL/upstream.out" "$CELL/upstream.err" "${LOAD_CPU[@]}" "$BENCH_BIN" bench upstream \
@@ -390,7 +405,7 @@ run_cell() {
   UP_PID="$SPAWNED"
   if ! UP_ADDR="$("${PY[@]}" wait-listen "$CELL/upstream.out" 15)"; then
     echo "bench upstream did not start: $(tail -n 3 "$CELL/upstream.err")" >"$CELL/error"
-    stop "$UP_PID"; "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL"; return 0
+    stop "$UP_PID"; "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL" ${rnd:+"$rnd"}; return 0
   fi
 
   PROXY_PID=""
@@ -399,7 +414,7 @@ run_cell() {
   elif ! start_proxy "$t"; then
     echo "$t did not start (see $CELL)" >"$CELL/error"
     [ -z "$PROXY_PID" ] || stop "$PROXY_PID" KILL
-    stop "$UP_PID"; "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL"; return 0
+    stop "$UP_PID"; "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL" ${rnd:+"$rnd"}; return 0
   fi
   base="$H1_BASE"; [ "$scen" = h2mux ] && base="$H2_BASE"
   url="$base$BENCH_PATH"; [ "$scen" = idle ] && url="$url?idle=1"
@@ -415,7 +430,7 @@ run_cell() {
       "${PY[@]}" skip "$RESULTS" "$t" "$scen" "h2c warm-up failed (see $CELL)"
     else
       echo "warm-up failed: $(cat "$CELL/probe.log" "$CELL/warmup.err" | tail -n 2 | tr '\n' ' ')" >"$CELL/error"
-      "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL"
+      "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL" ${rnd:+"$rnd"}
     fi
     [ -z "$PROXY_PID" ] || stop "$PROXY_PID" "$(stop_signal "$t")"
     stop "$UP_PID"; return 0
@@ -450,7 +465,7 @@ run_cell() {
 
   [ -z "$PROXY_PID" ] || stop "$PROXY_PID" "$(stop_signal "$t")"
   stop "$UP_PID"
-  "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL"
+  "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL" ${rnd:+"$rnd"}
 }
 
 # ---------------------------------------------------------------------------
@@ -458,6 +473,13 @@ run_cell() {
 
 START=$(date +%s)
 for scen in $SCENARIOS; do
+  if [ "$scen" = latency ] && [ "$ROUNDS" -gt 1 ]; then
+    # Alternating rounds: every target once per round, in the same order.
+    for r in $(seq "$ROUNDS"); do
+      for t in $TARGETS; do run_cell "$scen" "$t" "$r"; done
+    done
+    continue
+  fi
   for t in $TARGETS; do
     if [ "$scen" = h2mux ] && [ "${H2[$t]:-0}" != 1 ]; then
       echo "skip: $t h2mux (${H2_NOTE[$t]:-no h2 downstream})"
