@@ -15,6 +15,7 @@ pub mod outcome;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod share;
 pub mod sse;
 pub mod start_error;
 pub mod upstream;

@@ -171,6 +171,62 @@ pub struct Route {
     pub resume_attempts: u32,
     /// Wait before a reconnection when the upstream sent no `retry:`. Default 1 s.
     pub resume_backoff: Duration,
+    /// `share = true`: identical subscribers share one upstream stream.
+    /// `None` when the route does not share (the default).
+    pub share: Option<Share>,
+}
+
+/// A sharing route's settings (`share = true` and the `share_*`,
+/// `replay_*` and `overflow` keys of its `[[route]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// `share_key`: request header names, lowercase, whose values select a
+    /// different stream beyond host, path and query. Default empty.
+    pub key_headers: Vec<String>,
+    /// `share_public`: requests with `Cookie` or `Authorization` may share
+    /// even when those headers are not in `key_headers`. Default false.
+    pub public: bool,
+    /// `share_linger`: how long a shared stream stays open after its last
+    /// subscriber left. Default 30 s.
+    pub linger: Duration,
+    /// `replay_events`: events kept per shared stream for reconnecting
+    /// subscribers. Default 1000; 0 keeps only what delivery needs.
+    pub replay_events: usize,
+    /// `replay_bytes`: and at most this many bytes. Default 1 MiB.
+    pub replay_bytes: usize,
+    /// `overflow`: what happens to a subscriber that falls behind the ring.
+    pub overflow: Overflow,
+    /// `share_auth`: a path on the route's upstream that authorises each
+    /// subscriber (a GET subrequest, as nginx's `auth_request`). Starts with `/`.
+    pub auth: Option<String>,
+    /// `share_auth_cache`: how long an authorisation answer is reused for the
+    /// same credentials. `None` = off (the default).
+    pub auth_cache: Option<Duration>,
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Share {
+            key_headers: Vec::new(),
+            public: false,
+            linger: Duration::from_secs(30),
+            replay_events: 1000,
+            replay_bytes: 1024 * 1024,
+            overflow: Overflow::Disconnect,
+            auth: None,
+            auth_cache: None,
+        }
+    }
+}
+
+/// A sharing route's `overflow` option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// `"disconnect"` (the default): the subscriber's stream ends at an event
+    /// boundary with a jittered `retry:`; it comes back with Last-Event-ID.
+    Disconnect,
+    /// `"skip"`: the subscriber jumps to the newest event; skips are counted.
+    Skip,
 }
 
 /// A route's `resume` option.
@@ -199,6 +255,7 @@ impl Route {
             resume: Resume::Off,
             resume_attempts: 3,
             resume_backoff: Duration::from_secs(1),
+            share: None,
         }
     }
 }

@@ -649,6 +649,8 @@ impl Checker<'_> {
                 RESUME_BACKOFF,
                 Accept::PositiveOnly,
             ),
+            // The `share` keys are read in the config session (TODO there).
+            share: None,
         }
     }
 
