@@ -663,6 +663,20 @@ fn the_production_relay_future_is_no_larger_than_before() {
     >(relay);
     assert!(resuming <= 1720, "{resuming} bytes");
     assert!(direct <= 1720, "{direct} bytes");
+    let shared = future_size::<
+        &'static mut Downstream,
+        &'static mut crate::proxy::share::Subscription,
+        &'static StreamPolicy,
+        bool,
+        &'static ShutdownWatch,
+        &'static RelayProbe,
+        LocalRng,
+        _,
+    >(relay);
+    eprintln!("SIZES resuming {resuming} direct {direct} shared {shared} downstream {} h1client {} job {}",
+        std::mem::size_of::<Downstream>(),
+        std::mem::size_of::<crate::proxy::downstream::H1Client>(),
+        std::mem::size_of::<crate::proxy::event_stream::StreamJob>());
 }
 
 /// An upstream connection in memory, playing its script.
