@@ -41,6 +41,13 @@ impl fmt::Display for AccessLine<'_> {
         if self.stats.resumes > 0 {
             write!(f, " resumes={}", self.stats.resumes)?;
         }
+        // Only on shared streams' subscribers.
+        if let Some(join) = self.stats.join {
+            write!(f, " shared=1 join={}", join.label())?;
+            if self.stats.skipped > 0 {
+                write!(f, " skipped={}", self.stats.skipped)?;
+            }
+        }
         Ok(())
     }
 }
