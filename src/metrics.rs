@@ -174,7 +174,7 @@ impl Metrics {
         )?;
         let shared_opens = counter(
             "ssegate_shared_upstream_opens_total",
-            "Upstream requests made for shared streams (route share = true): openings, re-openings after a failure, and resumes.",
+            "Upstream streams opened for shared streams (route share = true): first openings and re-openings after a failure (resumes count in ssegate_resume_attempts_total).",
             &["route"],
         )?;
         let replays = counter(
@@ -314,11 +314,15 @@ impl Metrics {
                 bytes: self.stream_bytes.get_metric_with_label_values(&one)?,
             },
             share: ShareMetrics {
-                streams_open: self.shared_streams_open.get_metric_with_label_values(&one)?,
+                streams_open: self
+                    .shared_streams_open
+                    .get_metric_with_label_values(&one)?,
                 subscribers: self.shared_subscribers.get_metric_with_label_values(&one)?,
                 opens: self.shared_opens.get_metric_with_label_values(&one)?,
                 replay_hits: self.replays.get_metric_with_label_values(&[label, "hit"])?,
-                replay_misses: self.replays.get_metric_with_label_values(&[label, "miss"])?,
+                replay_misses: self
+                    .replays
+                    .get_metric_with_label_values(&[label, "miss"])?,
                 overflow_disconnects: self
                     .overflows
                     .get_metric_with_label_values(&[label, "disconnect"])?,
@@ -716,6 +720,7 @@ mod tests {
             bytes: 30,
             events: 3,
             heartbeats: 2,
+            ..StreamStats::default()
         };
         b.finish(&route, StreamEnd::ClientGone, &stats, "app", None);
         assert_eq!(route.streams_open.get(), 0);
