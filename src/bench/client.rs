@@ -620,6 +620,33 @@ mod tests {
         assert_eq!(ctx.settled.load(Ordering::Acquire), 3);
     }
 
+    #[tokio::test]
+    async fn an_open_h2_stream_holds_little() {
+        // 100,000 of these are held at once: the opening (the connection's
+        // handshake, the request, the wait for the head) must stay boxed
+        // outside the task (it was about 5 KB inline).
+        let argv = [
+            "bench",
+            "--url",
+            "http://127.0.0.1:9/",
+            "--streams",
+            "1",
+            "--http2",
+            "--duration",
+            "1s",
+        ];
+        let args = crate::bench::BenchArgs::try_parse_from(&argv).unwrap();
+        let plan = Plan::from_args(&args.client).unwrap();
+        let ctx = Arc::new(setup(&plan, Instant::now()).await.unwrap());
+        let task = h2_stream_task(ctx.clone(), 0);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1024, "an HTTP/2 stream task is {size} bytes");
+        let mut meter = StreamMeter::new(0, Instant::now());
+        let stream = client_h2::stream(&ctx, 0, &mut meter);
+        let size = std::mem::size_of_val(&stream);
+        assert!(size <= 256, "an HTTP/2 stream's I/O future is {size} bytes");
+    }
+
     #[test]
     fn settling_counts_each_outcome_once() {
         let stats = Stats::new();
