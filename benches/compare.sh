@@ -397,6 +397,7 @@ render_ssegate() {
 # Does this ssegate take the sharing keys? Until a build parses them,
 # `ssegate check` refuses them, and the shared cells run ssegate without.
 SHARE_USED=0
+want_target ssegate || SHARE_NOTE="ssegate is not among the targets"
 if [ "$SSEGATE_SHARE" = 1 ] && want_target ssegate &&
    [[ " $SCENARIOS " == *" shared-"* ]]; then
   CELL="$RUN/share-check"; mkdir -p "$CELL"
