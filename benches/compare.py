@@ -13,9 +13,12 @@ for measurements) and explains failures on stderr with exit status 1.
     compare.py tree PID                            -> {"pids","rss_kib","pss_kib","cpu_s","sockets"}
     compare.py pids PID                            -> PID and its descendants
     compare.py idle-sample PID WANT_SOCKETS MIN_WAIT_S DEADLINE_S
+    compare.py origin-stats HOST:PORT [reset]       -> the bench upstream's GET /_stats
+    compare.py hold-sample PROXY_PID|- UPSTREAM_PID HOST:PORT BENCH_ERR STREAMS MIN_WAIT_S DEADLINE_S
     compare.py machine
-    compare.py field FILE FIELD                    -> one top-level field of a JSON file
+    compare.py field FILE FIELD                    -> one field of a JSON file (a.b for nested)
     compare.py init RESULTS QUICK NOFILE TARGETS SCENARIOS SSEGATE_VERSION PEERS_TSV SKIPS_TSV
+                    [ROUNDS [SHARES SHARE_NOTE]]
     compare.py skip RESULTS TARGET SCENARIO REASON
     compare.py add-run RESULTS SCENARIO TARGET CELL_DIR [ROUND]
     compare.py report RESULTS
@@ -36,7 +39,9 @@ from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_ORDER = ["direct", "ssegate", "nginx", "caddy", "haproxy"]
-SCENARIO_ORDER = ["idle", "fanout", "h2mux", "latency"]
+SCENARIO_ORDER = ["idle", "fanout", "h2mux", "latency",
+                  "shared-h1", "shared-h2", "shared-idle", "shared-scale"]
+SHARED_SCENARIOS = [s for s in SCENARIO_ORDER if s.startswith("shared-")]
 
 
 def die(msg: str) -> None:
@@ -175,6 +180,85 @@ def idle_sample(root: int, want: int, min_wait: float, deadline: float) -> dict:
     chosen["waited_s"] = round(time.time() - start, 1)
     chosen["want_sockets"] = want
     return chosen
+
+
+def origin_stats(addr: str, reset: bool = False, timeout: float = 5.0) -> dict:
+    """The bench upstream's counters (GET /_stats, see `ssegate bench upstream
+    --help`); with RESET its high-water marks restart from what is open."""
+    host, port = addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("GET", "/_stats" + ("?reset_max=1" if reset else ""))
+        resp = conn.getresponse()
+        ctype = resp.getheader("content-type", "")
+        if resp.status != 200 or "application/json" not in ctype:
+            # An older bench upstream answers any path with an event stream.
+            die(f"{addr}/_stats: HTTP {resp.status} {ctype!r}: this bench upstream has no /_stats")
+        out = json.loads(resp.read())
+        out["t"] = time.time()
+        return out
+    except (OSError, ValueError) as e:
+        die(f"{addr}/_stats: {e}")
+        return {}
+    finally:
+        conn.close()
+
+
+PROGRESS = re.compile(r"open (\d+)/(\d+)")
+
+
+def _bench_open(path: str) -> int | None:
+    """Streams open by the load generator's last progress line (one a second
+    on stderr: `   5 s  open 9999/10000  failed 0 ...`)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return None
+    found = PROGRESS.findall(text.replace("\r", "\n"))
+    return int(found[-1][0]) if found else None
+
+
+def hold_sample(proxy: int | None, upstream: int, origin: str, bench_err: str,
+                streams: int, min_wait: float, deadline: float) -> dict:
+    """Waits until the load generator reports every subscriber open (or its
+    open count stops growing for 2.5 s after MIN_WAIT seconds), then samples
+    the proxy's tree three times 0.5 s apart and keeps the median RSS, and
+    samples the upstream's tree and the origin's counters once."""
+    start = time.time()
+    history: list[int] = []
+    reason = "deadline"
+    while time.time() - start < deadline:
+        n = _bench_open(bench_err) or 0
+        history.append(n)
+        if n >= streams:
+            reason = "all open"
+            break
+        settled = len(history) >= 5 and len(set(history[-5:])) == 1
+        if time.time() - start >= min_wait and settled:
+            reason = "count settled below target"
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)
+    out: dict = {"why": reason, "open_at_sample": _bench_open(bench_err)}
+
+    def sample(what):
+        try:
+            return what()
+        except SystemExit:  # die(): the process is gone, or no /_stats
+            return None
+
+    if proxy is not None:
+        samples = []
+        for _ in range(3):
+            if (one := sample(lambda: tree(proxy))) is not None:
+                samples.append(one)
+            time.sleep(0.5)
+        samples.sort(key=lambda s: s["rss_kib"])
+        out["proxy"] = samples[len(samples) // 2] if samples else None
+    out["upstream"] = sample(lambda: tree(upstream))
+    out["origin"] = sample(lambda: origin_stats(origin))
+    out["waited_s"] = round(time.time() - start, 1)
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -323,7 +407,8 @@ def _tsv(path: str) -> list[list[str]]:
 
 
 def init(results: str, quick: str, nofile: str, targets: str, scenarios: str,
-         ssegate_version: str, peers_tsv: str, skips_tsv: str, rounds: str = "1") -> None:
+         ssegate_version: str, peers_tsv: str, skips_tsv: str, rounds: str = "1",
+         shares: str = "0", share_note: str = "") -> None:
     peers = {name: {"version": version, "h2_downstream": h2 == "1", "h2_how": how}
              for name, version, h2, how in _tsv(peers_tsv)}
     data = {
@@ -331,7 +416,10 @@ def init(results: str, quick: str, nofile: str, targets: str, scenarios: str,
         "quick": quick == "1",
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
-        "ssegate": {"version": ssegate_version, "h2_how": "h2c on the plain listener"},
+        "ssegate": {"version": ssegate_version, "h2_how": "h2c on the plain listener",
+                    # The shared-* cells: whether ssegate's route had the
+                    # sharing keys, and what they were (or why not).
+                    "shares": shares == "1", "share_note": share_note},
         "peers": peers,
         "targets": targets.split(),
         "scenarios": scenarios.split(),
@@ -391,6 +479,13 @@ def add_run(results: str, scenario: str, target: str, cell: str, rnd: str | None
             "cpu_s": _delta(p1, p0, "cpu_s"),
         }
     run["upstream"] = {"cpu_s": _delta(u1, u0, "cpu_s")} if u0 else None
+    if scenario in SHARED_SCENARIOS:
+        run["hold"] = _maybe_json(d / "hold.json")
+        run["origin"] = {"before": _maybe_json(d / "origin_before.json"),
+                         "after": _maybe_json(d / "origin_after.json")}
+        if error is None and not (run["origin"]["before"] and run["origin"]["after"]):
+            run["origin_error"] = (_read(str(d / "origin.err"))
+                                   or "no /_stats sample of the bench upstream")
     run["derived"] = derive(run)
     run["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     data = _load(results)
@@ -519,7 +614,57 @@ def derive(run: dict) -> dict:
         out["pss_kib_per_stream"] = round((idle["pss_kib"] - before["pss_kib"]) / opened, 2)
         # Each proxied HTTP/1.1 stream holds a client and an upstream socket.
         out["streams_held_at_sample"] = (idle["sockets"] - before["sockets"]) // 2
+    if run.get("scenario") in SHARED_SCENARIOS:
+        out.update(derive_shared(run, out))
     return out
+
+
+def _at(doc, *keys):
+    for k in keys:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(k)
+    return doc
+
+
+def derive_shared(run: dict, out: dict) -> dict:
+    """The shared-* figures: the proxy's memory while every subscriber is
+    held, and what the origin served during the run."""
+    b = run.get("bench") or {}
+    hold = run.get("hold") or {}
+    before = (run.get("proxy") or {}).get("before")
+    held = hold.get("proxy")
+    res: dict = {}
+    subscribers = hold.get("open_at_sample") or out.get("streams_opened")
+    res["subscribers_at_sample"] = hold.get("open_at_sample")
+    res["hold_why"] = hold.get("why")
+    if before and held:
+        res["rss_before_kib"] = before["rss_kib"]
+        res["rss_held_kib"] = held["rss_kib"]
+        res["proxy_sockets_held"] = held["sockets"] - before["sockets"]
+        if subscribers:
+            res["kib_per_subscriber"] = round((held["rss_kib"] - before["rss_kib"]) / subscribers, 2)
+            res["pss_kib_per_subscriber"] = round(
+                (held["pss_kib"] - before["pss_kib"]) / subscribers, 2)
+    o0, o1 = (run.get("origin") or {}).get("before"), (run.get("origin") or {}).get("after")
+    for what in ("streams", "connections"):
+        res[f"origin_{what}_peak"] = _at(o1, what, "open_max")
+        a0, a1 = _at(o0, what, "accepted"), _at(o1, what, "accepted")
+        res[f"origin_{what}_accepted"] = a1 - a0 if a0 is not None and a1 is not None else None
+        res[f"origin_{what}_at_start"] = _at(o0, what, "open")
+        res[f"origin_{what}_held"] = _at(hold, "origin", what, "open")
+    # Before the reset: the most origin streams open at once from the start
+    # to the run (the probe's, then the 10-subscriber warm-up's).
+    res["origin_streams_warmup_peak"] = _at(o0, "streams", "open_max")
+    res["origin_lagged"] = (_at(o1, "lagged") - _at(o0, "lagged")
+                            if _at(o0, "lagged") is not None and _at(o1, "lagged") is not None
+                            else None)
+    up_cpu, events = out.get("upstream_cpu_s"), b.get("events")
+    res["origin_cpu_s_per_m_events"] = (round(up_cpu / events * 1e6, 2)
+                                        if up_cpu is not None and events else None)
+    peak = b.get("peak_rss_kib")
+    res["generator_peak_rss_mib"] = round(peak / 1024, 1) if peak else None
+    return res
 
 
 # --------------------------------------------------------------------------
@@ -681,7 +826,9 @@ def report(results: str) -> str:
             ]))
         lines.append("")
 
+    lines += shared_sections(data, runs)
     lines += goals(runs)
+    lines += shared_goals(data, runs)
     if data.get("skipped"):
         lines += ["## skipped", ""]
         lines += [f"- {s['target']}{' / ' + s['scenario'] if s.get('scenario') else ''}: "
@@ -775,6 +922,134 @@ def latency_rounds(data: dict, by: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _mib(kib) -> str:
+    return "—" if kib is None else f"{kib / 1024:,.1f}"
+
+
+def _peak_accepted(d: dict, what: str) -> str:
+    peak, acc = d.get(f"origin_{what}_peak"), d.get(f"origin_{what}_accepted")
+    if peak is None and acc is None:
+        return "—"
+    return f"{_num(peak)} ({_num(acc)})"
+
+
+def shared_sections(data: dict, runs: list[dict]) -> list[str]:
+    """The shared-* cells: one table each."""
+    def row(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    def ref(by, name, key):
+        r = by.get(name)
+        return (r or {}).get("derived", {}).get(key) if r and r["ok"] else None
+
+    present = [s for s in SHARED_SCENARIOS if _by_target(runs, s)]
+    skipped = [x for x in data.get("skipped", []) if x.get("scenario") in SHARED_SCENARIOS]
+    if not present and not skipped:
+        return []
+    sg = data.get("ssegate", {})
+    lines = ["## shared streams", "",
+             (f"ssegate's route has the sharing keys: `{sg.get('share_note')}`."
+              if sg.get("shares") else
+              f"ssegate's route does NOT have the sharing keys: {sg.get('share_note') or '—'}.")
+             + " The peers cannot share: they open one upstream connection per subscriber. "
+             "Every subscriber of a cell asks for the same URL (one stream key). shared-scale "
+             "runs for ssegate only: one upstream connection per subscriber, 100,000 of them at "
+             "full size, does not fit the open-files limit "
+             f"({_num(data.get('nofile'))}).", "",
+             "Origin streams and connections: the most open at once during the run, and in "
+             "brackets how many the origin accepted during it (a shared stream that lingers "
+             "from the warm-up and is taken over by the run is open but not accepted again); "
+             "from the bench upstream's `/_stats`. Proxy RSS is sampled once the load "
+             "generator holds every subscriber; KiB per subscriber = (RSS then − RSS before) "
+             "/ subscribers open then. CPU-s per M events: the proxy's, and the origin's, "
+             "per million events delivered to the subscribers.", ""]
+    for scen in present:
+        by = _by_target(runs, scen)
+        lines += [f"### {scen} — {_params_line(by)}", "",
+                  row(["target", "opened / failed", "events/s", "gaps / dups", "p50 ms", "p99 ms",
+                       "proxy CPU-s per M events", "proxy core %", "origin streams",
+                       "origin connections", "origin CPU-s", "origin CPU-s per M events",
+                       "proxy RSS before → held MiB", "KiB per subscriber",
+                       "generator peak RSS MiB", "core 1 %"]),
+                  row(["---"] + ["---:"] * 15)]
+        for t in _targets(by):
+            d = by[t]["derived"]
+
+            def c(key, nginx=True, direct=True):
+                return _cell(d.get(key), ref(by, "nginx", key), ref(by, "direct", key),
+                             nginx=nginx, direct=direct)
+
+            rss = (f"{_mib(d.get('rss_before_kib'))} → {_mib(d.get('rss_held_kib'))}"
+                   if d.get("rss_held_kib") is not None else "—")
+            lines.append(row([
+                _label(by[t]), _opened(d), c("events_per_s", nginx=False),
+                f"{_num(d.get('gaps'))} / {_num(d.get('duplicates'))}",
+                c("lat_p50_ms"), c("lat_p99_ms"),
+                c("proxy_cpu_s_per_m_events", direct=False), _num(d.get("proxy_core_pct")),
+                _peak_accepted(d, "streams"), _peak_accepted(d, "connections"),
+                c("upstream_cpu_s", direct=False), c("origin_cpu_s_per_m_events", direct=False),
+                rss, c("kib_per_subscriber", direct=False),
+                _num(d.get("generator_peak_rss_mib")), _num(d.get("core1_pct")),
+            ]))
+        lines.append("")
+    return lines
+
+
+def shared_goals(data: dict, runs: list[dict]) -> list[str]:
+    """The shared-streams goals of BENCHMARKS.md, judged on this run."""
+    if not any(r["scenario"] in SHARED_SCENARIOS for r in runs):
+        return []
+
+    def get(scen, target, key):
+        for r in runs:
+            if r["scenario"] == scen and r["target"] == target and r["ok"]:
+                return r["derived"].get(key)
+        return None
+
+    def verdict(ok):
+        return "n/a" if ok is None else ("met" if ok else "MISSED")
+
+    out = ["## goals: shared streams (ssegate, this run)", ""]
+    if not data.get("ssegate", {}).get("shares"):
+        out += ["ssegate's route did not have the sharing keys in this run: the goals below "
+                "judge a proxy that opens one upstream connection per subscriber.", ""]
+    for scen, what, limit in (("shared-h1", "HTTP/1.1", 0.6), ("shared-h2", "h2c", 0.2)):
+        s, n = (get(scen, t, "proxy_cpu_s_per_m_events") for t in ("ssegate", "nginx"))
+        ratio = s / n if s is not None and n else None
+        out.append(f"- CPU per delivered event, {what} ({scen}) ≤ {limit}× nginx: "
+                   f"{verdict(ratio <= limit if ratio is not None else None)} "
+                   f"({_num(s)} vs {_num(n)} CPU-s per million events"
+                   f"{f', {ratio:.2f}×' if ratio is not None else ''})")
+    k = get("shared-idle", "ssegate", "kib_per_subscriber")
+    out.append(f"- memory ≤ 3 KiB per idle subscriber (shared-idle): "
+               f"{verdict(k <= 3 if k is not None else None)} ({_num(k)} KiB)")
+    opened, failed, gaps, rss = (get("shared-scale", "ssegate", key) for key in
+                                 ("streams_opened", "streams_failed", "gaps", "rss_held_kib"))
+    want = next((r.get("params", {}).get("streams") for r in runs
+                 if r["scenario"] == "shared-scale" and r["target"] == "ssegate"), None)
+    ok = (None if opened is None or gaps is None or rss is None
+          else opened == want and not failed and gaps == 0 and rss <= 1024 * 1024)
+    out.append(f"- scale (shared-scale): every subscriber open, 0 gaps, proxy RSS ≤ 1 GiB: "
+               f"{verdict(ok)} ({_num(opened)} of {_num(want)} open, {_num(failed)} failed, "
+               f"gaps {_num(gaps)}, RSS {_mib(rss)} MiB)")
+    p99 = get("shared-h2", "ssegate", "lat_p99_ms")
+    out.append(f"- latency p99 ≤ 50 ms with 10,000 subscribers (shared-h2): "
+               f"{verdict(p99 <= 50 if p99 is not None else None)} ({_num(p99)} ms)")
+    cells = []
+    for scen in SHARED_SCENARIOS:
+        peak, acc = (get(scen, "ssegate", k) for k in
+                     ("origin_streams_peak", "origin_streams_accepted"))
+        if peak is not None and acc is not None:
+            cells.append((scen, peak, acc))
+    ok = all(peak == 1 and acc <= 1 for _, peak, acc in cells) if cells else None
+    out.append("- origin: exactly 1 upstream stream per stream key, in every cell: "
+               f"{verdict(ok)} (most open at once, accepted: "
+               + (", ".join(f"{scen} {_num(peak)}, {_num(acc)}" for scen, peak, acc in cells)
+                  or "—") + ")")
+    out.append("")
+    return out
+
+
 def goals(runs: list[dict]) -> list[str]:
     """The four goals of BENCHMARKS.md, judged on this run's figures."""
     def get(scen, target, key):
@@ -783,6 +1058,8 @@ def goals(runs: list[dict]) -> list[str]:
                 return r["derived"].get(key)
         return None
 
+    if not any(r["scenario"] in ("idle", "fanout", "h2mux", "latency") for r in runs):
+        return []
     out = ["## goals (ssegate, this run)", ""]
 
     def verdict(ok):
@@ -835,11 +1112,16 @@ def main(argv: list[str]) -> None:
         print(json.dumps(tree(int(args[0]))))
     elif cmd == "idle-sample":
         print(json.dumps(idle_sample(int(args[0]), int(args[1]), float(args[2]), float(args[3]))))
+    elif cmd == "origin-stats":
+        print(json.dumps(origin_stats(args[0], len(args) > 1 and args[1] == "reset")))
+    elif cmd == "hold-sample":
+        proxy = None if args[0] == "-" else int(args[0])
+        print(json.dumps(hold_sample(proxy, int(args[1]), args[2], args[3], int(args[4]),
+                                     float(args[5]), float(args[6]))))
     elif cmd == "machine":
         print(json.dumps(machine(), indent=2))
     elif cmd == "field":
-        doc = _maybe_json(Path(args[0])) or {}
-        v = doc.get(args[1])
+        v = _at(_maybe_json(Path(args[0])) or {}, *args[1].split("."))
         print("" if v is None else v)
     elif cmd == "init":
         init(*args)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ssegate against direct, nginx, Caddy and HAProxy, on the same scenarios.
 #
-#   benches/compare.sh [--quick] [--scenarios idle,fanout,h2mux,latency]
+#   benches/compare.sh [--quick] [--scenarios idle,fanout,h2mux,latency,shared]
 #                      [--targets direct,ssegate,nginx,caddy,haproxy]
 #                      [--out DIR] [--duration SECONDS] [--no-install] [--no-chart]
 #                      [--rounds N]
@@ -24,6 +24,28 @@
 # rounds of its p99 and p99.9 and of its added p99 and p99.9 (minus direct's in
 # the same round). Other scenarios run once, as without it.
 #
+# The shared scenario (shared streams: a route with `share = true` makes
+# identical subscribers share one upstream stream) is four cells per target,
+# each selectable alone; `shared` names all four:
+#   shared-h1     1,000 HTTP/1.1 subscribers x 20 events/s
+#   shared-h2     10,000 subscribers over 10 h2c connections x 2 events/s
+#   shared-idle   10,000 idle HTTP/1.1 subscribers (?idle=1)
+#   shared-scale  100,000 subscribers of one stream over 100 h2c connections
+#                 x 1 event/s, ssegate only: a proxy that cannot share opens
+#                 one upstream connection per subscriber, and 100,000 do not
+#                 fit the open-files limit (20,000 here)
+# ssegate's rendered config gets SSEGATE_SHARE_KEYS (below) on its route; the
+# peers keep their usual configs and so open one upstream connection per
+# subscriber (shared-idle gives them min(10000, (limit - 200) / 2)
+# subscribers, as idle does). Every subscriber of a cell asks for the same
+# URL: one stream key. Per target the report shows the proxy's CPU per
+# delivered event, the origin's connections and streams (peak open and
+# accepted during the run, from the bench upstream's GET /_stats), the
+# origin's CPU, p50 and p99 latency, the proxy's RSS per subscriber while
+# all are held, gaps, and ratios to nginx. SSEGATE_SHARE=0 runs ssegate
+# without the keys; so does a build whose `ssegate check` refuses them (said
+# on stderr and in the report).
+#
 # --quick is a smoke test of a few seconds per cell: small counts, and only
 # direct, ssegate and the peers already installed (nothing is installed).
 # Without --quick, missing peers are installed from Debian's packages
@@ -31,7 +53,8 @@
 # had is skipped with a "skip:" line. See BENCHMARKS.md for the methodology.
 #
 # Environment: BENCH_BIN overrides the binary providing `bench` and
-# `bench upstream` (default: the release ssegate built by this script).
+# `bench upstream` (default: the release ssegate built by this script);
+# SSEGATE_SHARE=0 leaves the sharing keys out of ssegate's config.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -51,6 +74,8 @@ BENCH_PATH="/sse"
 
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 say() { echo "compare: $*" >&2; }
+# thousands N: 9900 -> 9,900 (locale-independent).
+thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
 die() { echo "compare: error: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
@@ -69,9 +94,13 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-ALL_SCENARIOS="idle fanout h2mux latency"
+SHARED_SCENARIOS="shared-h1 shared-h2 shared-idle shared-scale"
+ALL_SCENARIOS="idle fanout h2mux latency $SHARED_SCENARIOS"
 ALL_TARGETS="direct ssegate nginx caddy haproxy"
 SCENARIOS="${SCENARIOS:-$ALL_SCENARIOS}"; SCENARIOS="${SCENARIOS//,/ }"
+# "shared" names its four cells.
+SCENARIOS=" $SCENARIOS "; SCENARIOS="${SCENARIOS// shared / $SHARED_SCENARIOS }"
+SCENARIOS="$(echo $SCENARIOS)"
 for s in $SCENARIOS; do
   case " $ALL_SCENARIOS " in *" $s "*) ;; *) die "unknown scenario: $s (known: $ALL_SCENARIOS)" ;; esac
 done
@@ -168,12 +197,26 @@ if [ "$QUICK" = 1 ]; then
   FAN_STREAMS=100; FAN_RATE=20; FAN_DUR=3
   H2_STREAMS=100; H2_CONNS=2; H2_DUR=3
   LAT_STREAMS=20; LAT_RATE=10; LAT_DUR=3
+  # The shared cells sample the proxy once all are open: 5 s leave room.
+  SH1_STREAMS=100; SH1_RATE=20; SH1_RAMP=1; SH1_DUR=5
+  SH2_STREAMS=200; SH2_CONNS=2; SH2_RATE=2; SH2_RAMP=1; SH2_DUR=5
+  SIDLE_STREAMS=200; SIDLE_RAMP=1; SIDLE_DUR=5
+  SCALE_STREAMS=2000; SCALE_CONNS=2; SCALE_RATE=1; SCALE_RAMP=1; SCALE_DUR=6
 else
   IDLE_STREAMS=10000; IDLE_RAMP=5; IDLE_DUR=20
   FAN_STREAMS=1000; FAN_RATE=20; FAN_DUR=20
   H2_STREAMS=1000; H2_CONNS=10; H2_DUR=20
   LAT_STREAMS=100; LAT_RATE=10; LAT_DUR=20
+  # shared-h2 at 2 events/s delivers what shared-h1 does (20,000 events/s):
+  # the load generator has one core, and 20 events/s to 10,000 subscribers
+  # would measure it rather than the proxy.
+  SH1_STREAMS=1000; SH1_RATE=20; SH1_RAMP=1; SH1_DUR=20
+  SH2_STREAMS=10000; SH2_CONNS=10; SH2_RATE=2; SH2_RAMP=2; SH2_DUR=20
+  SIDLE_STREAMS=10000; SIDLE_RAMP=5; SIDLE_DUR=20
+  SCALE_STREAMS=100000; SCALE_CONNS=100; SCALE_RATE=1; SCALE_RAMP=10; SCALE_DUR=40
 fi
+# shared-scale's full size, named in its skip reasons.
+SCALE_FULL=100000
 PAYLOAD=100
 RAMP=1
 if [ "$IDLE_STREAMS" -gt "$IDLE_MAX" ]; then
@@ -185,7 +228,24 @@ if [ -n "$DURATION_OVERRIDE" ]; then
   IDLE_DUR=$(( DURATION_OVERRIDE > IDLE_RAMP + 4 ? DURATION_OVERRIDE : IDLE_RAMP + 4 ))
   FAN_DUR="$DURATION_OVERRIDE"
   H2_DUR="$DURATION_OVERRIDE"; LAT_DUR="$DURATION_OVERRIDE"
+  # The shared cells sample the proxy once every subscriber is open, at the
+  # earliest 1 s after the ramp, and at least 3 s before the end.
+  SH1_DUR=$(( DURATION_OVERRIDE > SH1_RAMP + 5 ? DURATION_OVERRIDE : SH1_RAMP + 5 ))
+  SH2_DUR=$(( DURATION_OVERRIDE > SH2_RAMP + 5 ? DURATION_OVERRIDE : SH2_RAMP + 5 ))
+  SIDLE_DUR=$(( DURATION_OVERRIDE > SIDLE_RAMP + 5 ? DURATION_OVERRIDE : SIDLE_RAMP + 5 ))
+  SCALE_DUR=$(( DURATION_OVERRIDE > SCALE_RAMP + 8 ? DURATION_OVERRIDE : SCALE_RAMP + 8 ))
 fi
+
+# ssegate's route in the shared-* cells: these keys (their names are pinned)
+# make identical subscribers share one upstream stream. SSEGATE_SHARE=0 runs
+# those cells without them (ssegate then opens one upstream connection per
+# subscriber, as the peers do).
+SSEGATE_SHARE_KEYS='share = true
+replay_events = 1000
+replay_bytes = "1MiB"'
+SSEGATE_SHARE="${SSEGATE_SHARE:-1}"
+case "$SSEGATE_SHARE" in 0|1) ;; *) die "SSEGATE_SHARE is 0 or 1, got $SSEGATE_SHARE" ;; esac
+SHARE_NOTE="SSEGATE_SHARE=$SSEGATE_SHARE"
 
 # ---------------------------------------------------------------------------
 # build
@@ -310,8 +370,6 @@ for t in nginx caddy haproxy; do
   fi
 done
 printf '%s\n' "${SKIPS[@]+"${SKIPS[@]}"}" >"$RUN/skips.tsv"
-"${PY[@]}" init "$RESULTS" "$QUICK" "$NOFILE" "$TARGETS" "$SCENARIOS" \
-  "${VERSION[ssegate]}" "$RUN/peers.tsv" "$RUN/skips.tsv" "$ROUNDS"
 
 # ---------------------------------------------------------------------------
 # one cell
@@ -326,13 +384,45 @@ render() {
   if grep -q '@[A-Z_0-9]*@' "$2"; then die "unfilled placeholder in $2"; fi
 }
 
+# render_ssegate DEST SHARE: ssegate's config; with SHARE=1 its route gets
+# SSEGATE_SHARE_KEYS, right under the template's one [[route]] header.
+render_ssegate() {
+  render "$HERE/conf/ssegate.toml" "$1"
+  [ "$2" = 1 ] || return 0
+  [ "$(grep -c '^\[\[route\]\]' "$1")" = 1 ] || die "benches/conf/ssegate.toml must have exactly one [[route]]"
+  awk -v keys="$SSEGATE_SHARE_KEYS" '{ print } /^\[\[route\]\]/ { print keys }' "$1" >"$1.tmp"
+  mv "$1.tmp" "$1"
+}
+
+# Does this ssegate take the sharing keys? Until a build parses them,
+# `ssegate check` refuses them, and the shared cells run ssegate without.
+SHARE_USED=0
+want_target ssegate || SHARE_NOTE="ssegate is not among the targets"
+if [ "$SSEGATE_SHARE" = 1 ] && want_target ssegate &&
+   [[ " $SCENARIOS " == *" shared-"* ]]; then
+  CELL="$RUN/share-check"; mkdir -p "$CELL"
+  P1=1; P2=2; UP_ADDR="127.0.0.1:3"
+  render_ssegate "$CELL/ssegate.toml" 1
+  if "$SSEGATE" check -c "$CELL/ssegate.toml" >"$CELL/check.log" 2>&1; then
+    SHARE_USED=1
+    SHARE_NOTE="$(echo "$SSEGATE_SHARE_KEYS" | paste -sd ';' | sed 's/;/; /g')"
+  else
+    SHARE_NOTE="ssegate check refuses the sharing keys ($(grep -m 1 -i 'error' "$CELL/check.log" || tail -n 1 "$CELL/check.log")): ssegate ran WITHOUT sharing"
+    say "warning: $SHARE_NOTE"
+  fi
+fi
+
+"${PY[@]}" init "$RESULTS" "$QUICK" "$NOFILE" "$TARGETS" "$SCENARIOS" \
+  "${VERSION[ssegate]}" "$RUN/peers.tsv" "$RUN/skips.tsv" "$ROUNDS" \
+  "$SHARE_USED" "$SHARE_NOTE"
+
 # start_proxy TARGET: config, check, start pinned; sets PROXY_PID, H1_BASE, H2_BASE.
 start_proxy() {
   local t="$1" p
   read -r P1 P2 <<<"$("${PY[@]}" free-ports 2)"
   case "$t" in
     ssegate)
-      render "$HERE/conf/ssegate.toml" "$CELL/ssegate.toml"
+      render_ssegate "$CELL/ssegate.toml" "$CELL_SHARES"
       "$SSEGATE" check -c "$CELL/ssegate.toml" >"$CELL/check.log" 2>&1 ||
         { cat "$CELL/check.log" >&2; return 1; }
       spawn "$CELL/proxy.out" "$CELL/proxy.err" env RUST_LOG=warn "${PROXY_CPU[@]}" "$SSEGATE" run -c "$CELL/ssegate.toml"
@@ -375,15 +465,15 @@ bench() {
   "${LOAD_CPU[@]}" "$BENCH_BIN" bench --json "$@"
 }
 
-# thousands N: 9900 -> 9,900 (locale-independent).
-thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
-
 # run_cell SCENARIO TARGET [ROUND]: one cell; with ROUND, one round of the
 # alternating latency rounds (its own cell folder, recorded as that round).
 run_cell() {
   local scen="$1" t="$2" rnd="${3:-}" rate streams dur ramp url base flags=() summary want max_s sock_base
+  local shared=0 http2=false
   CELL="$RUN/$scen-$t${rnd:+-r$rnd}"
   mkdir -p "$CELL"
+  CELL_SHARES=0
+  case "$scen" in shared-*) shared=1; CELL_SHARES="$SHARE_USED" ;; esac
   case "$scen" in
     idle) rate=$FAN_RATE; streams=$IDLE_STREAMS; dur=$IDLE_DUR; ramp=$IDLE_RAMP
           summary="$(thousands "$streams") idle HTTP/1.1 streams (?idle=1), opened over ${ramp} s, held to ${dur} s; RSS sampled once all were open" ;;
@@ -394,9 +484,30 @@ run_cell() {
           summary="$(thousands "$streams") streams over $H2_CONNS HTTP/2 (h2c) connections × $rate events/s, $PAYLOAD-byte payload, $dur s (ramp ${ramp} s included)" ;;
     latency) rate=$LAT_RATE; streams=$LAT_STREAMS; dur=$LAT_DUR; ramp=$RAMP
           summary="$(thousands "$streams") HTTP/1.1 streams × $rate events/s, $PAYLOAD-byte payload, $dur s (ramp ${ramp} s included)" ;;
+    shared-h1) rate=$SH1_RATE; streams=$SH1_STREAMS; dur=$SH1_DUR; ramp=$SH1_RAMP
+          summary="$(thousands "$streams") HTTP/1.1 subscribers of one stream × $rate events/s, $PAYLOAD-byte payload, $dur s (ramp ${ramp} s included)" ;;
+    shared-h2) rate=$SH2_RATE; streams=$SH2_STREAMS; dur=$SH2_DUR; ramp=$SH2_RAMP
+          flags=(--http2 --connections "$SH2_CONNS")
+          summary="$(thousands "$streams") subscribers of one stream over $SH2_CONNS h2c connections × $rate events/s, $PAYLOAD-byte payload, $dur s (ramp ${ramp} s included)" ;;
+    shared-idle) rate=$FAN_RATE; streams=$SIDLE_STREAMS; dur=$SIDLE_DUR; ramp=$SIDLE_RAMP
+          # A proxy that does not share holds two descriptors per subscriber.
+          if [ "$t" != direct ] && [ "$CELL_SHARES$t" != 1ssegate ] && [ "$streams" -gt "$IDLE_MAX" ]; then
+            streams=$IDLE_MAX
+          fi
+          summary="$(thousands "$streams") idle HTTP/1.1 subscribers of one stream (?idle=1), opened over ${ramp} s, held to ${dur} s" ;;
+    shared-scale) rate=$SCALE_RATE; streams=$SCALE_STREAMS; dur=$SCALE_DUR; ramp=$SCALE_RAMP
+          flags=(--http2 --connections "$SCALE_CONNS")
+          summary="$(thousands "$streams") subscribers of one stream over $SCALE_CONNS h2c connections × $rate events/s, $PAYLOAD-byte payload, $dur s (ramp ${ramp} s included)" ;;
   esac
-  printf '{"summary": "%s", "streams": %d, "rate": %d, "payload": %d, "duration_s": %d, "ramp_s": %d, "http2": %s}\n' \
-    "$summary" "$streams" "$rate" "$PAYLOAD" "$dur" "$ramp" "$([ "$scen" = h2mux ] && echo true || echo false)" >"$CELL/params.json"
+  [ "${#flags[@]}" = 0 ] || http2=true
+  [ "$shared" = 0 ] || [ "$t" != ssegate ] ||
+    summary="$summary; ssegate's route $([ "$CELL_SHARES" = 1 ] && echo "with share = true" || echo "WITHOUT the sharing keys")"
+  write_params() {
+    printf '{"summary": "%s", "streams": %d, "rate": %d, "payload": %d, "duration_s": %d, "ramp_s": %d, "http2": %s, "shares": %s}\n' \
+      "$summary" "$streams" "$rate" "$PAYLOAD" "$dur" "$ramp" "$http2" \
+      "$([ "$t" = ssegate ] && [ "$CELL_SHARES" = 1 ] && echo true || echo false)" >"$CELL/params.json"
+  }
+  write_params
   say "── $scen / $t${rnd:+ (round $rnd of $ROUNDS)}: $summary"
 
   # The upstream: fresh for every cell, pinned with the load generator.
@@ -416,8 +527,8 @@ run_cell() {
     [ -z "$PROXY_PID" ] || stop "$PROXY_PID" KILL
     stop "$UP_PID"; "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL" ${rnd:+"$rnd"}; return 0
   fi
-  base="$H1_BASE"; [ "$scen" = h2mux ] && base="$H2_BASE"
-  url="$base$BENCH_PATH"; [ "$scen" = idle ] && url="$url?idle=1"
+  base="$H1_BASE"; [ "$http2" = true ] && base="$H2_BASE"
+  url="$base$BENCH_PATH"; case "$scen" in idle|shared-idle) url="$url?idle=1" ;; esac
 
   # Readiness: one plain HTTP/1.1 event stream end to end, then a short
   # warm-up with the scenario's own protocol, so lazy start-up allocations
@@ -425,8 +536,8 @@ run_cell() {
   if ! "${PY[@]}" probe "$H1_BASE$BENCH_PATH?count=1" 10 >"$CELL/probe.log" 2>&1 ||
      ! bench --url "$url" --streams 10 "${flags[@]}" --duration 1s >"$CELL/warmup.json" 2>"$CELL/warmup.err" ||
      [ "$("${PY[@]}" field "$CELL/warmup.json" streams_opened)" = 0 ]; then
-    if [ "$scen" = h2mux ]; then
-      echo "skip: $t h2mux (h2c warm-up failed: $(cat "$CELL/probe.log" "$CELL/warmup.err" | tail -n 1))"
+    if [ "$http2" = true ]; then
+      echo "skip: $t $scen (h2c warm-up failed: $(cat "$CELL/probe.log" "$CELL/warmup.err" | tail -n 1))"
       "${PY[@]}" skip "$RESULTS" "$t" "$scen" "h2c warm-up failed (see $CELL)"
     else
       echo "warm-up failed: $(cat "$CELL/probe.log" "$CELL/warmup.err" | tail -n 2 | tr '\n' ' ')" >"$CELL/error"
@@ -440,6 +551,35 @@ run_cell() {
   # A process that died leaves its sample file empty; add-run reports it.
   [ -z "$PROXY_PID" ] || "${LOAD_CPU[@]}" "${PY[@]}" tree "$PROXY_PID" >"$CELL/proxy_before.json" || true
   "${LOAD_CPU[@]}" "${PY[@]}" tree "$UP_PID" >"$CELL/upstream_before.json" || true
+  # What the origin serves from here on: its counters, and its high-water
+  # marks restarted from what is open now (a shared stream may linger from
+  # the warm-up, and the run may take it over).
+  [ "$shared" = 0 ] || "${LOAD_CPU[@]}" "${PY[@]}" origin-stats "$UP_ADDR" reset \
+    >"$CELL/origin_before.json" 2>"$CELL/origin.err" || true
+  # An ssegate whose config takes the sharing keys but which did not share
+  # the warm-up's 10 subscribers (the origin saw more than 2 streams at once:
+  # the probe's and the shared one) needs two descriptors per HTTP/1.1
+  # subscriber, or one per h2c subscriber plus the connections. Past the
+  # open-files limit, shared-idle trims as idle does, and shared-scale is
+  # not run rather than run into the limit.
+  if [ "$shared" = 1 ] && [ "$t" = ssegate ] && [ "$CELL_SHARES" = 1 ]; then
+    want="$("${PY[@]}" field "$CELL/origin_before.json" streams.open_max || true)"
+    local client_fds="$streams"
+    [ "$http2" = false ] || client_fds="${flags[2]}"
+    if { [ -z "$want" ] || [ "$want" -gt 2 ]; } && [ $(( client_fds + streams + 200 )) -gt "$NOFILE" ]; then
+      why="ssegate did not share the warm-up's 10 subscribers (the origin had ${want:-?} streams open at once), and $(thousands "$streams") upstream connections do not fit the open-files limit of $(thousands "$NOFILE")"
+      if [ "$scen" = shared-idle ]; then
+        streams="$IDLE_MAX"
+        summary="$(thousands "$streams") idle HTTP/1.1 subscribers of one stream (?idle=1), opened over ${ramp} s, held to ${dur} s; trimmed: $why"
+        say "$summary"
+        write_params
+      else
+        echo "not run: $why" >"$CELL/error"
+        stop "$PROXY_PID" "$(stop_signal "$t")"
+        stop "$UP_PID"; "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL" ${rnd:+"$rnd"}; return 0
+      fi
+    fi
+  fi
 
   # Bounded: duration plus ramp plus a minute of slack for connecting and closing.
   max_s=$(( dur + ramp + 60 ))
@@ -448,7 +588,12 @@ run_cell() {
     --ramp "${ramp}s" --duration "${dur}s"
   local bench_pid="$SPAWNED"
 
-  if [ "$scen" = idle ] && [ -n "$PROXY_PID" ]; then
+  if [ "$shared" = 1 ]; then
+    # Once the load generator says every subscriber is open (or the count
+    # stops growing after the ramp): proxy, origin and generator samples.
+    "${LOAD_CPU[@]}" "${PY[@]}" hold-sample "${PROXY_PID:--}" "$UP_PID" "$UP_ADDR" "$CELL/bench.err" \
+      "$streams" $(( ramp + 1 )) $(( dur - 3 )) >"$CELL/hold.json" 2>"$CELL/hold-sample.err" || true
+  elif [ "$scen" = idle ] && [ -n "$PROXY_PID" ]; then
     sock_base="$("${PY[@]}" field "$CELL/proxy_before.json" sockets || true)"
     want=$(( ${sock_base:-0} + 2 * streams ))
     # The ramp is part of --duration; sampling takes 2.5 s after the wait.
@@ -461,6 +606,8 @@ run_cell() {
   forget "$bench_pid"
   [ -z "$PROXY_PID" ] || "${LOAD_CPU[@]}" "${PY[@]}" tree "$PROXY_PID" >"$CELL/proxy_after.json" || true
   "${LOAD_CPU[@]}" "${PY[@]}" tree "$UP_PID" >"$CELL/upstream_after.json" || true
+  [ "$shared" = 0 ] || "${LOAD_CPU[@]}" "${PY[@]}" origin-stats "$UP_ADDR" \
+    >"$CELL/origin_after.json" 2>>"$CELL/origin.err" || true
   [ "$rc" = 0 ] || echo "bench exited $rc: $(tail -n 2 "$CELL/bench.err" | tr '\n' ' ')" >"$CELL/error"
 
   [ -z "$PROXY_PID" ] || stop "$PROXY_PID" "$(stop_signal "$t")"
@@ -481,11 +628,27 @@ for scen in $SCENARIOS; do
     continue
   fi
   for t in $TARGETS; do
-    if [ "$scen" = h2mux ] && [ "${H2[$t]:-0}" != 1 ]; then
-      echo "skip: $t h2mux (${H2_NOTE[$t]:-no h2 downstream})"
-      "${PY[@]}" skip "$RESULTS" "$t" h2mux "${H2_NOTE[$t]:-no h2 downstream}"
+    if [ "$scen" = shared-scale ] && [ "$t" != ssegate ]; then
+      why="ssegate only: $t cannot share, so it opens one upstream connection per subscriber, and $(thousands "$SCALE_FULL") (the full size) do not fit the open-files limit of $(thousands "$NOFILE")"
+      [ "$t" != direct ] || why="ssegate only: the case measures a proxy holding $(thousands "$SCALE_FULL") subscribers (the full size) of one upstream stream"
+      echo "skip: $t $scen ($why)"
+      "${PY[@]}" skip "$RESULTS" "$t" "$scen" "$why"
       continue
     fi
+    if [ "$scen" = shared-scale ] && [ "$SHARE_USED" = 0 ] && [ "$SCALE_STREAMS" -gt "$IDLE_MAX" ]; then
+      why="ssegate does not share in this run ($SHARE_NOTE), and $(thousands "$SCALE_STREAMS") upstream connections do not fit the open-files limit of $(thousands "$NOFILE")"
+      echo "skip: $t $scen ($why)"
+      "${PY[@]}" skip "$RESULTS" "$t" "$scen" "$why"
+      continue
+    fi
+    case "$scen" in
+      h2mux|shared-h2|shared-scale)
+        if [ "${H2[$t]:-0}" != 1 ]; then
+          echo "skip: $t $scen (${H2_NOTE[$t]:-no h2 downstream})"
+          "${PY[@]}" skip "$RESULTS" "$t" "$scen" "${H2_NOTE[$t]:-no h2 downstream}"
+          continue
+        fi ;;
+    esac
     run_cell "$scen" "$t"
   done
 done

@@ -388,6 +388,70 @@ async fn idle_gives_headers_and_no_events() {
     }
 }
 
+/// The bench upstream's `GET /_stats` (plus `query`), over HTTP/1.1.
+async fn origin_stats(addr: SocketAddr, query: &str) -> Value {
+    let request = format!("GET /_stats{query} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n");
+    let (mut tcp, head, mut body) = raw_request(addr, &request).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    within("the stats body", tcp.read_to_end(&mut body))
+        .await
+        .unwrap();
+    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+}
+
+#[tokio::test]
+async fn stats_count_event_stream_connections_and_streams() {
+    let up = BenchUpstream::start("200").await;
+    let zero = origin_stats(up.addr, "").await;
+    assert_eq!(
+        zero["connections"]["accepted"], 0,
+        "/_stats is not one: {zero}"
+    );
+    assert_eq!(zero["streams"]["accepted"], 0, "{zero}");
+    let url = up.url("/?count=3");
+    let h1_args = ["--url", &url, "--streams", "3", "--duration", "8s"];
+    let h2_args = [
+        "--url",
+        &url,
+        "--streams",
+        "8",
+        "--http2",
+        "--connections",
+        "2",
+        "--duration",
+        "8s",
+    ];
+    let (h1, h2) = tokio::join!(bench(&h1_args), bench(&h2_args));
+    assert_complete(&h1, 3, 3);
+    assert_complete(&h2, 8, 3);
+    // The origin closes its side after the last event; wait for the gauges.
+    let stats = within("every stream counted out", async {
+        loop {
+            let stats = origin_stats(up.addr, "?reset_max=1").await;
+            if stats["streams"]["open"] == 0 && stats["connections"]["open"] == 0 {
+                return stats;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(stats["connections"]["accepted"], 3 + 2, "{stats}");
+    assert_eq!(stats["streams"]["accepted"], 3 + 8, "{stats}");
+    assert_eq!(stats["http1_streams"], 3, "{stats}");
+    assert_eq!(stats["http2_streams"], 8, "{stats}");
+    let peak = stats["streams"]["open_max"].as_u64().unwrap();
+    assert!((1..=11).contains(&peak), "{stats}");
+    assert!(stats["events_published"].as_u64().unwrap() >= 3, "{stats}");
+    assert_eq!(stats["lagged"], 0, "{stats}");
+    let after = origin_stats(up.addr, "").await;
+    assert_eq!(
+        after["streams"]["open_max"], 0,
+        "reset to what was open: {after}"
+    );
+    assert_eq!(after["connections"]["open_max"], 0, "{after}");
+}
+
 // ---------------------------------------------------------------------------
 // Failures, gaps and duplicates against scripted servers
 
@@ -841,6 +905,8 @@ async fn help_explains_every_flag() {
         "?count=N",
         "?idle=1",
         "POST",
+        "/_stats",
+        "?reset_max=1",
     ] {
         assert!(
             text.contains(flag),

@@ -64,7 +64,7 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Run the benchmark SSE origin: one ticker broadcasting to every subscriber.
     ///
-    /// Any GET path is an event stream. Each event is
+    /// Any GET path (but `/_stats`, below) is an event stream. Each event is
     /// `id: <n>` (one global sequence) and
     /// `data: {"seq":n,"ts_us":<unix µs at send>,"pad":"xxx…"}`, the data
     /// padded to about --payload bytes, sent to all subscribers --rate times
@@ -78,6 +78,15 @@ pub enum BenchCommand {
     /// POST (any path) reads the request body, then streams 20 token events
     /// (`data: {"token":"tok<i>","i":<i>,"ts_us":…}`) 20 ms apart and ends
     /// (`?count=N` changes the number).
+    ///
+    /// `GET /_stats` is not a stream: a JSON object of what was served so
+    /// far, for benchmarks that count a proxy's upstream connections:
+    /// `connections` (those that carried an event stream) and `streams`
+    /// (event-stream responses), each with `accepted` (in total), `open`
+    /// (now) and `open_max` (most open at once); `http1_streams`,
+    /// `http2_streams`, `events_published`, `lagged` (streams ended for
+    /// falling behind) and `uptime_s`. `?reset_max=1` restarts both
+    /// `open_max` from what is open, after answering.
     ///
     /// HTTP/1.1 (keep-alive, chunked) and h2c (prior knowledge) on the same
     /// port. Prints `listening on ADDR` on stdout once bound.

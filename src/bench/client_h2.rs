@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
+use h2::RecvStream;
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OnceCell;
@@ -56,12 +57,34 @@ impl Pool {
         let Some(cell) = self.slots.get(slot) else {
             return Err(StreamError::new(ErrorKind::Other, "no HTTP/2 connection"));
         };
-        cell.get_or_init(|| connect(ctx, slot)).await.clone()
+        // Boxed: only the first stream of each connection runs the handshake.
+        cell.get_or_init(|| Box::pin(connect(ctx, slot)))
+            .await
+            .clone()
     }
 }
 
 /// Opens stream `index` and reads it until it ends or fails.
+///
+/// The opening (a connection's handshake for the first stream on it, the
+/// request, the wait for the response head) runs boxed and is freed once
+/// the stream is open: an open stream's task holds only its body handle and
+/// the wait for the next DATA frame, a few hundred bytes with its meter.
 pub async fn stream(ctx: &Ctx, index: usize, meter: &mut StreamMeter) -> Result<(), StreamError> {
+    let mut body = Box::pin(open(ctx, index)).await?;
+    meter.opened(&ctx.stats, Instant::now());
+    while let Some(data) = body.data().await {
+        let data = data.map_err(h2_error)?;
+        meter.on_chunk(&ctx.stats, &data, Instant::now());
+        // Cannot fail for data just received.
+        let _ = body.flow_control().release_capacity(data.len());
+    }
+    Ok(())
+}
+
+/// Sends stream `index`'s request and waits for a `200 text/event-stream`
+/// head; returns the body.
+async fn open(ctx: &Ctx, index: usize) -> Result<RecvStream, StreamError> {
     let open_by = (Instant::now() + OPEN_TIMEOUT).into();
     let opening = async {
         let send = ctx.h2.for_stream(ctx, index).await?;
@@ -87,15 +110,7 @@ pub async fn stream(ctx: &Ctx, index: usize, meter: &mut StreamMeter) -> Result<
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     check_response(response.status().as_u16(), content_type)?;
-    meter.opened(&ctx.stats, Instant::now());
-    let mut body = response.into_body();
-    while let Some(data) = body.data().await {
-        let data = data.map_err(h2_error)?;
-        meter.on_chunk(&ctx.stats, &data, Instant::now());
-        // Cannot fail for data just received.
-        let _ = body.flow_control().release_capacity(data.len());
-    }
-    Ok(())
+    Ok(response.into_body())
 }
 
 /// The request every stream sends; a `Host` header becomes the authority.

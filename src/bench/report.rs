@@ -11,7 +11,7 @@
 //!  "max_silence_ms":1000.0,"gaps":0,"duplicates":0,
 //!  "latency_ms":{"count":1000,"p50":0.2,"p90":0.3,"p99":0.5,"p999":0.9,"max":1.2},
 //!  "reconnect":false,"reconnections":0,"reconnect_failures":0,"max_disconnected_ms":0.0,
-//!  "streams_open_at_end":100,"cpu_s":0.42}
+//!  "streams_open_at_end":100,"cpu_s":0.42,"peak_rss_kib":51234}
 //! ```
 //!
 //! - `connections` is the `--connections` value (1 unless given; HTTP/1.1
@@ -37,6 +37,8 @@
 //! - `streams_open_at_end` counts the streams with an open connection when
 //!   the run ended.
 //! - `cpu_s` is the bench process's user plus system CPU time.
+//! - `peak_rss_kib` is the bench process's peak resident memory (`VmHWM`),
+//!   `null` where `/proc` is not there.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -82,6 +84,7 @@ struct Report<'a> {
     max_disconnected_ms: f64,
     streams_open_at_end: u64,
     cpu_s: f64,
+    peak_rss_kib: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -187,6 +190,7 @@ fn build<'a>(plan: &'a Plan, result: &RunResult) -> Report<'a> {
         max_disconnected_ms: to_ms(snap.max_disconnected_us),
         streams_open_at_end: snap.open_at_end,
         cpu_s: round3(result.cpu_s),
+        peak_rss_kib: result.peak_rss_bytes.map(|b| b / 1024),
     }
 }
 
@@ -415,6 +419,7 @@ mod tests {
             "max_disconnected_ms",
             "streams_open_at_end",
             "cpu_s",
+            "peak_rss_kib",
         ];
         let mut got = keys.clone();
         got.sort_unstable();
@@ -424,6 +429,7 @@ mod tests {
         assert_eq!(v["latency_ms"], serde_json::Value::Null);
         assert_eq!(v["duration_s"], 1.5);
         assert_eq!(v["cpu_s"], 0.123);
+        assert_eq!(v["peak_rss_kib"], 1024);
         assert_eq!(v["connect_ms"]["p50"], 0.0);
         let table = table(&plan(), &result);
         assert!(table.contains("first connect: refused"), "{table}");

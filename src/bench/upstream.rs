@@ -17,15 +17,23 @@
 //! replays the kept events after K under the same lock that publishes, so
 //! the replay and the live events meet without gap or duplicate. POST reads
 //! the body and streams 20 (or `?count=N`) token events 20 ms apart.
+//!
+//! `GET /_stats` answers a JSON object of what the origin has served
+//! ([`STATS_PATH`], [`Served`]): the connections that carried an event
+//! stream and the event streams themselves, each accepted in total, open
+//! now and at most open at once, and the events published. A benchmark
+//! reads it to count the upstream connections a proxy opened;
+//! `?reset_max=1` then restarts the high-water marks from what is open.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::server::SendResponse;
@@ -56,6 +64,9 @@ const ACCEPT_BACKLOG: u32 = 65_535;
 /// Highest `--rate` and `--payload` accepted.
 const MAX_RATE: f64 = 1_000_000.0;
 const MAX_PAYLOAD: usize = 1 << 20;
+
+/// The path of the counters (`GET`): JSON, not an event stream.
+pub const STATS_PATH: &str = "/_stats";
 
 /// The HTTP/2 connection preface a prior-knowledge client starts with.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -234,10 +245,117 @@ fn token_text(i: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// The ticker's output: a ring for replays and a broadcast for live events.
+/// The ticker's output: a ring for replays and a broadcast for live events;
+/// and the counters of what was served.
 struct Hub {
     ring: Mutex<VecDeque<Arc<Frame>>>,
     live: broadcast::Sender<Arc<Frame>>,
+    served: Served,
+}
+
+/// Things that come and go: how many came in total, how many are here now,
+/// and the most there were at once (since the start or the last reset).
+#[derive(Debug, Default)]
+struct Gauge {
+    accepted: AtomicU64,
+    open: AtomicU64,
+    open_max: AtomicU64,
+}
+
+impl Gauge {
+    /// One more, until the returned guard is dropped.
+    fn enter(&self) -> Held<'_> {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.open_max.fetch_max(open, Ordering::Relaxed);
+        Held(self)
+    }
+
+    /// The high-water mark starts again from what is open now.
+    fn reset_max(&self) {
+        self.open_max
+            .store(self.open.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "accepted": self.accepted.load(Ordering::Relaxed),
+            "open": self.open.load(Ordering::Relaxed),
+            "open_max": self.open_max.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// One entry of a [`Gauge`], counted out when dropped.
+struct Held<'a>(&'a Gauge);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the origin served, for `GET /_stats`. Only openings and endings
+/// are counted, never an event per subscriber, so the counters cost the
+/// origin nothing measurable.
+#[derive(Debug)]
+struct Served {
+    started: Instant,
+    /// Connections that carried at least one event stream (a connection
+    /// that only asked for `/_stats` is not one).
+    connections: Gauge,
+    /// Event-stream responses: live, idle and token streams alike.
+    streams: Gauge,
+    http1_streams: AtomicU64,
+    http2_streams: AtomicU64,
+    /// Events the ticker published (each once, whatever the subscribers).
+    published: AtomicU64,
+    /// Subscribers whose stream was ended for falling [`KEEP`] events behind.
+    lagged: AtomicU64,
+}
+
+impl Served {
+    fn new() -> Self {
+        Served {
+            started: Instant::now(),
+            connections: Gauge::default(),
+            streams: Gauge::default(),
+            http1_streams: AtomicU64::new(0),
+            http2_streams: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            lagged: AtomicU64::new(0),
+        }
+    }
+
+    /// An event stream begins on HTTP/1.1 (`http2` false) or HTTP/2.
+    fn stream(&self, http2: bool) -> Held<'_> {
+        let by = if http2 {
+            &self.http2_streams
+        } else {
+            &self.http1_streams
+        };
+        by.fetch_add(1, Ordering::Relaxed);
+        self.streams.enter()
+    }
+
+    /// The `/_stats` body; `reset_max` then restarts the high-water marks.
+    fn json(&self, reset_max: bool) -> String {
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        let body = serde_json::json!({
+            "uptime_s": (self.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+            "connections": self.connections.json(),
+            "streams": self.streams.json(),
+            "http1_streams": load(&self.http1_streams),
+            "http2_streams": load(&self.http2_streams),
+            "events_published": load(&self.published),
+            "lagged": load(&self.lagged),
+        });
+        if reset_max {
+            self.connections.reset_max();
+            self.streams.reset_max();
+        }
+        format!("{body}\n")
+    }
 }
 
 /// The subscriber fell this many events behind and lost them.
@@ -249,6 +367,7 @@ impl Hub {
         Hub {
             ring: Mutex::new(VecDeque::with_capacity(KEEP)),
             live: broadcast::channel(KEEP).0,
+            served: Served::new(),
         }
     }
 
@@ -258,6 +377,7 @@ impl Hub {
             ring.pop_front();
         }
         ring.push_back(frame.clone());
+        self.served.published.fetch_add(1, Ordering::Relaxed);
         // Under the lock, so a subscriber sees each frame either in its replay or live.
         let _ = self.live.send(frame);
     }
@@ -314,7 +434,8 @@ impl Subscription {
     }
 }
 
-fn log_lag(lag: &Lagged) {
+fn log_lag(hub: &Hub, lag: &Lagged) {
+    hub.served.lagged.fetch_add(1, Ordering::Relaxed);
     log::warn!(
         "a subscriber fell {} events behind (more than {KEEP}): its stream is ended",
         lag.0
@@ -344,6 +465,8 @@ enum Kind {
     Stream,
     Idle,
     Tokens,
+    /// `GET /_stats`: the counters as JSON.
+    Stats,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -351,6 +474,8 @@ struct Request {
     kind: Kind,
     count: Option<u64>,
     last_event_id: Option<u64>,
+    /// `?reset_max=1` on `/_stats`.
+    reset_max: bool,
 }
 
 impl Request {
@@ -363,10 +488,13 @@ impl Request {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| v)
         };
-        let idle = param("idle").is_some_and(|v| v != "0" && v != "false");
+        let yes = |name: &str| param(name).is_some_and(|v| v != "0" && v != "false");
+        let path = target.split_once('?').map_or(target, |(p, _)| p);
         let kind = if method.eq_ignore_ascii_case("POST") {
             Kind::Tokens
-        } else if idle {
+        } else if path == STATS_PATH {
+            Kind::Stats
+        } else if yes("idle") {
             Kind::Idle
         } else {
             Kind::Stream
@@ -375,6 +503,7 @@ impl Request {
             kind,
             count: param("count").and_then(|v| v.parse().ok()),
             last_event_id: last_event_id.and_then(|v| v.trim().parse().ok()),
+            reset_max: yes("reset_max"),
         }
     }
 
@@ -477,6 +606,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 /// Serves requests on one connection until it closes or a response cannot
 /// be followed by another.
 async fn serve_h1(hub: Arc<Hub>, mut tcp: TcpStream, mut buf: BytesMut) {
+    // Counted among the connections once it carries an event stream.
+    let mut counted = None;
     loop {
         let head = match read_request_head(&mut tcp, &mut buf).await {
             Ok(Some(head)) => head,
@@ -486,7 +617,7 @@ async fn serve_h1(hub: Arc<Hub>, mut tcp: TcpStream, mut buf: BytesMut) {
                 return;
             }
         };
-        match serve_h1_request(&hub, &mut tcp, &mut buf, &head).await {
+        match serve_h1_request(&hub, &mut tcp, &mut buf, &head, &mut counted).await {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
@@ -536,11 +667,12 @@ async fn write_bad_request(tcp: &mut TcpStream, reason: &str) -> io::Result<()> 
 }
 
 /// Answers one request; `Ok(true)` when the connection can carry another.
-async fn serve_h1_request(
-    hub: &Hub,
+async fn serve_h1_request<'h>(
+    hub: &'h Hub,
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
     head: &RequestHead,
+    connection: &mut Option<Held<'h>>,
 ) -> io::Result<bool> {
     let framing = match head.framing() {
         Ok(framing) => framing,
@@ -558,6 +690,20 @@ async fn serve_h1_request(
     let body_bytes = read_request_body(tcp, buf, framing).await?;
     log::debug!("{:?} with a body of {body_bytes} bytes", request.kind);
     let chunked = minor == 1;
+    if request.kind == Kind::Stats {
+        let body = hub.served.json(request.reset_max);
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: no-cache\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(response.as_bytes()).await?;
+        return Ok(chunked && !head.wants_close());
+    }
+    if connection.is_none() {
+        *connection = Some(hub.served.connections.enter());
+    }
+    let _stream = hub.served.stream(false);
     let reusable = match request.kind {
         Kind::Stream => stream_h1(hub, tcp, buf, &request, chunked).await?,
         Kind::Idle => {
@@ -566,6 +712,8 @@ async fn serve_h1_request(
             false
         }
         Kind::Tokens => tokens_h1(tcp, request.tokens(), chunked).await?,
+        // Answered above.
+        Kind::Stats => true,
     };
     Ok(reusable && chunked && !head.wants_close())
 }
@@ -627,7 +775,7 @@ async fn stream_h1(
                 writer.write_all(bytes).await?;
             }
             Err(lag) => {
-                log_lag(&lag);
+                log_lag(hub, &lag);
                 return Ok(false);
             }
         }
@@ -691,9 +839,14 @@ where
             return;
         }
     };
+    // Counted among the connections once it carries an event stream.
+    let mut counted = None;
     while let Some(accepted) = connection.accept().await {
         match accepted {
             Ok((request, respond)) => {
+                if counted.is_none() && request.uri().path() != STATS_PATH {
+                    counted = Some(hub.served.connections.enter());
+                }
                 tokio::spawn(serve_h2_stream(hub.clone(), request, respond));
             }
             Err(e) => {
@@ -719,17 +872,28 @@ async fn serve_h2_stream(
     let result = async {
         let body_bytes = drain_h2_body(&mut body).await?;
         log::debug!("{:?} with a body of {body_bytes} bytes", request.kind);
+        let content_type = match request.kind {
+            Kind::Stats => "application/json",
+            _ => "text/event-stream",
+        };
         let head = http::Response::builder()
             .status(200)
-            .header("content-type", "text/event-stream")
+            .header("content-type", content_type)
             .header("cache-control", "no-cache")
             .body(())
             .map_err(|_| h2::Error::from(h2::Reason::INTERNAL_ERROR))?;
         let mut send = respond.send_response(head, false)?;
+        if request.kind == Kind::Stats {
+            let stats = Bytes::from(hub.served.json(request.reset_max));
+            return send.send_data(stats, true);
+        }
+        let _stream = hub.served.stream(true);
         match request.kind {
             Kind::Stream => stream_h2(&hub, &mut send, &request).await,
             Kind::Idle => poll_fn(|cx| send.poll_reset(cx)).await.map(drop),
             Kind::Tokens => tokens_h2(&mut send, request.tokens()).await,
+            // Answered above.
+            Kind::Stats => Ok(()),
         }
     };
     if let Err(e) = result.await {
@@ -762,7 +926,7 @@ async fn stream_h2(
         match next {
             Ok(frame) => send_when_allowed(send, frame.sse.clone()).await?,
             Err(lag) => {
-                log_lag(&lag);
+                log_lag(hub, &lag);
                 send.send_reset(h2::Reason::CANCEL);
                 return Ok(());
             }
@@ -822,7 +986,8 @@ mod tests {
             Request {
                 kind: Kind::Stream,
                 count: Some(5),
-                last_event_id: Some(41)
+                last_event_id: Some(41),
+                reset_max: false,
             }
         );
         assert_eq!(Request::new("GET", "/?idle=1", None).kind, Kind::Idle);
@@ -834,6 +999,40 @@ mod tests {
             (Kind::Tokens, 20, None)
         );
         assert_eq!(Request::new("POST", "/?count=3", None).tokens(), 3);
+        let stats = Request::new("GET", "/_stats?reset_max=1", None);
+        assert_eq!((stats.kind, stats.reset_max), (Kind::Stats, true));
+        assert!(!Request::new("GET", "/_stats", None).reset_max);
+        assert_eq!(Request::new("GET", "/_stats/x", None).kind, Kind::Stream);
+        assert_eq!(Request::new("POST", "/_stats", None).kind, Kind::Tokens);
+    }
+
+    #[test]
+    fn served_counts_openings_endings_and_the_high_water_mark() {
+        let served = Served::new();
+        let conn = served.connections.enter();
+        let a = served.stream(false);
+        let b = served.stream(true);
+        let c = served.stream(true);
+        drop((a, b));
+        let v: serde_json::Value = serde_json::from_str(&served.json(true)).unwrap();
+        assert_eq!(v["connections"]["accepted"], 1);
+        assert_eq!(v["connections"]["open"], 1);
+        assert_eq!(v["streams"]["accepted"], 3);
+        assert_eq!(v["streams"]["open"], 1);
+        assert_eq!(
+            v["streams"]["open_max"], 3,
+            "the mark from before the reset"
+        );
+        assert_eq!(
+            (v["http1_streams"].clone(), v["http2_streams"].clone()),
+            (1.into(), 2.into())
+        );
+        drop((c, conn));
+        let v: serde_json::Value = serde_json::from_str(&served.json(false)).unwrap();
+        assert_eq!(v["streams"]["open"], 0);
+        assert_eq!(v["streams"]["open_max"], 1, "reset to the one then open");
+        assert_eq!(v["connections"]["open"], 0);
+        assert_eq!(v["events_published"], 0);
     }
 
     fn frame(seq: u64) -> Arc<Frame> {
