@@ -41,6 +41,13 @@ impl fmt::Display for AccessLine<'_> {
         if self.stats.resumes > 0 {
             write!(f, " resumes={}", self.stats.resumes)?;
         }
+        // Only on shared streams' subscribers.
+        if let Some(join) = self.stats.join {
+            write!(f, " shared=1 join={}", join.label())?;
+            if self.stats.skipped > 0 {
+                write!(f, " skipped={}", self.stats.skipped)?;
+            }
+        }
         Ok(())
     }
 }
@@ -69,12 +76,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_shared_subscriber_says_how_it_joined() {
+        let mut stats = StreamStats {
+            events: 3,
+            join: Some(crate::outcome::Join::Replay),
+            ..StreamStats::default()
+        };
+        let line = |stats: &StreamStats| {
+            AccessLine {
+                route: "/feeds/",
+                upstream: "app",
+                client: None,
+                elapsed: Duration::ZERO,
+                end: StreamEnd::Overflow,
+                stats,
+            }
+            .to_string()
+        };
+        assert!(
+            line(&stats).ends_with(" end=overflow shared=1 join=replay"),
+            "{}",
+            line(&stats)
+        );
+        stats.join = Some(crate::outcome::Join::Own);
+        stats.skipped = 7;
+        assert!(line(&stats).ends_with(" shared=1 join=own skipped=7"));
+        stats.join = None;
+        assert!(!line(&stats).contains("shared"));
+    }
+
+    #[test]
     fn access_line_is_one_line_of_key_value_pairs() {
         let stats = StreamStats {
             resumes: 0,
             bytes: 1234,
             events: 5,
             heartbeats: 2,
+            ..StreamStats::default()
         };
         let client: std::net::SocketAddr = "127.0.0.1:50000".parse().expect("addr");
         let line = AccessLine {

@@ -85,6 +85,12 @@ pub struct Metrics {
     relay_delay: Histogram,
     unrouted: Responses,
     connections: ConnectionMetrics,
+    shared_streams_open: IntGaugeVec,
+    shared_subscribers: IntGaugeVec,
+    shared_opens: IntCounterVec,
+    replays: IntCounterVec,
+    overflows: IntCounterVec,
+    skipped: IntCounterVec,
 }
 
 /// Client connections, process-wide.
@@ -166,6 +172,39 @@ impl Metrics {
             "Upstream failures of resumable event streams, by result: succeeded (the stream continued from a new upstream connection) or failed (it ended with a retry: hint).",
             &["route", "result"],
         )?;
+        let shared_opens = counter(
+            "ssegate_shared_upstream_opens_total",
+            "Upstream requests made for shared streams (route share = true): openings, re-openings after a failure, and resumes.",
+            &["route"],
+        )?;
+        let replays = counter(
+            "ssegate_replays_total",
+            "Subscribers of shared streams that asked to resume after a Last-Event-ID, by result: hit (found in the replay ring, replayed from it) or miss (not there: the subscriber got its own upstream request).",
+            &["route", "result"],
+        )?;
+        let overflows = counter(
+            "ssegate_subscriber_overflows_total",
+            "Subscribers of shared streams that fell more than half the replay ring behind, by the route's overflow policy: disconnect (ended with retry:) or skip (moved to the newest event).",
+            &["route", "policy"],
+        )?;
+        let skipped = counter(
+            "ssegate_subscriber_skipped_events_total",
+            "Events skipped by subscribers of shared streams with overflow = \"skip\".",
+            &["route"],
+        )?;
+        let gauge = |name: &str, help: &str| {
+            let family = IntGaugeVec::new(Opts::new(name, help), &["route"])?;
+            registry.register(Box::new(family.clone()))?;
+            Ok::<_, prometheus::Error>(family)
+        };
+        let shared_streams_open = gauge(
+            "ssegate_shared_streams_open",
+            "Shared streams held now, each one upstream stream and its replay ring (lingering ones included).",
+        )?;
+        let shared_subscribers = gauge(
+            "ssegate_shared_subscribers",
+            "Client streams reading a shared stream now.",
+        )?;
         let connections = ConnectionMetrics {
             open: IntGauge::new(
                 "ssegate_connections_open",
@@ -220,6 +259,12 @@ impl Metrics {
             relay_delay,
             unrouted,
             connections,
+            shared_streams_open,
+            shared_subscribers,
+            shared_opens,
+            replays,
+            overflows,
+            skipped,
         })
     }
 
@@ -267,6 +312,24 @@ impl Metrics {
             relay: RelayProbe {
                 delay: self.relay_delay.clone(),
                 bytes: self.stream_bytes.get_metric_with_label_values(&one)?,
+            },
+            share: ShareMetrics {
+                streams_open: self
+                    .shared_streams_open
+                    .get_metric_with_label_values(&one)?,
+                subscribers: self.shared_subscribers.get_metric_with_label_values(&one)?,
+                opens: self.shared_opens.get_metric_with_label_values(&one)?,
+                replay_hits: self.replays.get_metric_with_label_values(&[label, "hit"])?,
+                replay_misses: self
+                    .replays
+                    .get_metric_with_label_values(&[label, "miss"])?,
+                overflow_disconnects: self
+                    .overflows
+                    .get_metric_with_label_values(&[label, "disconnect"])?,
+                overflow_skips: self
+                    .overflows
+                    .get_metric_with_label_values(&[label, "skip"])?,
+                skipped: self.skipped.get_metric_with_label_values(&one)?,
             },
         })
     }
@@ -377,6 +440,28 @@ pub struct RouteMetrics {
     relay: RelayProbe,
     /// Indexed like [`Limit::ALL`].
     shed: Box<[IntCounter]>,
+    share: ShareMetrics,
+}
+
+/// A route's shared-stream metrics (route `share = true`).
+#[derive(Clone)]
+pub struct ShareMetrics {
+    /// `ssegate_shared_streams_open`
+    pub streams_open: IntGauge,
+    /// `ssegate_shared_subscribers`
+    pub subscribers: IntGauge,
+    /// `ssegate_shared_upstream_opens_total`
+    pub opens: IntCounter,
+    /// `ssegate_replays_total{result="hit"}`
+    pub replay_hits: IntCounter,
+    /// `ssegate_replays_total{result="miss"}`
+    pub replay_misses: IntCounter,
+    /// `ssegate_subscriber_overflows_total{policy="disconnect"}`
+    pub overflow_disconnects: IntCounter,
+    /// `ssegate_subscriber_overflows_total{policy="skip"}`
+    pub overflow_skips: IntCounter,
+    /// `ssegate_subscriber_skipped_events_total`
+    pub skipped: IntCounter,
 }
 
 impl RouteMetrics {
@@ -405,6 +490,11 @@ impl RouteMetrics {
     /// What the stream phase reports each relayed chunk to.
     pub fn relay(&self) -> &RelayProbe {
         &self.relay
+    }
+
+    /// The shared-stream metrics of this route.
+    pub fn share(&self) -> &ShareMetrics {
+        &self.share
     }
 
     /// An event stream of this route starts (its response header is about to
@@ -446,12 +536,23 @@ impl ResumeMetrics {
 }
 
 /// The per-chunk observation point of the stream phase.
+#[derive(Clone)]
 pub struct RelayProbe {
     delay: Histogram,
     bytes: IntCounter,
 }
 
 impl RelayProbe {
+    /// A probe that reports to nothing: for a relay whose bytes reach
+    /// clients through other relays (a shared stream's upstream side),
+    /// which count them.
+    pub fn unregistered() -> prometheus::Result<RelayProbe> {
+        Ok(RelayProbe {
+            delay: Histogram::with_opts(HistogramOpts::new("unregistered", "-"))?,
+            bytes: IntCounter::new("unregistered", "-")?,
+        })
+    }
+
     /// A chunk of `len` upstream bytes is on the client's socket (written and
     /// flushed), `since_read` after the upstream read that produced it completed.
     #[inline]
@@ -619,6 +720,7 @@ mod tests {
             bytes: 30,
             events: 3,
             heartbeats: 2,
+            ..StreamStats::default()
         };
         b.finish(&route, StreamEnd::ClientGone, &stats, "app", None);
         assert_eq!(route.streams_open.get(), 0);

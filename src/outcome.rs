@@ -26,6 +26,10 @@ pub enum StreamEnd {
     /// The upstream failed and every resume attempt failed; ended at an
     /// event boundary with a `retry:` hint.
     ResumeFailed,
+    /// A shared stream's subscriber fell more than half its ring behind
+    /// (route `overflow = "disconnect"`); ended at an event boundary with a
+    /// `retry:` hint, to come back with its Last-Event-ID.
+    Overflow,
 }
 
 impl StreamEnd {
@@ -37,6 +41,7 @@ impl StreamEnd {
                 | StreamEnd::IdleTimeout
                 | StreamEnd::Shutdown
                 | StreamEnd::ResumeFailed
+                | StreamEnd::Overflow
         )
     }
 }
@@ -49,6 +54,32 @@ pub struct StreamStats {
     pub heartbeats: u64,
     /// Upstream failures the stream was resumed across.
     pub resumes: u64,
+    /// How a shared stream's subscriber joined; `None`: not shared.
+    pub join: Option<Join>,
+    /// Events a shared subscriber skipped (route `overflow = "skip"`).
+    pub skipped: u64,
+}
+
+/// How a subscriber of a shared stream joined it (access-log `join=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Join {
+    /// At the newest event: it receives what comes next.
+    Live,
+    /// After its Last-Event-ID, found in the replay ring.
+    Replay,
+    /// Its Last-Event-ID was not in the ring: it got its own upstream
+    /// request, and moved to the shared stream if an id it received was.
+    Own,
+}
+
+impl Join {
+    pub fn label(self) -> &'static str {
+        match self {
+            Join::Live => "live",
+            Join::Replay => "replay",
+            Join::Own => "own",
+        }
+    }
 }
 
 /// Which limit turned a stream away; the `limit` label of
@@ -83,7 +114,7 @@ impl Limit {
 }
 
 /// Every way a stream can end, in the order of [`end_reason`]'s indexes.
-pub const STREAM_ENDS: [StreamEnd; 9] = [
+pub const STREAM_ENDS: [StreamEnd; 10] = [
     StreamEnd::UpstreamDone,
     StreamEnd::UpstreamError,
     StreamEnd::ClientGone,
@@ -93,6 +124,7 @@ pub const STREAM_ENDS: [StreamEnd; 9] = [
     StreamEnd::ShutdownAborted,
     StreamEnd::ClientStalled,
     StreamEnd::ResumeFailed,
+    StreamEnd::Overflow,
 ];
 
 /// The `reason` label (and access-log `end=`) of a stream end, with its index
@@ -108,6 +140,7 @@ pub fn end_reason(end: StreamEnd) -> (usize, &'static str) {
         StreamEnd::ShutdownAborted => (6, "shutdown_aborted"),
         StreamEnd::ClientStalled => (7, "client_write_timeout"),
         StreamEnd::ResumeFailed => (8, "resume_failed"),
+        StreamEnd::Overflow => (9, "overflow"),
     }
 }
 

@@ -741,8 +741,8 @@ fn every_shipped_config_loads() {
         }
     }
     assert!(
-        checked >= 2,
-        "expected conf/ssegate.toml and conf/minimal.toml"
+        checked >= 3,
+        "expected conf/ssegate.toml, conf/minimal.toml and conf/shared.toml"
     );
 }
 
@@ -776,6 +776,161 @@ fn reference_config_summary() {
         );
     }
     assert!(summary.lines().count() <= 24, "{summary}");
+}
+
+#[test]
+fn shared_config_summary() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/shared.toml");
+    let config = config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let share = config.routes[0].share.as_ref().expect("route[0] shares");
+    assert_eq!(share.key_headers, ["accept-language"]);
+    assert_eq!(share.auth.as_deref(), Some("/auth/check"));
+    assert!(config.routes[1].share.is_none());
+    let summary = config::summary(&config);
+    let route = "  * /feeds/ -> app, heartbeat 15s, idle timeout 1h, max streams unlimited, resume off\n    \
+                 shared: key host+path+query+accept-language, public no, linger 30s, \
+                 replay 1000 events / 1048576 bytes, overflow disconnect, auth /auth/check (cache 10s)\n  \
+                 * / -> app,";
+    assert!(
+        summary.contains(route),
+        "summary lacks {route:?}:\n{summary}"
+    );
+}
+
+// ---- shared streams ---------------------------------------------------------
+
+/// An upstream, then a sharing route on /feeds/ with `keys` after its
+/// `share = true`, so the first of `keys` is on line 8.
+fn feeds(keys: &str) -> String {
+    doc(&format!(
+        "{UPSTREAM}[[route]]\npath = \"/feeds/\"\nupstream = \"app\"\nshare = true\n{keys}{ROUTE}"
+    ))
+}
+
+#[test]
+fn sharing_key_without_share() {
+    let text = doc(&format!(
+        "{UPSTREAM}[[route]]\npath = \"/feeds/\"\nupstream = \"app\"\nreplay_events = 10\n"
+    ));
+    assert_error(
+        &text,
+        7,
+        17,
+        "route[0].replay_events",
+        "`replay_events` has no effect without `share = true`",
+    );
+    let text =
+        feeds("share_key = [\"accept-language\"]\n").replace("share = true", "share = false");
+    assert_error(
+        &text,
+        8,
+        13,
+        "route[0].share_key",
+        "`share_key` has no effect without `share = true`; this route has `share = false`",
+    );
+}
+
+#[test]
+fn bad_share_key_names() {
+    assert_error(
+        &feeds("share_key = [\"accept-language\", \"Last-Event-ID\"]\n"),
+        8,
+        33,
+        "route[0].share_key[1]",
+        "\"Last-Event-ID\" selects where a subscriber resumes in a stream's replay, not which stream it joins",
+    );
+    assert_error(
+        &feeds("share_key = [\"host\"]\n"),
+        8,
+        14,
+        "route[0].share_key[0]",
+        "\"host\" is redundant",
+    );
+    assert_error(
+        &feeds("share_key = [\"Upgrade\"]\n"),
+        8,
+        14,
+        "route[0].share_key[0]",
+        "hop-by-hop",
+    );
+    assert_error(
+        &feeds("share_key = [\"x-a\", \"X-A\"]\n"),
+        8,
+        21,
+        "route[0].share_key[1]",
+        "duplicate header \"x-a\" (already share_key[0])",
+    );
+    assert_error(
+        &feeds("share_key = [\"x a\"]\n"),
+        8,
+        14,
+        "route[0].share_key[0]",
+        "\"x a\" is not a header name",
+    );
+}
+
+#[test]
+fn bad_sharing_values() {
+    assert_error(
+        &feeds("overflow = \"block\"\n"),
+        8,
+        12,
+        "route[0].overflow",
+        "unknown value \"block\"; expected \"disconnect\" or \"skip\"",
+    );
+    assert_error(
+        &feeds("replay_events = 2000000\n"),
+        8,
+        17,
+        "route[0].replay_events",
+        "from 0 to 1000000, got 2000000",
+    );
+    assert_error(
+        &feeds("replay_bytes = \"2GiB\"\n"),
+        8,
+        16,
+        "route[0].replay_bytes",
+        "out of range: from 0 to 1073741824 bytes",
+    );
+    assert_error(
+        &feeds("share_linger = 30\n"),
+        8,
+        16,
+        "route[0].share_linger",
+        "write \"30s\"",
+    );
+    assert_error(
+        &feeds("share_auth = \"auth/check\"\n"),
+        8,
+        14,
+        "route[0].share_auth",
+        "must be a path on the route's upstream starting with \"/\"",
+    );
+    assert_error(
+        &feeds("share_auth = \"/auth#check\"\n"),
+        8,
+        14,
+        "route[0].share_auth",
+        "must not contain \"#\"",
+    );
+    assert_error(
+        &feeds("share_auth_cache = \"1m\"\n"),
+        8,
+        20,
+        "route[0].share_auth_cache",
+        "has no effect without `share_auth`",
+    );
+}
+
+#[test]
+fn share_true_alone_takes_the_defaults() {
+    let config =
+        config::parse(&feeds(""), "test.toml", Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.routes[0].share,
+        Some(config::Share::default()),
+        "share = true alone"
+    );
 }
 
 // ---- [limits] and route max_streams ---------------------------------------

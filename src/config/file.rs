@@ -134,6 +134,20 @@ pub struct RouteEntry {
     pub resume: Option<Spanned<String>>,
     pub resume_attempts: Option<Spanned<i64>>,
     pub resume_backoff: Option<Spanned<DurationValue>>,
+    /// Spanned so that an explicit `share = false` can be named when a
+    /// sharing key is set without it.
+    pub share: Option<Spanned<bool>>,
+    /// Spanned as a whole and per name, as `servers` is.
+    pub share_key: Option<Spanned<Vec<Spanned<String>>>>,
+    pub share_public: Option<Spanned<bool>>,
+    pub share_linger: Option<Spanned<DurationValue>>,
+    /// `i64` so a negative count reaches validation, as for `max_streams`.
+    pub replay_events: Option<Spanned<i64>>,
+    pub replay_bytes: Option<Spanned<SizeValue>>,
+    /// A string rather than an enum so an unknown value is one error among many.
+    pub overflow: Option<Spanned<String>>,
+    pub share_auth: Option<Spanned<String>>,
+    pub share_auth_cache: Option<Spanned<DurationValue>>,
 }
 
 /// `[admin]`: the listener for `/metrics` and `/healthz`.

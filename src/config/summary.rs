@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use super::duration::format_duration;
-use super::model::{Config, HostMatch, Resume, UpstreamProtocol};
+use super::model::{Config, HostMatch, Overflow, Resume, Share, UpstreamProtocol};
 
 /// Renders `config` as plain text, one item per line, without a trailing newline.
 /// It does not repeat the file name: the caller prints that with its verdict.
@@ -142,7 +142,34 @@ fn routes(out: &mut String, config: &Config) {
                 ),
             },
         );
+        if let Some(share) = &r.share {
+            let _ = writeln!(out, "    {}", shared(share));
+        }
     }
+}
+
+/// A sharing route's settings, on a line of their own under the route's.
+fn shared(s: &Share) -> String {
+    let mut key = String::from("host+path+query");
+    for name in &s.key_headers {
+        key.push('+');
+        key.push_str(name);
+    }
+    format!(
+        "shared: key {key}, public {}, linger {}, replay {} events / {} bytes, overflow {}, auth {}",
+        if s.public { "yes" } else { "no" },
+        format_duration(s.linger),
+        s.replay_events,
+        s.replay_bytes,
+        match s.overflow {
+            Overflow::Disconnect => "disconnect",
+            Overflow::Skip => "skip",
+        },
+        match &s.auth {
+            None => "off".to_string(),
+            Some(path) => format!("{path} (cache {})", on_off(s.auth_cache)),
+        },
+    )
 }
 
 fn limit(value: Option<usize>) -> String {
@@ -151,4 +178,40 @@ fn limit(value: Option<usize>) -> String {
 
 fn on_off(value: Option<Duration>) -> String {
     value.map_or("off".to_string(), format_duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sharing_settings_in_one_line() {
+        assert_eq!(
+            shared(&Share::default()),
+            "shared: key host+path+query, public no, linger 30s, replay 1000 events / 1048576 bytes, overflow disconnect, auth off"
+        );
+        let s = Share {
+            key_headers: vec!["accept-language".into(), "x-tenant".into()],
+            public: true,
+            linger: Duration::ZERO,
+            replay_events: 0,
+            replay_bytes: 0,
+            overflow: Overflow::Skip,
+            auth: Some("/auth/check?x=1".into()),
+            auth_cache: Some(Duration::from_secs(90)),
+        };
+        assert_eq!(
+            shared(&s),
+            "shared: key host+path+query+accept-language+x-tenant, public yes, linger 0s, replay 0 events / 0 bytes, overflow skip, auth /auth/check?x=1 (cache 1m30s)"
+        );
+        let s = Share {
+            auth: Some("/a".into()),
+            ..Share::default()
+        };
+        assert!(
+            shared(&s).ends_with("auth /a (cache off)"),
+            "{}",
+            shared(&s)
+        );
+    }
 }

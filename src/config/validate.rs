@@ -19,8 +19,8 @@ use super::duration::{parse_duration, UNIT_HELP};
 use super::error::{ConfigError, ConfigErrors};
 use super::file::{self, DurationValue, SizeValue};
 use super::model::{
-    Admin, Config, HostMatch, LimitSettings, Listener, Resume, Route, Server, StreamSettings,
-    Timeouts, Tls, Upstream, UpstreamProtocol,
+    Admin, Config, HostMatch, LimitSettings, Listener, Overflow, Resume, Route, Server, Share,
+    StreamSettings, Timeouts, Tls, Upstream, UpstreamProtocol,
 };
 
 // Defaults, as documented in `config::model` and `conf/ssegate.toml`.
@@ -52,6 +52,20 @@ const CLIENT_BUFFER_MAX: usize = 64 * 1024 * 1024;
 const RESUME_ATTEMPTS: u32 = 3;
 const RESUME_ATTEMPTS_MAX: i64 = 100;
 const RESUME_BACKOFF: Duration = Duration::from_secs(1);
+// A sharing route's defaults are `Share::default()`; these are its bounds.
+const REPLAY_EVENTS_MAX: i64 = 1_000_000;
+const REPLAY_BYTES_MAX: usize = 1024 * 1024 * 1024;
+/// Hop-by-hop request fields (RFC 9110 §7.6.1) that the proxy always
+/// removes before the upstream, so they cannot select a shared stream; every
+/// `proxy-*` field is removed too.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// A parsed file plus what validation needs to phrase its errors.
 pub struct Document<'a> {
@@ -649,8 +663,151 @@ impl Checker<'_> {
                 RESUME_BACKOFF,
                 Accept::PositiveOnly,
             ),
-            // The `share` keys are read in the config session (TODO there).
-            share: None,
+            share: self.share(key, entry),
+        }
+    }
+
+    /// `share = true` and the keys that only mean something with it: `None`
+    /// when the route does not share, after an error for each such key set.
+    fn share(&mut self, route: &str, entry: &file::RouteEntry) -> Option<Share> {
+        if !entry.share.as_ref().is_some_and(|s| *s.get_ref()) {
+            let hint = if entry.share.is_some() {
+                "this route has `share = false`"
+            } else {
+                "add `share = true` to this route, or remove the key"
+            };
+            for (name, span) in sharing_keys_set(entry) {
+                let message = format!("`{name}` has no effect without `share = true`; {hint}");
+                self.error(Some(span), &format!("{route}.{name}"), message);
+            }
+            return None;
+        }
+        let defaults = Share::default();
+        let key = |name: &str| format!("{route}.{name}");
+        let auth = self.share_auth(&key("share_auth"), entry.share_auth.as_ref());
+        let auth_cache = match &entry.share_auth_cache {
+            Some(value) if entry.share_auth.is_none() => {
+                let message =
+                    "`share_auth_cache` has no effect without `share_auth`: it is how long an authorisation answer is reused";
+                self.error(Some(value.span()), &key("share_auth_cache"), message);
+                None
+            }
+            value => self.switch(
+                &key("share_auth_cache"),
+                value.as_ref(),
+                defaults.auth_cache,
+            ),
+        };
+        Some(Share {
+            key_headers: self.share_key(&key("share_key"), entry.share_key.as_ref()),
+            public: entry
+                .share_public
+                .as_ref()
+                .map_or(defaults.public, |p| *p.get_ref()),
+            linger: self.duration(
+                &key("share_linger"),
+                entry.share_linger.as_ref(),
+                defaults.linger,
+                Accept::ZeroToo,
+            ),
+            replay_events: self.replay_events(
+                &key("replay_events"),
+                entry.replay_events.as_ref(),
+                defaults.replay_events,
+            ),
+            replay_bytes: self.size(
+                &key("replay_bytes"),
+                entry.replay_bytes.as_ref(),
+                defaults.replay_bytes,
+                0..=REPLAY_BYTES_MAX,
+            ),
+            overflow: self.overflow(&key("overflow"), entry.overflow.as_ref(), defaults.overflow),
+            auth,
+            auth_cache,
+        })
+    }
+
+    /// `share_key`: header names, lowercase, each once.
+    fn share_key(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<Vec<Spanned<String>>>>,
+    ) -> Vec<String> {
+        let Some(value) = value else {
+            return Vec::new();
+        };
+        // Each valid name with the index it was first written at.
+        let mut names: Vec<(String, usize)> = Vec::new();
+        for (j, raw) in value.get_ref().iter().enumerate() {
+            let item = format!("{key}[{j}]");
+            match share_key_name(raw.get_ref()) {
+                Ok(name) => {
+                    if let Some((_, first)) = names.iter().find(|(n, _)| *n == name) {
+                        let message = format!(
+                            "duplicate header {name:?} (already share_key[{first}]); header names are case-insensitive"
+                        );
+                        self.error(Some(raw.span()), &item, message);
+                    } else {
+                        names.push((name, j));
+                    }
+                }
+                Err(reason) => {
+                    let message = format!("{:?} {reason}", raw.get_ref());
+                    self.error(Some(raw.span()), &item, message);
+                }
+            }
+        }
+        names.into_iter().map(|(name, _)| name).collect()
+    }
+
+    fn replay_events(&mut self, key: &str, value: Option<&Spanned<i64>>, default: usize) -> usize {
+        let Some(value) = value else {
+            return default;
+        };
+        let n = *value.get_ref();
+        match usize::try_from(n) {
+            Ok(events) if (0..=REPLAY_EVENTS_MAX).contains(&n) => events,
+            _ => {
+                let message = format!(
+                    "must be a whole number from 0 to {REPLAY_EVENTS_MAX}, got {n}; 0 keeps no events for replay"
+                );
+                self.error(Some(value.span()), key, message);
+                default
+            }
+        }
+    }
+
+    fn overflow(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+        default: Overflow,
+    ) -> Overflow {
+        let Some(value) = value else {
+            return default;
+        };
+        match value.get_ref().as_str() {
+            "disconnect" => Overflow::Disconnect,
+            "skip" => Overflow::Skip,
+            other => {
+                let message =
+                    format!("unknown value {other:?}; expected \"disconnect\" or \"skip\"");
+                self.error(Some(value.span()), key, message);
+                default
+            }
+        }
+    }
+
+    /// `share_auth`: a path (and query) on the route's upstream.
+    fn share_auth(&mut self, key: &str, value: Option<&Spanned<String>>) -> Option<String> {
+        let value = value?;
+        match check_share_auth(value.get_ref()) {
+            Ok(()) => Some(value.get_ref().clone()),
+            Err(reason) => {
+                let message = format!("{:?} {reason}", value.get_ref());
+                self.error(Some(value.span()), key, message);
+                None
+            }
         }
     }
 
@@ -843,8 +1000,8 @@ impl Accept {
     }
 }
 
-/// `"262144"`, `"256KiB"`, `"1MiB"`, `"64KB"`: binary units (KiB, MiB)
-/// and, as their everyday aliases, K/KB and M/MB, all powers of 1024.
+/// `"262144"`, `"256KiB"`, `"1MiB"`, `"64KB"`: binary units (KiB, MiB,
+/// GiB) and, as their everyday aliases, K/KB, M/MB and G/GB, all powers of 1024.
 pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -859,9 +1016,10 @@ pub(crate) fn parse_size(text: &str) -> Result<usize, String> {
         "" | "B" => 1,
         "K" | "KB" | "KiB" | "k" | "kB" => 1024,
         "M" | "MB" | "MiB" => 1024 * 1024,
+        "G" | "GB" | "GiB" => 1024 * 1024 * 1024,
         other => {
             return Err(format!(
-                "invalid size {text:?}: unknown unit {other:?} (B, KiB or MiB)"
+                "invalid size {text:?}: unknown unit {other:?} (B, KiB, MiB or GiB)"
             ))
         }
     };
@@ -986,6 +1144,92 @@ pub(crate) fn check_cache_control(value: &str) -> Result<(), String> {
             "must not contain control characters (found U+{:04X})",
             u32::from(c)
         ));
+    }
+    Ok(())
+}
+
+/// The sharing keys other than `share` that `entry` sets, with the span of each value.
+fn sharing_keys_set(entry: &file::RouteEntry) -> Vec<(&'static str, Range<usize>)> {
+    [
+        ("share_key", entry.share_key.as_ref().map(Spanned::span)),
+        (
+            "share_public",
+            entry.share_public.as_ref().map(Spanned::span),
+        ),
+        (
+            "share_linger",
+            entry.share_linger.as_ref().map(Spanned::span),
+        ),
+        (
+            "replay_events",
+            entry.replay_events.as_ref().map(Spanned::span),
+        ),
+        (
+            "replay_bytes",
+            entry.replay_bytes.as_ref().map(Spanned::span),
+        ),
+        ("overflow", entry.overflow.as_ref().map(Spanned::span)),
+        ("share_auth", entry.share_auth.as_ref().map(Spanned::span)),
+        (
+            "share_auth_cache",
+            entry.share_auth_cache.as_ref().map(Spanned::span),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, span)| Some((name, span?)))
+    .collect()
+}
+
+/// A `share_key` entry as the lowercase header name it selects on, or the
+/// reason it cannot select a shared stream.
+pub(crate) fn share_key_name(raw: &str) -> Result<String, String> {
+    if raw.is_empty() {
+        return Err("is empty; give a request header name, e.g. \"accept-language\"".into());
+    }
+    let name = http::HeaderName::from_bytes(raw.as_bytes())
+        .map_err(|_| {
+            "is not a header name (letters, digits and !#$%&'*+-.^_`|~ only), e.g. \"accept-language\"".to_string()
+        })?
+        .as_str()
+        .to_string();
+    if name == "host" {
+        return Err(
+            "is redundant: host, path and query always select the stream; leave it out".into(),
+        );
+    }
+    if name == "last-event-id" {
+        return Err(
+            "selects where a subscriber resumes in a stream's replay, not which stream it joins; leave it out".into(),
+        );
+    }
+    if HOP_BY_HOP.contains(&name.as_str()) || name.starts_with("proxy-") {
+        return Err(
+            "is a hop-by-hop header, removed before the upstream, so it cannot select a stream"
+                .into(),
+        );
+    }
+    Ok(name)
+}
+
+/// `share_auth` must be an origin-form request target: a path, maybe a query.
+pub(crate) fn check_share_auth(target: &str) -> Result<(), String> {
+    if !target.starts_with('/') {
+        return Err(
+            "must be a path on the route's upstream starting with \"/\", e.g. \"/auth/check\""
+                .into(),
+        );
+    }
+    if target.chars().any(char::is_whitespace) {
+        return Err("must not contain whitespace; percent-encode it (%20)".into());
+    }
+    if target.contains('#') {
+        return Err("must not contain \"#\": a fragment is never sent to a server".into());
+    }
+    if target.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(
+            "is not a valid path and query; percent-encode characters outside the URI syntax"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -1182,6 +1426,226 @@ mod tests {
         );
     }
 
+    /// A `[[route]]` on `/feeds/` with `keys` added, before the default route.
+    fn feeds(keys: &str) -> String {
+        format!("[[route]]\npath = \"/feeds/\"\nupstream = \"app\"\n{keys}")
+    }
+
+    fn share_of(keys: &str) -> Option<Share> {
+        config(&feeds(keys)).routes[0].share.clone()
+    }
+
+    #[test]
+    fn share_is_off_unless_true() {
+        assert_eq!(config("").routes[0].share, None);
+        assert_eq!(share_of(""), None);
+        assert_eq!(share_of("share = false"), None);
+        assert_eq!(share_of("share = true"), Some(Share::default()));
+        let d = Share::default();
+        assert_eq!(d.key_headers, Vec::<String>::new());
+        assert!(!d.public);
+        assert_eq!(d.linger, Duration::from_secs(30));
+        assert_eq!((d.replay_events, d.replay_bytes), (1000, 1024 * 1024));
+        assert_eq!(d.overflow, Overflow::Disconnect);
+        assert_eq!((d.auth, d.auth_cache), (None, None));
+    }
+
+    #[test]
+    fn share_keys_are_kept() {
+        let s = share_of(
+            "share = true\nshare_key = [\"Accept-Language\", \"x-tenant\", \"cookie\"]\n\
+             share_public = true\nshare_linger = \"0s\"\nreplay_events = 0\nreplay_bytes = \"1GiB\"\n\
+             overflow = \"skip\"\nshare_auth = \"/auth/check?scope=feeds\"\nshare_auth_cache = \"1m30s\"\n",
+        )
+        .expect("shares");
+        assert_eq!(s.key_headers, ["accept-language", "x-tenant", "cookie"]);
+        assert!(s.public);
+        assert_eq!(s.linger, Duration::ZERO);
+        assert_eq!((s.replay_events, s.replay_bytes), (0, 1 << 30));
+        assert_eq!(s.overflow, Overflow::Skip);
+        assert_eq!(s.auth.as_deref(), Some("/auth/check?scope=feeds"));
+        assert_eq!(s.auth_cache, Some(Duration::from_secs(90)));
+
+        let s = share_of(
+            "share = true\nshare_key = []\nshare_public = false\nshare_linger = \"2m\"\n\
+             replay_events = 1000000\nreplay_bytes = 0\noverflow = \"disconnect\"\n\
+             share_auth = \"/auth\"\nshare_auth_cache = \"off\"\n",
+        )
+        .expect("shares");
+        assert!(s.key_headers.is_empty());
+        assert!(!s.public);
+        assert_eq!(s.linger, Duration::from_secs(120));
+        assert_eq!((s.replay_events, s.replay_bytes), (1_000_000, 0));
+        assert_eq!(s.overflow, Overflow::Disconnect);
+        assert_eq!(s.auth.as_deref(), Some("/auth"));
+        assert_eq!(s.auth_cache, None);
+        assert_eq!(
+            share_of("share = true\nreplay_bytes = 65536").map(|s| s.replay_bytes),
+            Some(65536)
+        );
+        // The size grammar, shared with stream.client_buffer.
+        assert_eq!(
+            share_of("share = true\nreplay_bytes = \"256KiB\"").map(|s| s.replay_bytes),
+            Some(256 * 1024)
+        );
+    }
+
+    #[test]
+    fn sharing_keys_need_share_true() {
+        for (line, name) in [
+            ("share_key = [\"accept-language\"]", "share_key"),
+            ("share_public = true", "share_public"),
+            ("share_linger = \"30s\"", "share_linger"),
+            ("replay_events = 10", "replay_events"),
+            ("replay_bytes = \"1MiB\"", "replay_bytes"),
+            ("overflow = \"skip\"", "overflow"),
+            ("share_auth = \"/auth\"", "share_auth"),
+            ("share_auth_cache = \"10s\"", "share_auth_cache"),
+        ] {
+            let key = format!("route[0].{name}");
+            let fragment =
+                format!("`{name}` has no effect without `share = true`; add `share = true`");
+            assert_one_error(&feeds(line), &key, &fragment);
+            let off = format!("share = false\n{line}");
+            assert_one_error(&feeds(&off), &key, "this route has `share = false`");
+        }
+        // One error per key, in file order; values are not checked as well.
+        let errors = errors(&feeds("share_linger = \"nonsense\"\noverflow = \"skip\""));
+        let keys: Vec<&str> = errors.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["route[0].share_linger", "route[0].overflow"]);
+    }
+
+    #[test]
+    fn share_key_errors() {
+        let one = |names: &str, key: &str, fragment: &str| {
+            let keys = format!("share = true\nshare_key = [{names}]");
+            assert_one_error(&feeds(&keys), key, fragment);
+        };
+        one(
+            "\"\"",
+            "route[0].share_key[0]",
+            "\"\" is empty; give a request header name",
+        );
+        one(
+            "\"accept language\"",
+            "route[0].share_key[0]",
+            "\"accept language\" is not a header name",
+        );
+        one("\"x:y\"", "route[0].share_key[0]", "is not a header name");
+        one(
+            "\"x-a\", \"Host\"",
+            "route[0].share_key[1]",
+            "\"Host\" is redundant: host, path and query always select the stream",
+        );
+        one(
+            "\"Last-Event-ID\"",
+            "route[0].share_key[0]",
+            "selects where a subscriber resumes in a stream's replay, not which stream it joins",
+        );
+        for hop in [
+            "connection",
+            "Keep-Alive",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+        ] {
+            one(
+                &format!("\"{hop}\""),
+                "route[0].share_key[0]",
+                "is a hop-by-hop header",
+            );
+        }
+        one(
+            "\"x-a\", \"x-b\", \"X-A\"",
+            "route[0].share_key[2]",
+            "duplicate header \"x-a\" (already share_key[0])",
+        );
+        // An invalid name before a duplicate does not shift the index named.
+        let keys = "share = true\nshare_key = [\"\", \"x-a\", \"x-a\"]";
+        let errors = errors(&feeds(keys));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(errors[1].0, "route[0].share_key[2]");
+        assert!(errors[1].1.contains("already share_key[1]"), "{errors:?}");
+    }
+
+    #[test]
+    fn share_value_errors() {
+        let one = |line: &str, name: &str, fragment: &str| {
+            let keys = format!("share = true\n{line}");
+            assert_one_error(&feeds(&keys), &format!("route[0].{name}"), fragment);
+        };
+        one(
+            "share_linger = \"off\"",
+            "share_linger",
+            "\"off\" is not allowed",
+        );
+        one("share_linger = 30", "share_linger", "write \"30s\"");
+        one("share_linger = \"30\"", "share_linger", "missing unit");
+        one(
+            "replay_events = -1",
+            "replay_events",
+            "from 0 to 1000000, got -1",
+        );
+        one("replay_events = 1000001", "replay_events", "got 1000001");
+        one(
+            "replay_bytes = \"1025MiB\"",
+            "replay_bytes",
+            "out of range: from 0 to 1073741824 bytes",
+        );
+        one("replay_bytes = -1", "replay_bytes", "-1 is negative");
+        one("replay_bytes = \"1TiB\"", "replay_bytes", "unknown unit");
+        one(
+            "overflow = \"drop\"",
+            "overflow",
+            "unknown value \"drop\"; expected \"disconnect\" or \"skip\"",
+        );
+        one(
+            "share_auth = \"auth/check\"",
+            "share_auth",
+            "starting with \"/\"",
+        );
+        one("share_auth = \"\"", "share_auth", "starting with \"/\"");
+        one("share_auth = \"/auth check\"", "share_auth", "whitespace");
+        one("share_auth = \"/auth\\tcheck\"", "share_auth", "whitespace");
+        one(
+            "share_auth = \"/auth#x\"",
+            "share_auth",
+            "must not contain \"#\"",
+        );
+        one(
+            "share_auth = \"/auth\\u0001\"",
+            "share_auth",
+            "not a valid path and query",
+        );
+        one(
+            "share_auth_cache = \"10s\"",
+            "share_auth_cache",
+            "`share_auth_cache` has no effect without `share_auth`",
+        );
+        one(
+            "share_auth = \"/a\"\nshare_auth_cache = \"0s\"",
+            "share_auth_cache",
+            "write \"off\"",
+        );
+        one(
+            "share_auth = \"/a\"\nshare_auth_cache = \"soon\"",
+            "share_auth_cache",
+            "or \"off\"",
+        );
+    }
+
+    #[test]
+    fn share_auth_targets() {
+        assert_eq!(check_share_auth("/auth/check"), Ok(()));
+        assert_eq!(check_share_auth("/auth/check?scope=feeds&x=%20"), Ok(()));
+        assert_eq!(check_share_auth("/"), Ok(()));
+        assert!(check_share_auth("http://a/auth").is_err());
+        assert!(check_share_auth("/a\u{7f}").is_err());
+        assert!(check_share_auth("/a\u{0}").is_err());
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(parse_size("262144"), Ok(262144));
@@ -1191,6 +1655,8 @@ mod tests {
         assert!(parse_size("MiB").is_err());
         assert!(parse_size("1.5MiB").is_err());
         assert!(parse_size("99999999999999999999").is_err());
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
+use pingora_http::ResponseHeader;
 
 use super::connections;
 use super::downstream::{Downstream, H1Client, H2Client};
@@ -30,26 +31,41 @@ use super::prepare::Prepared;
 use super::reply::{Outcome, Reply};
 use super::resume;
 use super::route::RouteEntry;
+use super::share::{Subscription, Switching};
 use super::stream;
-use super::{Handled, ProxyApp};
+use super::{Handled, ProxyApp, Shared};
 use crate::config::Resume;
 use crate::metrics::StreamTally;
-use crate::outcome::{StreamEnd, StreamStats};
+use crate::outcome::{Join, StreamEnd, StreamStats};
 use crate::upstream::Connected;
+
+/// Where an event stream's bytes come from.
+pub enum Feed {
+    /// Its own upstream connection (boxed: a subscriber's job stays small).
+    Upstream {
+        up: Box<Connected>,
+        compressed: bool,
+        /// The request as sent upstream, kept only when the stream may be
+        /// resumed on another connection (route `resume = "on-error"`, GET).
+        resume_request: Option<Box<pingora_http::RequestHeader>>,
+    },
+    /// A shared stream's ring (route `share = true`).
+    Shared(Subscription),
+    /// Its own upstream until an id it receives is in a shared stream's ring.
+    Switching(Box<Switching>),
+}
 
 /// Everything an event stream needs after its response header went out.
 pub struct StreamJob {
-    up: Connected,
+    feed: Feed,
     route: Arc<RouteEntry>,
-    compressed: bool,
+    /// How it joined, for a shared stream's subscriber.
+    join: Option<Join>,
     /// Holds the route's open-streams gauge up until the stream is done.
     tally: StreamTally,
     /// Holds the stream's places under the stream limits until it is done.
     permit: StreamPermit,
     client: Option<std::net::SocketAddr>,
-    /// The request as sent upstream, kept only when the stream may be
-    /// resumed on another connection (route `resume = "on-error"`, GET).
-    resume_request: Option<Box<pingora_http::RequestHeader>>,
     /// The client connection's place under `max_connections` (HTTP/1: the
     /// stream carries the connection; HTTP/2 streams leave it with theirs).
     connection: Option<connections::ConnectionGuard>,
@@ -67,20 +83,11 @@ pub(super) async fn start(
 ) -> Handled {
     let shared = &app.shared;
     let Exchanged { mut up, head, .. } = x;
-    // The authoritative count: slots are taken here, so a stream over a
-    // limit never reaches the stream phase, whatever `prepare` saw.
-    let permit = match shared.limits.admit(&route.limit, prepared.peer_ip) {
+    let permit = match admit(app, session, route, &prepared).await {
         Ok(permit) => permit,
-        Err(limit) => {
+        Err(handled) => {
             shared.pools.release(up, false).await;
-            let reply = Reply::Shed {
-                limit,
-                event_source: prepared.event_source,
-            };
-            return reply
-                .send(session, route, &shared.config.limits)
-                .await
-                .into();
+            return handled;
         }
     };
     let compressed = headers::is_compressed(&head);
@@ -90,15 +97,66 @@ pub(super) async fn start(
             route.config.path
         );
     }
+    // Streams are cut by their own idle timeout, never by the ordinary read timeout.
+    up.session.set_read_timeout(None);
+    // Only what is safe to repeat: a GET, uncompressed, on a route that asks for it.
+    let request = prepared.request;
+    let resume_request = (route.config.resume == Resume::OnError
+        && request.method == http::Method::GET
+        && !compressed)
+        .then(|| Box::new(request));
+    let feed = Feed::Upstream {
+        up: Box::new(up),
+        compressed,
+        resume_request,
+    };
+    begin(app, session, route, &head, permit, feed, None).await
+}
+
+/// The authoritative count under the stream limits: slots are taken here,
+/// so a stream over a limit never reaches the stream phase, whatever
+/// `prepare` saw. `Err`: the request was shed (answered).
+pub(super) async fn admit(
+    app: &ProxyApp,
+    session: &mut ServerSession,
+    route: &RouteEntry,
+    prepared: &Prepared,
+) -> Result<StreamPermit, Handled> {
+    let shared = &app.shared;
+    match shared.limits.admit(&route.limit, prepared.peer_ip) {
+        Ok(permit) => Ok(permit),
+        Err(limit) => {
+            let reply = Reply::Shed {
+                limit,
+                event_source: prepared.event_source,
+            };
+            Err(reply
+                .send(session, route, &shared.config.limits)
+                .await
+                .into())
+        }
+    }
+}
+
+/// Sends the stream's response header, built from the upstream's `head`,
+/// and hands the stream to its task: the part every event stream shares,
+/// its own or a shared one.
+pub(super) async fn begin(
+    app: &ProxyApp,
+    session: &mut ServerSession,
+    route: &Arc<RouteEntry>,
+    head: &ResponseHeader,
+    permit: StreamPermit,
+    feed: Feed,
+    join: Option<Join>,
+) -> Handled {
+    let shared = &app.shared;
     let client_version = session.req_header().version;
-    let resp = match headers::stream_response(
-        &head,
-        client_version,
-        &shared.config.stream.cache_control,
-    ) {
+    let cache_control = &shared.config.stream.cache_control;
+    let resp = match headers::stream_response(head, client_version, cache_control) {
         Ok(r) => r,
         Err(e) => {
-            shared.pools.release(up, false).await;
+            release(shared, feed, false).await;
             log::warn!("cannot build stream response: {e}");
             let reply = Reply::Status(502, "bad upstream response\n");
             return reply
@@ -107,32 +165,38 @@ pub(super) async fn start(
                 .into();
         }
     };
-    // Streams are cut by their own idle timeout, never by the ordinary read timeout.
-    up.session.set_read_timeout(None);
     // Open from before the header goes out, so a client holding it is counted.
     let tally = route.metrics.stream_started();
     if let Err(e) = session.write_response_header(Box::new(resp)).await {
         log::info!("writing the response header to the client failed: {e}");
-        shared.pools.release(up, false).await;
+        release(shared, feed, false).await;
         return Outcome::Abort.into();
     }
-    // Only what is safe to repeat: a GET, uncompressed, on a route that asks for it.
-    let request = prepared.request;
-    let resume_request = (route.config.resume == Resume::OnError
-        && request.method == http::Method::GET
-        && !compressed)
-        .then(|| Box::new(request));
     Handled::Stream(Box::new(StreamJob {
-        up,
+        feed,
         route: route.clone(),
-        compressed,
+        join,
         tally,
         permit,
         client: session.client_addr().and_then(|a| a.as_inet()).copied(),
-        resume_request,
         connection: None,
         activity: None,
     }))
+}
+
+/// Gives back the upstream connection `feed` holds, if any; `done`: the
+/// stream ended with its upstream's end, so the connection may be pooled
+/// if its response was read to the end.
+async fn release(shared: &Shared, feed: Feed, done: bool) {
+    let up = match feed {
+        Feed::Upstream { up, .. } => Some(*up),
+        Feed::Switching(mut s) => s.take_upstream(),
+        Feed::Shared(_) => None,
+    };
+    if let Some(mut up) = up {
+        let reusable = done && up.session.response_done();
+        shared.pools.release(up, reusable).await;
+    }
 }
 
 /// Runs the stream in `job` as a task of its own. The stream outlives the
@@ -177,50 +241,49 @@ async fn run(
     shutdown: ShutdownWatch,
 ) {
     let shared = &app.shared;
-    let StreamJob {
-        up,
-        route,
-        resume_request,
-        compressed,
-        ..
-    } = &mut *job;
-    let resumer = resume_request.as_deref().map(|request| resume::Resumer {
-        pools: &shared.pools,
-        pool: &route.pool,
-        request,
-        attempts: route.config.resume_attempts,
-        backoff: route.config.resume_backoff,
-        metrics: route.metrics.resume(),
-    });
+    let StreamJob { feed, route, .. } = &mut *job;
     let (policy, probe) = (&route.policy, route.metrics.relay());
     let rng = stream::LocalRng;
-    let (end, st) = match resumer.as_ref() {
-        Some(r) => {
-            let mut source = resume::Resuming::new(up, r);
-            stream::relay(
-                &mut client,
-                &mut source,
-                policy,
-                *compressed,
-                &shutdown,
-                probe,
-                rng,
-            )
-            .await
+    let (end, mut st) = match feed {
+        Feed::Upstream {
+            up,
+            compressed,
+            resume_request: Some(request),
+        } => {
+            let resumer = resume::Resumer {
+                pools: &shared.pools,
+                pool: &route.pool,
+                request,
+                attempts: route.config.resume_attempts,
+                backoff: route.config.resume_backoff,
+                metrics: route.metrics.resume(),
+            };
+            let mut source = resume::Resuming::new(&mut **up, &resumer);
+            let c = *compressed;
+            stream::relay(&mut client, &mut source, policy, c, &shutdown, probe, rng).await
         }
-        None => {
+        Feed::Upstream {
+            up,
+            compressed,
+            resume_request: None,
+        } => {
             let mut source = stream::Direct::new(up);
-            stream::relay(
-                &mut client,
-                &mut source,
-                policy,
-                *compressed,
-                &shutdown,
-                probe,
-                rng,
-            )
-            .await
+            let c = *compressed;
+            stream::relay(&mut client, &mut source, policy, c, &shutdown, probe, rng).await
         }
+        Feed::Shared(source) => {
+            stream::relay(&mut client, source, policy, false, &shutdown, probe, rng).await
+        }
+        Feed::Switching(source) => {
+            let source = &mut **source;
+            stream::relay(&mut client, source, policy, false, &shutdown, probe, rng).await
+        }
+    };
+    st.join = job.join;
+    st.skipped = match &job.feed {
+        Feed::Shared(s) => s.skipped(),
+        Feed::Switching(s) => s.skipped(),
+        Feed::Upstream { .. } => 0,
     };
     Box::pin(finish(app, client, job, end, st, shutdown)).await;
 }
@@ -230,14 +293,13 @@ async fn run(
 async fn finish(
     app: Arc<ProxyApp>,
     mut client: Downstream,
-    mut job: Box<StreamJob>,
+    job: Box<StreamJob>,
     end: StreamEnd,
     st: StreamStats,
     shutdown: ShutdownWatch,
 ) {
-    let upstream_done = end == StreamEnd::UpstreamDone && job.up.session.response_done();
     let StreamJob {
-        up,
+        feed,
         route,
         tally,
         permit,
@@ -250,7 +312,7 @@ async fn finish(
     tally.finish(&route.metrics, end, &st, &route.pool.name, addr);
     // Before the connection may carry further requests below.
     drop(permit);
-    app.shared.pools.release(up, upstream_done).await;
+    release(&app.shared, feed, end == StreamEnd::UpstreamDone).await;
     if !end.is_clean() {
         client.abort().await;
         return;

@@ -40,6 +40,8 @@ pub mod prepare;
 pub mod reply;
 pub mod resume;
 pub mod route;
+pub mod share;
+pub mod shared_stream;
 pub mod stream;
 
 use std::sync::Arc;
@@ -60,8 +62,9 @@ use crate::router::Router;
 use crate::start_error::StartError;
 use crate::upstream::Pools;
 use event_stream::StreamJob;
-use exchange::ResponseKind;
+use exchange::{Exchanged, ResponseKind};
 use limits::Limits;
+use prepare::Prepared;
 use reply::{respond, respond_or_abort, Outcome};
 use route::RouteEntry;
 
@@ -205,7 +208,7 @@ impl HttpServerApp for ProxyApp {
         session.set_write_timeout(Some(timeouts.write));
 
         let route = self.shared.route_for(&session);
-        let handled = self.handle(&mut session, route).await;
+        let handled = self.handle(&mut session, route, shutdown).await;
         self.shared.count_response(&session, route.map(|r| &**r));
         let outcome = match handled {
             Handled::Done(outcome) => outcome,
@@ -263,6 +266,7 @@ impl ProxyApp {
         &self,
         session: &mut ServerSession,
         route: Option<&Arc<RouteEntry>>,
+        shutdown: &ShutdownWatch,
     ) -> Handled {
         let shared = &self.shared;
         // ssegate is never a forward proxy: CONNECT is refused whatever its
@@ -282,20 +286,37 @@ impl ProxyApp {
                 .into();
         };
         let limits = &shared.config.limits;
-        let prepared = match prepare::prepare(session, route, &shared.limits, self.tls) {
+        let mut prepared = match prepare::prepare(session, route, &shared.limits, self.tls) {
             Ok(p) => p,
             Err(reply) => return reply.send(session, route, limits).await.into(),
         };
+        if let Some(shares) = &route.shares {
+            match shared_stream::serve(self, session, route, shares, prepared, shutdown).await {
+                Ok(handled) => return handled,
+                Err(not_shared) => prepared = not_shared,
+            }
+        }
         let x = match exchange::exchange(session, &shared.pools, &route.pool, &prepared).await {
             Ok(x) => x,
             Err(reply) => return reply.send(session, route, limits).await.into(),
         };
+        self.serve_exchanged(session, route, prepared, x).await
+    }
+
+    /// Serves the upstream's answer `x` to `prepared` by its kind.
+    async fn serve_exchanged(
+        &self,
+        session: &mut ServerSession,
+        route: &Arc<RouteEntry>,
+        prepared: Prepared,
+        x: Exchanged,
+    ) -> Handled {
         match x.kind {
             ResponseKind::EventStream => {
                 event_stream::start(self, session, route, prepared, x).await
             }
             ResponseKind::Ordinary => {
-                ordinary::serve(session, &shared.pools, x, &prepared.request.method)
+                ordinary::serve(session, &self.shared.pools, x, &prepared.request.method)
                     .await
                     .into()
             }

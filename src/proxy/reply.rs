@@ -123,6 +123,17 @@ async fn respond_with(
     session.finish_body().await
 }
 
+/// Sends a whole response made elsewhere (`resp` and all of `body`), and
+/// decides whether the connection survives, as [`respond_or_abort`].
+pub async fn respond_whole(
+    session: &mut ServerSession,
+    resp: pingora_http::ResponseHeader,
+    body: Bytes,
+) -> Outcome {
+    let sent = respond_with(session, resp, body).await;
+    outcome_of(sent, session)
+}
+
 /// Responds, and decides whether the connection survives: only if the response
 /// went out and the request body (if any) is fully read.
 pub async fn respond_or_abort(

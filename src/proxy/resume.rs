@@ -38,6 +38,7 @@ use tokio::time::{sleep_until, Instant};
 use super::headers;
 use super::stream::{body_event, retry_hint, Settled, Source, SourceEvent};
 use crate::metrics::ResumeMetrics;
+use crate::outcome::StreamEnd;
 use crate::sse::Framer;
 use crate::upstream::{Connected, Pool, Pools};
 
@@ -354,7 +355,7 @@ impl<C: Reconnector> Source for Resuming<'_, C> {
                 // Resumes start only at an event boundary, and only
                 // heartbeats went out since.
                 let base = r.base(framer.retry());
-                Settled::GaveUp(retry_hint(base, base / 2, rng))
+                Settled::End(retry_hint(base, base / 2, rng), StreamEnd::ResumeFailed)
             }
         }
     }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::limits::RouteLimit;
+use super::share::Shares;
 use super::stream::StreamPolicy;
 use crate::config::{Config, Route};
 use crate::metrics::{self, Metrics, RouteMetrics};
@@ -35,6 +36,8 @@ pub struct RouteEntry {
     /// Its open-stream counter (`max_streams`).
     pub limit: RouteLimit,
     pub metrics: RouteMetrics,
+    /// Its shared streams, when it shares (`share = true`).
+    pub shares: Option<Arc<Shares>>,
     /// Set once a compressed event stream has been logged for this route.
     compressed_logged: AtomicBool,
 }
@@ -73,6 +76,11 @@ pub fn routes(
                 r.path, r.upstream
             ))
         })?;
+        let route_metrics = metrics.route(&metrics::route_label(r))?;
+        let shares = r
+            .share
+            .clone()
+            .map(|s| Arc::new(Shares::new(s, route_metrics.share().clone())));
         entries.push(Arc::new(RouteEntry {
             config: r.clone(),
             pool,
@@ -86,7 +94,8 @@ pub fn routes(
                 drain_window: s.drain_window,
             },
             limit: RouteLimit::new(r.max_streams),
-            metrics: metrics.route(&metrics::route_label(r))?,
+            metrics: route_metrics,
+            shares,
             compressed_logged: AtomicBool::new(false),
         }));
     }

@@ -230,7 +230,7 @@ impl Relayed<'_> {
                 self.deadlines.on_upstream_bytes(Instant::now());
                 Step::Continue
             }
-            Settled::GaveUp(hint) => Step::Write(hint, Then::End(StreamEnd::ResumeFailed)),
+            Settled::End(hint, end) => Step::Write(hint, Then::End(end)),
         }
     }
 }

@@ -134,7 +134,10 @@ impl Source for Scripted {
         if r.give_up {
             r.log.push(("gave up", Instant::now()));
             // As `Resuming` does: the base wait plus up to half of it.
-            return Settled::GaveUp(super::retry_hint(r.base, r.base / 2, rng));
+            return Settled::End(
+                super::retry_hint(r.base, r.base / 2, rng),
+                StreamEnd::ResumeFailed,
+            );
         }
         r.log.push(("resumed", Instant::now()));
         Settled::Resumed

@@ -14,6 +14,7 @@ use std::future::Future;
 use bytes::Bytes;
 use rand::{Error, RngCore};
 
+use crate::outcome::StreamEnd;
 use crate::sse::Framer;
 use crate::upstream::Connected;
 
@@ -38,9 +39,10 @@ pub enum Settled {
     Continue,
     /// A new upstream connection continues the stream from here.
     Resumed,
-    /// The source gave up: write these bytes (a `retry:` hint, at an
-    /// event boundary) and end the stream as `ResumeFailed`.
-    GaveUp(Bytes),
+    /// The source ends the stream: write these bytes (a `retry:` hint, at
+    /// an event boundary), then end it as given (`ResumeFailed` when a
+    /// resume gave up, `Overflow` when a shared subscriber fell behind).
+    End(Bytes, StreamEnd),
 }
 
 /// The upstream side of a stream.
