@@ -174,7 +174,7 @@ impl Metrics {
         )?;
         let shared_opens = counter(
             "ssegate_shared_upstream_opens_total",
-            "Upstream requests made for shared streams (route share = true): openings, re-openings after a failure, and resumes.",
+            "Upstream streams opened for shared streams (route share = true): first openings and re-openings after a failure (resumes count in ssegate_resume_attempts_total).",
             &["route"],
         )?;
         let replays = counter(

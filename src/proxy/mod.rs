@@ -11,6 +11,11 @@
 //!        │
 //!  prepare.rs: limit pre-check (shed), target, forwarding headers
 //!        │
+//!  share = true? ─► shared_stream.rs: join the key's shared stream (share/),
+//!        │          or open it; a subscriber is an event stream fed from
+//!        │          the stream's ring ──► event_stream.rs below
+//!        │  (not shared: POST, credentials, an answer that cannot be shared)
+//!        │
 //!  exchange.rs: connect + retry, request out, response header in ──► 502/504
 //!        │
 //!  ResponseKind ──event stream──► event_stream.rs: admission (limits.rs),

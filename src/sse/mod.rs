@@ -411,6 +411,39 @@ impl Framer {
         self.bytes
     }
 
+    /// Forgets the bytes fed since the last blank line, as if they had never
+    /// been fed: the half-built event (its data, type and any complete or
+    /// partial `id` line, which the last event ID buffer drops back to the
+    /// last event ID string), the line being read and a trailing CR. For a
+    /// stream whose upstream failed mid-event and is continued by another
+    /// response that starts at a boundary. Afterwards the framer stands at an
+    /// event boundary with the same [`Framer::last_event_id`], or, when no
+    /// byte past a possible BOM was fed yet, back at the stream start, where
+    /// a BOM may still come.
+    ///
+    /// Kept: the last event ID, the counters, and [`Framer::retry`], which
+    /// the standard applies at the end of the `retry` line, so a valid one in
+    /// the dropped part stays in force (it is the upstream's latest wish, for
+    /// the reconnection that follows). Called right after a blank line, it
+    /// only forgets a CR that ended it: an LF opening the next bytes is then
+    /// one more blank line, which changes nothing (see
+    /// [`Framer::at_event_boundary`]).
+    pub fn discard_partial(&mut self) {
+        if !self.bom_decided {
+            self.bom_matched = 0;
+        }
+        self.line = Line::Start;
+        self.pending_cr = false;
+        self.in_event = false;
+        self.data.clear();
+        self.event_type.clear();
+        self.id.line.clear();
+        self.id.line_too_long = false;
+        self.id.buffer.clone_from(&self.id.string);
+        self.id.buffer_state = self.id.string_state;
+        self.id.dirty = false;
+    }
+
     /// Consumes a BOM at the stream start, which may arrive split over chunks,
     /// and returns what follows it.
     fn skip_bom<'c, F: FnMut(&Event<'_>)>(
@@ -1217,6 +1250,65 @@ mod tests {
             boundaries_of(&[&long, b"id\n\n"]),
             [[too_long], [at(4, Some(b""), false)]]
         );
+    }
+
+    #[test]
+    fn discard_partial_returns_to_the_last_boundary() {
+        // A half-built event with a complete `id` line, a data line and a
+        // partial line: none of it counts, and the next event stands alone.
+        let mut framer = Framer::with_data_capture(64);
+        let mut events = feed_all(&mut framer, &[b"id: 1\ndata: a\n\nid: 2\ndata: b\nda"]);
+        assert!(!framer.at_event_boundary());
+        framer.discard_partial();
+        assert!(framer.at_event_boundary());
+        assert_eq!(framer.last_event_id(), Some(&b"1"[..]));
+        events.extend(feed_all(&mut framer, &[b"data: c\n\n"]));
+        let got: Vec<_> = events.iter().map(|e| (&e.id[..], &e.data[..])).collect();
+        assert_eq!(got, [(&b"1"[..], &b"a"[..]), (b"1", b"c")]);
+        // An id line cut short, and one too long, are dropped as well.
+        for partial in [
+            &b"id: 9"[..],
+            &[&b"id: "[..], &[b'x'; MAX_ID_LEN + 1]].concat(),
+        ] {
+            let mut framer = Framer::new();
+            framer.feed(b"id: 1\n\n");
+            framer.feed(partial);
+            framer.discard_partial();
+            framer.feed(b"\n");
+            assert_eq!(framer.last_event_id(), Some(&b"1"[..]));
+        }
+        // A trailing CR that was part of the dropped bytes does not swallow
+        // the LF of the next response: that LF is a blank line.
+        let mut framer = Framer::new();
+        let mut out = Vec::new();
+        framer.feed_boundaries(b"data: a\n\n: hb\r", &mut out);
+        framer.discard_partial();
+        out.clear();
+        framer.feed_boundaries(b"\n", &mut out);
+        assert_eq!(out, [at(1, None, false)]);
+        // A retry applied in the dropped part stays; the counters stay.
+        let mut framer = Framer::new();
+        framer.feed(b"data: a\n\nretry: 700\ndata: b\n");
+        framer.discard_partial();
+        assert_eq!(
+            (framer.retry(), framer.events(), framer.bytes()),
+            (Some(700), 1, 28)
+        );
+        // Before anything past a possible BOM: back at the stream start.
+        let mut framer = Framer::new();
+        framer.feed(&[0xEF, 0xBB]);
+        framer.discard_partial();
+        assert!(!framer.at_event_boundary(), "a BOM may still come");
+        framer.feed(&BOM);
+        assert!(framer.at_event_boundary());
+        framer.feed(b"data: x\n\n");
+        assert_eq!(framer.events(), 1);
+        // Where there is nothing to drop, nothing changes.
+        let mut framer = Framer::new();
+        framer.feed(b"id: 3\ndata: a\n\n: c\n");
+        let before = format!("{framer:?}");
+        framer.discard_partial();
+        assert_eq!(format!("{framer:?}"), before);
     }
 
     #[test]

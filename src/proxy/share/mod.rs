@@ -347,3 +347,6 @@ impl Drop for Opening {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
