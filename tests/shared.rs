@@ -650,23 +650,26 @@ async fn share_auth_cache_reuses_an_answer_per_credentials() {
 // ---------------------------------------------------------------------------
 // 5. Joining while events flow: no gap, no duplicate
 
-/// The origin sends ids 1..=5000 as fast as a witness subscriber reads
-/// them, cut into chunks at random places. Meanwhile 60 subscribers join at
-/// random moments (when the witness reaches a random id): 48 with a
+/// The origin sends ids 1..=5000 as fast as its subscribers read them, cut
+/// into chunks at random places. Meanwhile 60 subscribers join at random
+/// moments (when a witness subscriber reaches a random id): 48 with a
 /// `Last-Event-ID` (header or `?lastEventId=`, HTTP/1.1 or h2c) among the
-/// last 300 ids the witness holds, which the ring (1000 events) must still
-/// have; each gets exactly the ids after it, to the end. 12 join live and
-/// get consecutive ids from one after the witness's id at their join.
+/// last 250 ids the witness holds, which the ring (1000 events) has; each
+/// gets exactly the ids after it, to the end, byte for byte. 12 join live
+/// and get consecutive ids from one after the witness's id at their join.
 ///
-/// The publisher stays at most 200 events ahead of the witness and 700
-/// ahead of the id of any joiner whose response head is not in yet, so a
-/// chosen id cannot leave the ring before its joiner is in, however slow
-/// the machine.
+/// The publisher stays at most 200 events ahead of every subscriber (of a
+/// joiner from the moment it chose its id), so no joiner is ever more than
+/// half the ring behind the newest event: none may be cut as too slow,
+/// however slow the machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subscribers_joining_at_random_moments_miss_nothing_and_repeat_nothing() {
     const LAST: u64 = 5000;
     const JOINERS: usize = 60;
+    const AHEAD: u64 = 200;
     const SEED: u64 = 5;
+    /// A progress slot of no subscriber (not joined yet, or done).
+    const IDLE: u64 = u64::MAX / 2;
     let mut origin = SseOrigin::start().await;
     let proxy = start(&origin, "", "replay_events = 1000").await;
     let mut witness = Sub::h1(proxy.addr, FEED, &[ACCEPT_SSE]).await;
@@ -674,9 +677,13 @@ async fn subscribers_joining_at_random_moments_miss_nothing_and_repeat_nothing()
     let upstream = origin.next_stream().await;
     subscribers(&proxy, 1).await;
 
-    let progress = Progress::new(1);
-    // Joiners between their choice of id and their response head.
-    let inflight: Arc<Mutex<BTreeMap<usize, u64>>> = Arc::default();
+    // Slot 0: the witness; slot 1 + j: joiner j.
+    let progress = Progress::new(1 + JOINERS);
+    for j in 0..JOINERS {
+        progress.set(1 + j, IDLE);
+    }
+    // Joiners choose their id and take their slot under this lock.
+    let choosing = Arc::new(Mutex::new(()));
 
     let witness_task = {
         let progress = progress.clone();
@@ -692,17 +699,17 @@ async fn subscribers_joining_at_random_moments_miss_nothing_and_repeat_nothing()
     };
     let publisher = {
         let progress = progress.clone();
-        let inflight = inflight.clone();
+        let choosing = choosing.clone();
         tokio::spawn(async move {
             let mut rng = seeded_rng(SEED);
             let mut next = 1u64;
             while next <= LAST {
                 let to = (next + rng.gen_range(0..8)).min(LAST);
                 within(
-                    "the witness and the joiners to let the publisher on",
+                    "the subscribers to let the publisher on",
                     progress.wait(|p| {
-                        let oldest = inflight.lock().unwrap().values().min().copied();
-                        to <= p.get(0) + 200 && oldest.is_none_or(|l| to <= l + 700)
+                        let _chosen = choosing.lock().unwrap();
+                        to <= p.min() + AHEAD
                     }),
                 )
                 .await;
@@ -723,10 +730,10 @@ async fn subscribers_joining_at_random_moments_miss_nothing_and_repeat_nothing()
     let mut joiners = Vec::new();
     for j in 0..JOINERS {
         let trigger = rng.gen_range(100..LAST - 300);
-        let back = rng.gen_range(0..300u64);
-        let (progress, inflight, send, addr) = (
+        let back = rng.gen_range(0..250u64);
+        let (progress, choosing, send, addr) = (
             progress.clone(),
-            inflight.clone(),
+            choosing.clone(),
             h2[j % 2].clone(),
             proxy.addr,
         );
@@ -736,20 +743,18 @@ async fn subscribers_joining_at_random_moments_miss_nothing_and_repeat_nothing()
             })
             .await;
             let mode = j % 5;
-            let (after, target, header) = if mode == 4 {
-                (None, FEED.to_string(), None)
-            } else {
-                let mut map = inflight.lock().unwrap();
-                let after = progress.get(0).saturating_sub(back).max(1);
-                map.insert(j, after);
-                let id = after.to_string();
-                if mode >= 2 {
-                    (Some(after), format!("{FEED}?lastEventId={id}"), None)
-                } else {
-                    (Some(after), FEED.to_string(), Some(id))
-                }
+            let (after, at_join) = {
+                let _chosen = choosing.lock().unwrap();
+                let at_join = progress.get(0);
+                let after = (mode != 4).then(|| at_join.saturating_sub(back).max(1));
+                progress.set(1 + j, after.unwrap_or(at_join));
+                (after, at_join)
             };
-            let at_join = progress.get(0);
+            let (target, header) = match after {
+                Some(id) if mode >= 2 => (format!("{FEED}?lastEventId={id}"), None),
+                Some(id) => (FEED.to_string(), Some(id.to_string())),
+                None => (FEED.to_string(), None),
+            };
             let mut headers = vec![ACCEPT_SSE];
             if let Some(id) = &header {
                 headers.push(("last-event-id", id.as_str()));
@@ -759,8 +764,6 @@ async fn subscribers_joining_at_random_moments_miss_nothing_and_repeat_nothing()
             } else {
                 Sub::h2(&send, &target, &headers).await
             };
-            inflight.lock().unwrap().remove(&j);
-            progress.poke();
             sub.assert_event_stream();
             let first = sub.next_id().await;
             match after {
@@ -775,7 +778,20 @@ async fn subscribers_joining_at_random_moments_miss_nothing_and_repeat_nothing()
                     "live joiner {j} got {first}, which the witness had before it joined ({at_join}): a replay"
                 ),
             }
-            sub.read_consecutive(first, LAST).await;
+            progress.set(1 + j, first);
+            let mut last = first;
+            while last < LAST {
+                let id = sub.next_id().await;
+                assert_eq!(
+                    id,
+                    last + 1,
+                    "joiner {j} ({:?}, from {first}): gap or duplicate",
+                    sub.proto
+                );
+                last = id;
+                progress.set(1 + j, id);
+            }
+            progress.set(1 + j, IDLE);
             assert!(
                 sub.raw == events(first..=LAST),
                 "joiner {j}: bytes differ from the origin's"
@@ -794,6 +810,36 @@ async fn subscribers_joining_at_random_moments_miss_nothing_and_repeat_nothing()
     assert_eq!(origin.log().len(), 1, "a joiner reached the origin");
     assert_eq!(replays(&proxy, "hit").await, replayed as f64);
     assert_eq!(replays(&proxy, "miss").await, 0.0);
+    let (name, labels) = overflows_series("disconnect");
+    assert_eq!(metric(&proxy, name, &labels).await, 0.0);
+}
+
+/// Every id the ring holds can be replayed, the oldest too: a subscriber
+/// asking for one far back (90 of 100 events) gets all that follow, then
+/// the live ones, and is not taken for one that fell behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_from_deep_in_the_ring_is_delivered_whole() {
+    let mut origin = SseOrigin::start().await;
+    let proxy = start(&origin, "", "replay_events = 100").await;
+    let mut a = Sub::h1(proxy.addr, FEED, &[ACCEPT_SSE]).await;
+    let shared = origin.next_stream().await;
+    subscribers(&proxy, 1).await;
+    shared.send_events(1..=100);
+    a.read_consecutive(0, 100).await;
+    for (i, id) in ["10", "1"].into_iter().enumerate() {
+        let mut deep = Sub::h1(proxy.addr, FEED, &[ACCEPT_SSE, ("last-event-id", id)]).await;
+        deep.assert_event_stream();
+        let after: u64 = id.parse().unwrap();
+        deep.read_consecutive(after, 100).await;
+        subscribers(&proxy, 2).await;
+        let live = 101 + i as u64;
+        shared.send_events([live]);
+        assert_eq!(deep.next_id().await, live);
+        assert_eq!(a.next_id().await, live);
+        assert_eq!(deep.raw, events(after + 1..=live));
+    }
+    assert_eq!(origin.log().len(), 1);
+    assert_eq!(replays(&proxy, "hit").await, 2.0);
 }
 
 // ---------------------------------------------------------------------------
@@ -869,10 +915,14 @@ fn check_big(id: u64, data: &str) {
 /// 100 subscribers of 8 KiB events; one (`stuck`) reads its head and then
 /// nothing, through a 4 KiB receive buffer and `client_buffer = 32KiB`.
 /// The ring holds 50 events or 128 KiB, and `client_write_timeout` is far
-/// away, so the stuck one falls behind the ring. The origin sends each
-/// event once the 99 readers are within 4 events of it, so they never fall
-/// behind. Returns the proxy, the origin's stream, the stuck subscriber,
-/// the 99 readers' progress and their tasks (each reads to `until`).
+/// away, so the stuck one falls far behind the ring (more than half of it,
+/// the proxy's threshold, is 8 events). The origin sends each event once
+/// the 99 readers are within 4 events of it, so they never fall behind.
+/// The overflow may be noticed while the client is stuck or only when its
+/// socket drains: the tests read the stuck client before they look at the
+/// overflow counters. Returns the proxy, the origin's stream, the stuck subscriber,
+/// the 99 readers' progress and their tasks (each reads to `until`, then
+/// returns its subscriber, still open).
 async fn overflow_setup(
     policy: &str,
     until: u64,
@@ -882,7 +932,7 @@ async fn overflow_setup(
     OriginStream,
     Sub,
     Arc<Progress>,
-    Vec<tokio::task::JoinHandle<()>>,
+    Vec<tokio::task::JoinHandle<Sub>>,
 ) {
     let mut origin = SseOrigin::start().await;
     let proxy = start(
@@ -929,6 +979,7 @@ async fn overflow_setup(
                     last = id;
                     progress.set(i, id);
                 }
+                s
             })
         })
         .collect();
@@ -960,16 +1011,14 @@ fn overflows_series(policy: &str) -> (&'static str, [(&'static str, &str); 2]) {
 
 /// `overflow = "disconnect"`: the stuck subscriber's stream ends; what it
 /// finally reads is whole consecutive events, then `retry: N` and a clean
-/// end. The 99 others miss nothing.
+/// end, counted once as `policy="disconnect"`. The 99 others miss nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overflow_disconnect_ends_a_stuck_subscriber_and_spares_the_others() {
     const LAST: u64 = 120;
     let (proxy, origin, shared, mut stuck, progress, readers) =
         overflow_setup("disconnect", LAST).await;
     publish_paced(&shared, &progress, 1..=LAST).await;
-    join_all("the readers to read every event", readers).await;
-    let (name, labels) = overflows_series("disconnect");
-    metric_until(&proxy, name, &labels, |v| v >= 1.0).await;
+    let _readers = join_all("the readers to read every event", readers).await;
 
     // Now the stuck client reads what was queued for it.
     stuck.keep_raw = false;
@@ -992,6 +1041,7 @@ async fn overflow_disconnect_ends_a_stuck_subscriber_and_spares_the_others() {
     assert!(retry > 0);
     assert_eq!(stuck.next().await, Next::End, "no clean end after retry:");
     assert!(last < LAST, "the stuck subscriber was never behind");
+    let (name, labels) = overflows_series("disconnect");
     assert_eq!(metric(&proxy, name, &labels).await, 1.0);
     let (skip, skip_labels) = overflows_series("skip");
     assert_eq!(metric(&proxy, skip, &skip_labels).await, 0.0);
@@ -999,19 +1049,18 @@ async fn overflow_disconnect_ends_a_stuck_subscriber_and_spares_the_others() {
     assert_eq!(origin.stream_count(), 1);
 }
 
-/// `overflow = "skip"`: the stuck subscriber stays open and jumps ahead
-/// (its ids are increasing with a gap), ending on the newest events once
-/// it reads again; overflows are counted with `policy="skip"`. The 99
-/// others miss nothing.
+/// `overflow = "skip"`: once the stuck subscriber reads again it gets what
+/// was queued, then jumps ahead (increasing ids with a gap) and stays open
+/// for the events after (sent once the skip is counted as
+/// `policy="skip"`). The 99 others miss nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overflow_skip_moves_a_stuck_subscriber_to_the_newest_event() {
     const PHASE1: u64 = 120;
     const LAST: u64 = 140;
     let (proxy, origin, shared, mut stuck, progress, readers) = overflow_setup("skip", LAST).await;
     publish_paced(&shared, &progress, 1..=PHASE1).await;
-    let (name, labels) = overflows_series("skip");
-    metric_until(&proxy, name, &labels, |v| v >= 1.0).await;
 
+    // The stuck client reads again: what was queued, then the newest events.
     stuck.keep_raw = false;
     let stuck_reader = tokio::spawn(async move {
         let mut ids: Vec<u64> = Vec::new();
@@ -1023,11 +1072,13 @@ async fn overflow_skip_moves_a_stuck_subscriber_to_the_newest_event() {
             }
             ids.push(id);
         }
-        ids
+        (ids, stuck)
     });
+    let (name, labels) = overflows_series("skip");
+    metric_until(&proxy, name, &labels, |v| v >= 1.0).await;
     publish_paced(&shared, &progress, PHASE1 + 1..=LAST).await;
-    join_all("the readers to read every event", readers).await;
-    let ids = within(
+    let _readers = join_all("the readers to read every event", readers).await;
+    let (ids, _stuck) = within(
         "the stuck subscriber to reach the newest event",
         stuck_reader,
     )
