@@ -65,6 +65,10 @@ struct Cursor {
     overflow: Overflow,
     /// Events skipped with `overflow = "skip"`.
     skipped: u64,
+    /// Joined more than half the ring back (a replay from deep in it): not
+    /// overflowed for that until it has caught up to within half the ring,
+    /// only if the ring drops its position.
+    catching_up: bool,
 }
 
 impl Subscription {
@@ -76,6 +80,7 @@ impl Subscription {
         policy: &StreamPolicy,
     ) -> Self {
         member.hub.metrics.subscribers.inc();
+        let catching_up = member.hub.state().ring.overflowed(at.pos);
         Subscription {
             member,
             cursor: Cursor {
@@ -83,6 +88,7 @@ impl Subscription {
                 generation: at.generation,
                 overflow,
                 skipped: 0,
+                catching_up,
             },
             retry: (policy.shutdown_retry, policy.shutdown_retry_jitter),
         }
@@ -106,7 +112,9 @@ impl Cursor {
             _ => None,
         };
         let until = end.map_or(u64::MAX, |(at, _)| at);
-        if self.pos < until && st.ring.overflowed(self.pos) || st.ring.tail() > self.pos {
+        let behind = self.pos < until && st.ring.overflowed(self.pos);
+        self.catching_up &= behind;
+        if behind && !self.catching_up || st.ring.tail() > self.pos {
             match self.overflow {
                 Overflow::Disconnect => {
                     hub.metrics.overflow_disconnects.inc();
@@ -128,6 +136,7 @@ impl Cursor {
             let max = if end.is_some() { 0 } else { MAX_BATCH };
             if let Read::Data { bytes, next, .. } = st.ring.read(self.pos, max) {
                 self.pos = next;
+                self.catching_up &= st.ring.overflowed(next);
                 return Some(SourceEvent::Chunk(bytes));
             }
         }

@@ -197,6 +197,33 @@ async fn overflow_disconnect_ends_with_retry_and_skip_moves_to_the_newest() {
 }
 
 #[tokio::test]
+async fn a_replay_from_deep_in_the_ring_is_served_not_cut_as_overflowed() {
+    let settings = Share {
+        replay_events: 100,
+        ..Share::default()
+    };
+    let (shares, _m) = shares(settings);
+    let k = key("/a");
+    let opener = open(&shares, &k);
+    let hub = opener.hub().clone();
+    push(&hub, 0, 90);
+    let Found::Live(m) = shares.find(&k) else {
+        panic!()
+    };
+    // 80 events back in a ring of 100: more than half.
+    let at = hub.position(Some(b"9")).expect("hit");
+    assert!(hub.state().ring.overflowed(at.pos));
+    let mut sub = Subscription::new(m, at, Overflow::Disconnect, &policy());
+    assert_eq!(
+        ids(&next_bytes(&mut sub).await),
+        (10..90).collect::<Vec<_>>()
+    );
+    // Caught up, it is held to the rule like any other: 51 behind is too many.
+    push(&hub, 90, 141);
+    assert!(matches!(sub.next().await, SourceEvent::Settle));
+}
+
+#[tokio::test]
 async fn subscribers_end_where_their_generation_ended_even_after_a_reopen() {
     let (shares, _m) = shares(Share::default());
     let k = key("/a");

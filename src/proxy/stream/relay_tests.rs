@@ -663,6 +663,17 @@ fn the_production_relay_future_is_no_larger_than_before() {
     >(relay);
     assert!(resuming <= 1720, "{resuming} bytes");
     assert!(direct <= 1720, "{direct} bytes");
+    let shared = future_size::<
+        &'static mut Downstream,
+        &'static mut crate::proxy::share::Subscription,
+        &'static StreamPolicy,
+        bool,
+        &'static ShutdownWatch,
+        &'static RelayProbe,
+        LocalRng,
+        _,
+    >(relay);
+    assert!(shared <= 1720, "{shared} bytes");
 }
 
 /// An upstream connection in memory, playing its script.
