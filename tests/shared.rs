@@ -857,8 +857,9 @@ async fn subscribers_joining_at_random_moments_miss_nothing_and_repeat_nothing()
 }
 
 /// Every id the ring holds can be replayed, the oldest too: a subscriber
-/// asking for one far back (90 of 100 events) gets all that follow, then
-/// the live ones, and is not taken for one that fell behind.
+/// asking for one far back (90 of 100 events, more than half the ring)
+/// gets all that follow, then the live ones, and is not taken for one that
+/// fell behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_from_deep_in_the_ring_is_delivered_whole() {
     let mut origin = SseOrigin::start().await;
@@ -866,13 +867,17 @@ async fn a_replay_from_deep_in_the_ring_is_delivered_whole() {
     let mut a = Sub::h1(proxy.addr, FEED, &[ACCEPT_SSE]).await;
     let shared = origin.next_stream().await;
     subscribers(&proxy, 1).await;
-    shared.send_events(1..=100);
-    a.read_consecutive(0, 100).await;
-    for (i, id) in ["10", "1"].into_iter().enumerate() {
+    // Ten at a time, so that `a` is never half the ring behind.
+    for from in (1..=100).step_by(10) {
+        shared.send_events(from..from + 10);
+        a.read_consecutive(from - 1, from + 9).await;
+    }
+    // 10, then (once 101 has pushed 1 out) the oldest id held, 2.
+    for (i, id) in ["10", "2"].into_iter().enumerate() {
         let mut deep = Sub::h1(proxy.addr, FEED, &[ACCEPT_SSE, ("last-event-id", id)]).await;
         deep.assert_event_stream();
         let after: u64 = id.parse().unwrap();
-        deep.read_consecutive(after, 100).await;
+        deep.read_consecutive(after, 100 + i as u64).await;
         subscribers(&proxy, 2).await;
         let live = 101 + i as u64;
         shared.send_events([live]);
