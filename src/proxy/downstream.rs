@@ -229,8 +229,9 @@ impl Downstream {
                 c.write_parts([head.as_bytes(), &data, CHUNK_END]).await
             }
             Downstream::H2(c) => c.write(data, false).await,
-            Downstream::Session(s) => s
-                .write_response_body(data, false)
+            // Rare (see `spawn`), and pingora's write is large: boxed, so
+            // that it does not size every stream's task.
+            Downstream::Session(s) => Box::pin(s.write_response_body(data, false))
                 .await
                 .map_err(|e| session_failure(&e)),
         }
@@ -264,7 +265,9 @@ impl Downstream {
         match self {
             Downstream::H1(c) => c.write_parts([LAST_CHUNK]).await,
             Downstream::H2(c) => c.write(Bytes::new(), true).await,
-            Downstream::Session(s) => s.finish_body().await.map_err(|e| session_failure(&e)),
+            Downstream::Session(s) => Box::pin(s.finish_body())
+                .await
+                .map_err(|e| session_failure(&e)),
         }
     }
 

@@ -227,7 +227,39 @@ pub(super) fn spawn(
             }
         },
     };
-    tokio::spawn(run(app.clone(), client, job, shutdown.clone()));
+    let (app, shutdown) = (app.clone(), shutdown.clone());
+    // A task's future is as large as its largest state: a shared stream's
+    // subscriber (most of an idle fan-out's memory) gets a task of its own
+    // kind, not one sized for the resuming relay it never runs.
+    if matches!(job.feed, Feed::Shared(_)) {
+        tokio::spawn(run_subscriber(app, client, job, shutdown));
+    } else {
+        tokio::spawn(run(app, client, job, shutdown));
+    }
+}
+
+/// [`run`] for a shared stream's subscriber.
+async fn run_subscriber(
+    app: Arc<ProxyApp>,
+    mut client: Downstream,
+    mut job: Box<StreamJob>,
+    shutdown: ShutdownWatch,
+) {
+    let StreamJob { feed, route, .. } = &mut *job;
+    let (policy, probe) = (&route.policy, route.metrics.relay());
+    let (end, mut st) = match feed {
+        Feed::Shared(source) => {
+            let rng = stream::LocalRng;
+            stream::relay(&mut client, source, policy, false, &shutdown, probe, rng).await
+        }
+        // `spawn` sends no other feed here.
+        _ => (StreamEnd::UpstreamError, StreamStats::default()),
+    };
+    st.join = job.join;
+    if let Feed::Shared(s) = &job.feed {
+        st.skipped = s.skipped();
+    }
+    Box::pin(finish(app, client, job, end, st, shutdown)).await;
 }
 
 /// The stream phase of one event stream, as its own task. While the
@@ -272,6 +304,7 @@ async fn run(
             stream::relay(&mut client, &mut source, policy, c, &shutdown, probe, rng).await
         }
         Feed::Shared(source) => {
+            // Spawned as `run_subscriber` instead; kept for completeness.
             stream::relay(&mut client, source, policy, false, &shutdown, probe, rng).await
         }
         Feed::Switching(source) => {

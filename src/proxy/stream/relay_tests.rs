@@ -631,7 +631,9 @@ fn future_size<A, B, C, D, E, G, H, F>(_: fn(A, B, C, D, E, G, H) -> F) -> usize
 
 /// The relay's future is most of an idle stream's task (BENCHMARKS.md:
 /// 8.09 KiB per idle stream). 1720 bytes is what it was before it became
-/// generic (1592 since); past that, look for a rare await that is not boxed.
+/// generic; 1528 since pingora's fallback session writes are boxed (1336
+/// for a shared stream's subscriber). Past that, look for a rare await
+/// that is not boxed.
 #[test]
 fn the_production_relay_future_is_no_larger_than_before() {
     use crate::proxy::downstream::Downstream;
@@ -661,8 +663,8 @@ fn the_production_relay_future_is_no_larger_than_before() {
         LocalRng,
         _,
     >(relay);
-    assert!(resuming <= 1720, "{resuming} bytes");
-    assert!(direct <= 1720, "{direct} bytes");
+    assert!(resuming <= 1528, "{resuming} bytes");
+    assert!(direct <= 1528, "{direct} bytes");
     let shared = future_size::<
         &'static mut Downstream,
         &'static mut crate::proxy::share::Subscription,
@@ -673,7 +675,8 @@ fn the_production_relay_future_is_no_larger_than_before() {
         LocalRng,
         _,
     >(relay);
-    assert!(shared <= 1720, "{shared} bytes");
+    // A shared stream's subscriber: what 10,000 idle ones are made of.
+    assert!(shared <= 1336, "{shared} bytes");
 }
 
 /// An upstream connection in memory, playing its script.
