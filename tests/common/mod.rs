@@ -19,6 +19,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+pub mod broadcast;
+
 /// Upper bound for anything a test waits for.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -115,6 +117,10 @@ pub struct ProxyConfig {
     pub listener_extra: String,
     /// Add an `[admin]` section on a free loopback port (`Proxy::admin_addr`).
     pub admin: bool,
+    /// `Some(filter)`: run with `RUST_LOG=filter` and the process's stderr
+    /// in a file of its folder, read back with `Proxy::log_text` (the
+    /// access log, target `ssegate::access`, is written there).
+    pub log: Option<String>,
 }
 
 impl ProxyConfig {
@@ -124,6 +130,7 @@ impl ProxyConfig {
             tls: None,
             listener_extra: String::new(),
             admin: false,
+            log: None,
         }
     }
 }
@@ -171,22 +178,32 @@ pub fn basic_config(upstream: SocketAddr, stream_extra: &str) -> String {
     )
 }
 
-/// `ssegate run -c CONFIG [--upgrade]`, logging at `RUST_LOG` (default warn).
-fn spawn_run(config: &std::path::Path, upgrade: bool) -> Child {
+/// `ssegate run -c CONFIG [--upgrade]`, logging at `RUST_LOG` (default
+/// warn), or at `log`'s filter into `log`'s file.
+fn spawn_run(
+    config: &std::path::Path,
+    upgrade: bool,
+    log: Option<(&str, &std::path::Path)>,
+) -> Child {
     let mut cmd = Command::new(bin());
     cmd.arg("run");
     if upgrade {
         cmd.arg("--upgrade");
     }
-    cmd.arg("-c")
-        .arg(config)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap()
+    cmd.arg("-c").arg(config).stdin(Stdio::null());
+    match log {
+        Some((filter, file)) => {
+            cmd.env("RUST_LOG", filter)
+                .stderr(std::fs::File::create(file).unwrap());
+        }
+        None => {
+            cmd.env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+        }
+    }
+    cmd.spawn().unwrap()
 }
 
 impl Proxy {
@@ -238,7 +255,12 @@ impl Proxy {
         }
         let path = dir.0.join("ssegate.toml");
         std::fs::write(&path, text).unwrap();
-        let mut child = spawn_run(&path, false);
+        let log_file = dir.0.join("stderr.log");
+        let mut child = spawn_run(
+            &path,
+            false,
+            cfg.log.as_deref().map(|f| (f, log_file.as_path())),
+        );
         // Ready once every listener accepts; a process that exits lost a port race.
         let mut wanted = vec![addr];
         wanted.extend(tls_addr);
@@ -274,7 +296,7 @@ impl Proxy {
     pub async fn start_upgrade(&self) -> Child {
         let sock = self.dir.0.join("upgrade.sock");
         let _ = std::fs::remove_file(&sock);
-        let mut child = spawn_run(&self.dir.0.join("ssegate.toml"), true);
+        let mut child = spawn_run(&self.dir.0.join("ssegate.toml"), true, None);
         within("the upgrading process to wait on its socket", async {
             while !sock.exists() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -285,6 +307,12 @@ impl Proxy {
         })
         .await;
         child
+    }
+
+    /// What the process wrote to stderr so far, when started with
+    /// `ProxyConfig::log`.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("stderr.log")).unwrap_or_default()
     }
 
     pub fn signal(&self, sig: &str) {
