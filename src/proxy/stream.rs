@@ -140,15 +140,18 @@ impl Relayed<'_> {
         Step::Write(retry, Then::End(StreamEnd::Shutdown))
     }
 
-    /// An upstream chunk, to be relayed to the client.
-    fn chunk(&mut self, chunk: Bytes) -> Step {
+    /// An upstream chunk, to be relayed to the client. `whole`: it holds
+    /// only whole events, that many dispatched, so the framer need not see it.
+    fn chunk(&mut self, chunk: Bytes, whole: Option<u64>) -> Step {
         if chunk.is_empty() {
             return Step::Continue;
         }
         let read_at = Instant::now();
         self.deadlines.on_upstream_bytes(read_at);
-        if !self.compressed {
-            self.framer.feed(&chunk);
+        match whole {
+            Some(events) => self.stats.events += events,
+            None if !self.compressed => self.framer.feed(&chunk),
+            None => {}
         }
         let len = chunk.len();
         self.stats.bytes += len as u64;
@@ -175,7 +178,8 @@ impl Relayed<'_> {
         rng: &mut R,
     ) -> Step {
         match turn {
-            Turn::Source(SourceEvent::Chunk(chunk)) => self.chunk(chunk),
+            Turn::Source(SourceEvent::Chunk(chunk)) => self.chunk(chunk, None),
+            Turn::Source(SourceEvent::Whole(chunk, events)) => self.chunk(chunk, Some(events)),
             Turn::Source(SourceEvent::Done) => Step::End(StreamEnd::UpstreamDone),
             Turn::Source(SourceEvent::Failed(e)) => {
                 let why = format!("upstream failed mid-stream: {e}");
@@ -337,7 +341,8 @@ pub async fn relay<R: Rng + Send>(
         } else {
             match wake.next_turn(source, client, &s.deadlines).await {
                 // The hot path, without a detour through `take`'s future.
-                Turn::Source(SourceEvent::Chunk(chunk)) => s.chunk(chunk),
+                Turn::Source(SourceEvent::Chunk(chunk)) => s.chunk(chunk, None),
+                Turn::Source(SourceEvent::Whole(chunk, events)) => s.chunk(chunk, Some(events)),
                 turn => s.take(turn, source, &mut rng).await,
             }
         };
@@ -356,7 +361,7 @@ pub async fn relay<R: Rng + Send>(
             }
         }
     };
-    s.stats.events = s.framer.events();
+    s.stats.events += s.framer.events();
     if end.is_clean() {
         if let Err(e) = client.finish().await {
             return (write_end(e), s.stats);

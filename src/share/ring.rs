@@ -40,11 +40,13 @@ pub struct RingLimits {
 pub enum Read {
     /// Pieces from `from` on, concatenated when more than one (one `Bytes`,
     /// so that the caller does one write), at most `max_bytes` unless the
-    /// first piece alone is larger; `next` is the position after them.
+    /// first piece alone is larger; `next` is the position after them;
+    /// `events`: how many of them dispatched an event.
     Data {
         bytes: Bytes,
         next: u64,
         pieces: u64,
+        events: u64,
     },
     /// Nothing newer than `from` yet.
     Empty,
@@ -194,6 +196,7 @@ impl Ring {
         };
         let mut total = first.piece.bytes.len();
         let mut pieces = 1usize;
+        let mut events = u64::from(first.piece.dispatched);
         for slot in run {
             let len = slot.piece.bytes.len();
             match total.checked_add(len) {
@@ -201,6 +204,7 @@ impl Ring {
                 _ => break,
             }
             pieces += 1;
+            events += u64::from(slot.piece.dispatched);
         }
         let bytes = if pieces == 1 {
             first.piece.bytes.clone()
@@ -215,6 +219,7 @@ impl Ring {
             bytes,
             next: from + pieces as u64,
             pieces: pieces as u64,
+            events,
         }
     }
 
@@ -496,7 +501,8 @@ mod tests {
             Read::Data {
                 bytes: Bytes::from_static(b"a\n\nbb\n\nccc\n\n"),
                 next: 3,
-                pieces: 3
+                pieces: 3,
+                events: 3,
             }
         );
         assert_eq!(
@@ -504,7 +510,8 @@ mod tests {
             Read::Data {
                 bytes: Bytes::from_static(b"bb\n\nccc\n\n"),
                 next: 3,
-                pieces: 2
+                pieces: 2,
+                events: 2,
             }
         );
         assert_eq!(ring.read(3, 100), Read::Empty);
@@ -528,6 +535,7 @@ mod tests {
                 bytes,
                 next,
                 pieces,
+                ..
             } => (bytes, next, pieces),
             other => panic!("{other:?}"),
         };
@@ -667,8 +675,10 @@ mod tests {
                 bytes,
                 next,
                 pieces,
+                events,
             } => {
                 prop_assert_eq!(next, sub.at + pieces);
+                prop_assert!(events <= pieces);
                 prop_assert!(pieces >= 1);
                 prop_assert!(pieces == 1 || bytes.len() <= max_bytes);
                 let want: Vec<u8> = pushed[sub.at as usize..next as usize].concat();
@@ -768,6 +778,26 @@ mod tests {
             ops in proptest::collection::vec(op(), 0..300),
         ) {
             run(RingLimits { replay_events, replay_bytes }, ops)?;
+        }
+    }
+
+    #[test]
+    fn a_read_counts_the_events_among_its_pieces() {
+        let mut ring = new_ring(10, 1024);
+        let event = |d| Piece {
+            dispatched: d,
+            ..piece(b"x\n\n", None)
+        };
+        for d in [true, false, true, true] {
+            ring.push(event(d));
+        }
+        match ring.read(0, 1024) {
+            Read::Data { pieces, events, .. } => assert_eq!((pieces, events), (4, 3)),
+            other => panic!("{other:?}"),
+        }
+        match ring.read(1, 4) {
+            Read::Data { pieces, events, .. } => assert_eq!((pieces, events), (1, 0)),
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -25,6 +25,9 @@ use crate::upstream::{Pool, Pools};
 
 /// Answers kept at most; past it, expired ones are dropped, then all.
 const MAX_CACHED: usize = 10_000;
+/// Credentials longer than this, and refusals with a larger body, are not
+/// cached: the cache stays within `MAX_CACHED` × 8 KiB.
+const MAX_CACHED_SIZE: usize = 4 * 1024;
 /// The body of a 401 or 403 passed to the client is read up to this size.
 const MAX_DENIAL_BODY: usize = 64 * 1024;
 
@@ -64,7 +67,12 @@ impl AuthCache {
 
     fn put(&self, key: Vec<u8>, verdict: &Verdict) {
         let Some(ttl) = self.ttl else { return };
-        if matches!(verdict, Verdict::Error(_)) {
+        let cacheable = match verdict {
+            Verdict::Allow => true,
+            Verdict::Deny(_, body) => body.len() <= MAX_CACHED_SIZE,
+            Verdict::Error(_) => false,
+        };
+        if !cacheable || key.len() > MAX_CACHED_SIZE {
             return;
         }
         let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
@@ -183,4 +191,61 @@ async fn exchange(up: &mut crate::upstream::Connected, sub: RequestHeader) -> (V
         }
     }
     (Verdict::Deny(Box::new(head), body.freeze()), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deny(body: &'static [u8]) -> Verdict {
+        let head = ResponseHeader::build(403, None).expect("head");
+        Verdict::Deny(Box::new(head), Bytes::from_static(body))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_are_reused_for_their_time_and_errors_never() {
+        let cache = AuthCache::new(Some(Duration::from_secs(10)));
+        cache.put(b"alice".to_vec(), &Verdict::Allow);
+        cache.put(b"bob".to_vec(), &deny(b"no"));
+        cache.put(b"carol".to_vec(), &Verdict::Error("502".into()));
+        assert!(matches!(cache.get(b"alice"), Some(Verdict::Allow)));
+        assert!(matches!(cache.get(b"bob"), Some(Verdict::Deny(..))));
+        assert!(cache.get(b"carol").is_none(), "errors are asked again");
+        assert!(cache.get(b"dave").is_none());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(cache.get(b"alice").is_none(), "expired");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_cached_when_off_or_too_large() {
+        let off = AuthCache::new(None);
+        off.put(b"alice".to_vec(), &Verdict::Allow);
+        assert!(off.get(b"alice").is_none());
+        let cache = AuthCache::new(Some(Duration::from_secs(10)));
+        cache.put(vec![b'x'; MAX_CACHED_SIZE + 1], &Verdict::Allow);
+        assert!(cache.get(&vec![b'x'; MAX_CACHED_SIZE + 1]).is_none());
+        static BIG: [u8; MAX_CACHED_SIZE + 1] = [b'x'; MAX_CACHED_SIZE + 1];
+        cache.put(b"bob".to_vec(), &deny(&BIG));
+        assert!(cache.get(b"bob").is_none());
+    }
+
+    #[test]
+    fn credentials_cannot_run_into_each_other() {
+        let req = |cookie: &str, auth: Option<&str>| {
+            let mut r = RequestHeader::build("GET", b"/", None).expect("req");
+            r.insert_header("cookie", cookie).expect("cookie");
+            if let Some(a) = auth {
+                r.insert_header("authorization", a).expect("auth");
+            }
+            r
+        };
+        assert_ne!(
+            credentials(&req("ab", None)),
+            credentials(&req("a", Some("b")))
+        );
+        assert_eq!(
+            credentials(&req("a", Some("b"))),
+            credentials(&req("a", Some("b")))
+        );
+    }
 }

@@ -30,7 +30,7 @@ pub mod hub;
 pub mod subscription;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pingora_http::ResponseHeader;
@@ -205,6 +205,9 @@ pub struct Hub {
     state: Mutex<HubState>,
     /// Woken when events are pushed, the upstream changes state, or the hub ends.
     notify: Notify,
+    /// Moved on at each of those, before `notify` wakes: a subscriber that
+    /// saw this value has seen everything, and need not take the lock.
+    version: AtomicU64,
     /// Woken when the last subscriber leaves.
     left: Notify,
     subscribers: AtomicUsize,
@@ -244,6 +247,7 @@ impl Hub {
                 last_left: Some(Instant::now()),
             }),
             notify: Notify::new(),
+            version: AtomicU64::new(0),
             left: Notify::new(),
             subscribers: AtomicUsize::new(0),
             shares: Arc::downgrade(shares),
@@ -303,7 +307,13 @@ impl Hub {
     }
 
     fn wake_subscribers(&self) {
+        self.version.fetch_add(1, Ordering::Release);
         self.notify.notify_waiters();
+    }
+
+    /// See `version`.
+    fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 }
 

@@ -65,6 +65,8 @@ struct Cursor {
     overflow: Overflow,
     /// Events skipped with `overflow = "skip"`.
     skipped: u64,
+    /// The hub's version when this subscriber last had everything.
+    seen: Option<u64>,
     /// Joined more than half the ring back (a replay from deep in it): not
     /// overflowed for that until it has caught up to within half the ring,
     /// only if the ring drops its position.
@@ -88,6 +90,7 @@ impl Subscription {
                 generation: at.generation,
                 overflow,
                 skipped: 0,
+                seen: None,
                 catching_up,
             },
             retry: (policy.shutdown_retry, policy.shutdown_retry_jitter),
@@ -103,6 +106,11 @@ impl Subscription {
 impl Cursor {
     /// What `hub`'s ring has for this subscriber now; `None`: wait.
     fn poll(&mut self, hub: &Hub) -> Option<SourceEvent> {
+        // Read before the lock: anything the hub does after moves it on.
+        let version = hub.version();
+        if self.seen == Some(version) {
+            return None;
+        }
         let st = hub.state();
         // Where this subscriber's generation ended, if it did.
         let end = match st.ended_at {
@@ -134,15 +142,27 @@ impl Cursor {
             // Up to where this generation ended, one piece at a time (a read
             // of at most 0 bytes gives exactly one piece).
             let max = if end.is_some() { 0 } else { MAX_BATCH };
-            if let Read::Data { bytes, next, .. } = st.ring.read(self.pos, max) {
+            if let Read::Data {
+                bytes,
+                next,
+                events,
+                ..
+            } = st.ring.read(self.pos, max)
+            {
                 self.pos = next;
                 self.catching_up &= st.ring.overflowed(next);
-                return Some(SourceEvent::Chunk(bytes));
+                if next == st.ring.head() {
+                    self.seen = Some(version);
+                }
+                return Some(SourceEvent::Whole(bytes, events));
             }
         }
         match end {
             Some((at, end)) if self.pos >= at => Some(ended(end)),
-            _ => None,
+            _ => {
+                self.seen = Some(version);
+                None
+            }
         }
     }
 }
@@ -166,10 +186,16 @@ impl Drop for Subscription {
 }
 
 impl Source for Subscription {
-    /// Cancel-safe: the position moves only when bytes are returned.
+    /// Cancel-safe: the position moves only when bytes are returned. The
+    /// ring is looked at without waiting first; only when it has nothing is
+    /// the wake-up registered, and the ring looked at again (the hub may
+    /// have pushed in between).
     async fn next(&mut self) -> SourceEvent {
+        let hub = &self.member.hub;
         loop {
-            let hub = &self.member.hub;
+            if let Some(event) = self.cursor.poll(hub) {
+                return event;
+            }
             let woken = hub.notify.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();

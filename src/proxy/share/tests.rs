@@ -94,7 +94,7 @@ fn ids(bytes: &[u8]) -> Vec<u64> {
 
 async fn next_bytes(sub: &mut Subscription) -> Bytes {
     match sub.next().await {
-        SourceEvent::Chunk(b) => b,
+        SourceEvent::Whole(b, _) => b,
         other => panic!("expected a chunk, got {other:?}"),
     }
 }
@@ -359,7 +359,7 @@ async fn read_to(mut sub: Subscription, after: Option<u64>, last: u64) {
     let mut expected: Option<u64> = after.map(|n| n + 1);
     loop {
         let got = match sub.next().await {
-            SourceEvent::Chunk(b) => ids(&b),
+            SourceEvent::Whole(b, _) => ids(&b),
             other => panic!("{other:?}"),
         };
         for id in got {

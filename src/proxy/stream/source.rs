@@ -23,6 +23,10 @@ use crate::upstream::Connected;
 pub enum SourceEvent {
     /// The next upstream bytes, in order (possibly empty).
     Chunk(Bytes),
+    /// Whole events, `.1` of them dispatched, cut at event boundaries by
+    /// whoever read them (a shared stream's ring): relayed without being
+    /// framed again, since the stream stands at an event boundary after them.
+    Whole(Bytes, u64),
     /// The upstream finished its response.
     Done,
     /// The upstream failed.
