@@ -77,10 +77,11 @@ pub fn routes(
             ))
         })?;
         let route_metrics = metrics.route(&metrics::route_label(r))?;
+        let retry = (s.shutdown_retry, s.shutdown_retry_jitter);
         let shares = r
             .share
             .clone()
-            .map(|s| Arc::new(Shares::new(s, route_metrics.share().clone())));
+            .map(|sh| Arc::new(Shares::new(sh, route_metrics.share().clone(), retry)));
         entries.push(Arc::new(RouteEntry {
             config: r.clone(),
             pool,

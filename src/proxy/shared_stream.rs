@@ -204,7 +204,7 @@ async fn join(
         Err(handled) => return Ok(handled),
     };
     let overflow = shares.settings.overflow;
-    let feed = Feed::Shared(Subscription::new(member, at, overflow, &route.policy));
+    let feed = Feed::Shared(Subscription::new(member, at, overflow));
     Ok(event_stream::begin(app, session, route, &head, permit, feed, Some(how)).await)
 }
 
@@ -288,7 +288,7 @@ async fn open(
         Err(handled) => return Ok(handled),
     };
     let overflow = shares.settings.overflow;
-    let feed = Feed::Shared(Subscription::new(member, at, overflow, &route.policy));
+    let feed = Feed::Shared(Subscription::new(member, at, overflow));
     // The opener's own answer: its Set-Cookie, if any, is its own.
     Ok(event_stream::begin(app, session, route, &head, permit, feed, Some(how)).await)
 }
@@ -380,12 +380,7 @@ async fn miss(
     let Exchanged { mut up, head, .. } = x;
     up.session.set_read_timeout(None);
     let overflow = shares.settings.overflow;
-    let feed = Feed::Switching(Box::new(Switching::new(
-        up,
-        member,
-        overflow,
-        &route.policy,
-    )));
+    let feed = Feed::Switching(Box::new(Switching::new(up, member, overflow)));
     Ok(event_stream::begin(app, session, route, &head, permit, feed, Some(Join::Own)).await)
 }
 

@@ -107,12 +107,24 @@ enum Then {
 struct Relayed<'p> {
     policy: &'p StreamPolicy,
     compressed: bool,
-    framer: Framer,
+    /// Made at the first chunk that is not whole events: a shared stream's
+    /// subscriber never needs one, and 10,000 idle ones are spared its size.
+    framer: Option<Box<Framer>>,
     stats: StreamStats,
     deadlines: Deadlines,
 }
 
 impl Relayed<'_> {
+    /// What the client has received, as the framer saw it (a new framer
+    /// when it has seen nothing).
+    fn framer(&self) -> &Framer {
+        static UNSEEN: std::sync::OnceLock<Framer> = std::sync::OnceLock::new();
+        match &self.framer {
+            Some(f) => f,
+            None => UNSEEN.get_or_init(Framer::new),
+        }
+    }
+
     /// Whether a comment or `retry:` can be injected now without changing an event.
     fn at_boundary(&self) -> bool {
         // Before the first upstream byte the framer cannot rule out a BOM to
@@ -121,7 +133,10 @@ impl Relayed<'_> {
         // idle-cutting middleboxes. We inject there and accept that an upstream
         // that starts its body with a BOM only after a whole heartbeat interval
         // of silence loses that BOM's meaning (documented in README.md).
-        !self.compressed && (self.framer.at_event_boundary() || self.framer.bytes() == 0)
+        let Some(framer) = &self.framer else {
+            return !self.compressed;
+        };
+        !self.compressed && (framer.at_event_boundary() || framer.bytes() == 0)
     }
 
     /// The shutdown signal came: this stream picks its moment in the drain window.
@@ -150,7 +165,10 @@ impl Relayed<'_> {
         self.deadlines.on_upstream_bytes(read_at);
         match whole {
             Some(events) => self.stats.events += events,
-            None if !self.compressed => self.framer.feed(&chunk),
+            None if !self.compressed => self
+                .framer
+                .get_or_insert_with(|| Box::new(Framer::new()))
+                .feed(&chunk),
             None => {}
         }
         let len = chunk.len();
@@ -187,7 +205,7 @@ impl Relayed<'_> {
                     .await
             }
             Turn::Source(SourceEvent::Settle) => {
-                let settled = source.settle(&self.framer, rng).await;
+                let settled = source.settle(self.framer(), rng).await;
                 self.settled(settled)
             }
             Turn::ClientGone => Step::End(StreamEnd::ClientGone),
@@ -216,7 +234,7 @@ impl Relayed<'_> {
         rng: &mut R,
     ) -> Step {
         if source
-            .recover(&why, &self.framer, self.at_boundary(), rng)
+            .recover(&why, self.framer(), self.at_boundary(), rng)
             .await
         {
             return Step::Continue;
@@ -318,7 +336,7 @@ pub async fn relay<R: Rng + Send>(
     let mut s = Relayed {
         policy,
         compressed,
-        framer: Framer::new(),
+        framer: None,
         stats: StreamStats::default(),
         deadlines: Deadlines::new(Instant::now(), heartbeat, policy.idle_timeout),
     };
@@ -361,7 +379,7 @@ pub async fn relay<R: Rng + Send>(
             }
         }
     };
-    s.stats.events += s.framer.events();
+    s.stats.events += s.framer.as_ref().map_or(0, |f| f.events());
     if end.is_clean() {
         if let Err(e) = client.finish().await {
             return (write_end(e), s.stats);

@@ -32,6 +32,7 @@ pub mod subscription;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use pingora_http::ResponseHeader;
 use tokio::sync::Notify;
@@ -51,6 +52,9 @@ pub struct Shares {
     pub settings: Share,
     pub metrics: ShareMetrics,
     pub auth: auth::AuthCache,
+    /// The route's `retry:` base and jitter (`[stream] shutdown_retry`,
+    /// `shutdown_retry_jitter`), for subscribers ended by an overflow.
+    pub retry: (Duration, Duration),
 }
 
 /// What a request found when it looked for its stream.
@@ -85,8 +89,9 @@ pub struct Opening {
 }
 
 impl Shares {
-    pub fn new(settings: Share, metrics: ShareMetrics) -> Shares {
+    pub fn new(settings: Share, metrics: ShareMetrics, retry: (Duration, Duration)) -> Shares {
         Shares {
+            retry,
             hubs: Mutex::new(HashMap::new()),
             auth: auth::AuthCache::new(settings.auth_cache),
             settings,
@@ -213,6 +218,8 @@ pub struct Hub {
     subscribers: AtomicUsize,
     shares: std::sync::Weak<Shares>,
     metrics: ShareMetrics,
+    /// The `retry:` base and jitter of a subscriber ended for falling behind.
+    retry: (Duration, Duration),
 }
 
 /// What the hub's lock guards.
@@ -252,6 +259,7 @@ impl Hub {
             subscribers: AtomicUsize::new(0),
             shares: Arc::downgrade(shares),
             metrics: shares.metrics.clone(),
+            retry: shares.retry,
         }
     }
 

@@ -14,13 +14,12 @@
 //! upstream connection is dropped.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pingora_error::{Error, ErrorType};
 use rand::Rng;
 
-use super::super::stream::{body_event, retry_hint, Settled, Source, SourceEvent, StreamPolicy};
+use super::super::stream::{body_event, retry_hint, Settled, Source, SourceEvent};
 use super::{Hub, Position, Upstream};
 use crate::config::Overflow;
 use crate::outcome::StreamEnd;
@@ -53,7 +52,6 @@ impl Drop for Membership {
 pub struct Subscription {
     member: Membership,
     cursor: Cursor,
-    retry: (Duration, Duration),
 }
 
 /// Where a subscriber stands in its hub's ring.
@@ -66,7 +64,8 @@ struct Cursor {
     /// Events skipped with `overflow = "skip"`.
     skipped: u64,
     /// The hub's version when this subscriber last had everything.
-    seen: Option<u64>,
+    /// (`u64::MAX`: not yet.)
+    seen: u64,
     /// Joined more than half the ring back (a replay from deep in it): not
     /// overflowed for that until it has caught up to within half the ring,
     /// only if the ring drops its position.
@@ -75,12 +74,7 @@ struct Cursor {
 
 impl Subscription {
     /// Reads the hub of `member` from `at` (see [`Hub::position`]).
-    pub fn new(
-        member: Membership,
-        at: Position,
-        overflow: Overflow,
-        policy: &StreamPolicy,
-    ) -> Self {
+    pub fn new(member: Membership, at: Position, overflow: Overflow) -> Self {
         member.hub.metrics.subscribers.inc();
         let catching_up = member.hub.state().ring.overflowed(at.pos);
         Subscription {
@@ -90,10 +84,9 @@ impl Subscription {
                 generation: at.generation,
                 overflow,
                 skipped: 0,
-                seen: None,
+                seen: u64::MAX,
                 catching_up,
             },
-            retry: (policy.shutdown_retry, policy.shutdown_retry_jitter),
         }
     }
 
@@ -108,7 +101,7 @@ impl Cursor {
     fn poll(&mut self, hub: &Hub) -> Option<SourceEvent> {
         // Read before the lock: anything the hub does after moves it on.
         let version = hub.version();
-        if self.seen == Some(version) {
+        if self.seen == version {
             return None;
         }
         let st = hub.state();
@@ -152,7 +145,7 @@ impl Cursor {
                 self.pos = next;
                 self.catching_up &= st.ring.overflowed(next);
                 if next == st.ring.head() {
-                    self.seen = Some(version);
+                    self.seen = version;
                 }
                 return Some(SourceEvent::Whole(bytes, events));
             }
@@ -160,7 +153,7 @@ impl Cursor {
         match end {
             Some((at, end)) if self.pos >= at => Some(ended(end)),
             _ => {
-                self.seen = Some(version);
+                self.seen = version;
                 None
             }
         }
@@ -215,7 +208,7 @@ impl Source for Subscription {
     /// subscriber stands at an event boundary (it only ever received whole
     /// events), so it ends there with a jittered `retry:`.
     async fn settle<R: Rng + Send>(&mut self, _framer: &Framer, rng: &mut R) -> Settled {
-        let (base, jitter) = self.retry;
+        let (base, jitter) = self.member.hub.retry;
         Settled::End(retry_hint(base, jitter, rng), StreamEnd::Overflow)
     }
 }
@@ -231,16 +224,10 @@ pub struct Switching {
     cutter: Cutter,
     pieces: Vec<Piece>,
     overflow: Overflow,
-    policy: StreamPolicy,
 }
 
 impl Switching {
-    pub fn new(
-        up: Connected,
-        member: Membership,
-        overflow: Overflow,
-        policy: &StreamPolicy,
-    ) -> Self {
+    pub fn new(up: Connected, member: Membership, overflow: Overflow) -> Self {
         Switching {
             up: Some(up),
             member: Some(member),
@@ -248,7 +235,6 @@ impl Switching {
             cutter: Cutter::new(),
             pieces: Vec::new(),
             overflow,
-            policy: policy.clone(),
         }
     }
 
@@ -289,7 +275,7 @@ impl Switching {
         self.pieces.clear();
         if let Some((_, at)) = switch {
             if let Some(member) = self.member.take() {
-                self.shared = Some(Subscription::new(member, at, self.overflow, &self.policy));
+                self.shared = Some(Subscription::new(member, at, self.overflow));
                 // What the own upstream would send next, the ring has.
                 drop(self.up.take());
             }

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use super::*;
 use crate::config::{Overflow, Share};
 use crate::metrics::Metrics;
-use crate::proxy::stream::{Settled, Source, SourceEvent, StreamPolicy};
+use crate::proxy::stream::{Settled, Source, SourceEvent};
 use crate::share::cut::Piece;
 use crate::share::key::stream_key;
 use crate::sse::Framer;
@@ -20,23 +20,15 @@ use crate::sse::Framer;
 fn shares(settings: Share) -> (Arc<Shares>, Metrics) {
     let m = Metrics::new().expect("metrics");
     let route = m.route("/feeds/").expect("route");
-    (Arc::new(Shares::new(settings, route.share().clone())), m)
+    let retry = (Duration::from_millis(1000), Duration::ZERO);
+    (
+        Arc::new(Shares::new(settings, route.share().clone(), retry)),
+        m,
+    )
 }
 
 fn key(path: &str) -> StreamKey {
     stream_key("example.com", path, None, &http::HeaderMap::new(), &[])
-}
-
-fn policy() -> StreamPolicy {
-    StreamPolicy {
-        heartbeat: None,
-        heartbeat_text: Bytes::from_static(b":\n\n"),
-        idle_timeout: None,
-        shutdown_retry: Duration::from_millis(1000),
-        shutdown_retry_jitter: Duration::ZERO,
-        drain_limit: Duration::from_secs(5),
-        drain_window: Duration::ZERO,
-    }
 }
 
 fn head() -> ResponseHeader {
@@ -131,13 +123,13 @@ async fn a_subscriber_reads_whole_events_from_its_join_point_once() {
     push(&hub, 1, 4);
     // Live: from the next event on.
     let at = hub.position(None).expect("live");
-    let mut live = Subscription::new(member, at, Overflow::Disconnect, &policy());
+    let mut live = Subscription::new(member, at, Overflow::Disconnect);
     // Replay: after the event that set id 2.
     let Found::Live(m2) = shares.find(&k) else {
         panic!()
     };
     let at = hub.position(Some(b"2")).expect("hit");
-    let mut replay = Subscription::new(m2, at, Overflow::Disconnect, &policy());
+    let mut replay = Subscription::new(m2, at, Overflow::Disconnect);
     assert_eq!(hub.position(Some(b"99")), None, "a miss");
     push(&hub, 4, 6);
     assert_eq!(ids(&next_bytes(&mut live).await), [4, 5]);
@@ -163,7 +155,7 @@ async fn overflow_disconnect_ends_with_retry_and_skip_moves_to_the_newest() {
         let member = open(&shares, &key("/a"));
         let hub = member.hub().clone();
         let at = hub.position(None).expect("live");
-        let mut sub = Subscription::new(member, at, overflow, &policy());
+        let mut sub = Subscription::new(member, at, overflow);
         push(&hub, 0, 51);
         // 51 behind a ring of 100: more than half.
         match overflow {
@@ -213,7 +205,7 @@ async fn a_replay_from_deep_in_the_ring_is_served_not_cut_as_overflowed() {
     // 80 events back in a ring of 100: more than half.
     let at = hub.position(Some(b"9")).expect("hit");
     assert!(hub.state().ring.overflowed(at.pos));
-    let mut sub = Subscription::new(m, at, Overflow::Disconnect, &policy());
+    let mut sub = Subscription::new(m, at, Overflow::Disconnect);
     assert_eq!(
         ids(&next_bytes(&mut sub).await),
         (10..90).collect::<Vec<_>>()
@@ -229,12 +221,7 @@ async fn subscribers_end_where_their_generation_ended_even_after_a_reopen() {
     let k = key("/a");
     let member = open(&shares, &k);
     let hub = member.hub().clone();
-    let mut sub = Subscription::new(
-        member,
-        hub.position(None).expect("at"),
-        Overflow::Skip,
-        &policy(),
-    );
+    let mut sub = Subscription::new(member, hub.position(None).expect("at"), Overflow::Skip);
     push(&hub, 0, 2);
     {
         let mut st = hub.state();
@@ -255,7 +242,7 @@ async fn subscribers_end_where_their_generation_ended_even_after_a_reopen() {
     assert!(matches!(sub.next().await, SourceEvent::Failed(_)));
     // A new one reads on.
     let at = hub.position(Some(b"1")).expect("hit");
-    let mut new = Subscription::new(again, at, Overflow::Skip, &policy());
+    let mut new = Subscription::new(again, at, Overflow::Skip);
     assert_eq!(ids(&next_bytes(&mut new).await), [2, 3]);
 }
 
@@ -340,7 +327,7 @@ async fn joins_while_events_flow_see_no_gap_and_no_duplicate() {
         let at = hub
             .position(id.as_deref().map(str::as_bytes))
             .expect("in the ring");
-        let sub = Subscription::new(m, at, Overflow::Disconnect, &policy());
+        let sub = Subscription::new(m, at, Overflow::Disconnect);
         let read = tokio::time::timeout(Duration::from_secs(20), read_to(sub, want, EVENTS));
         readers.push(tokio::spawn(read));
         if rng.gen_bool(0.3) {
