@@ -113,6 +113,8 @@ done
 if [ -z "$OUT" ]; then
   if [ "$QUICK" = 1 ]; then OUT="$HERE/results/quick"; else OUT="$HERE/results"; fi
 fi
+# Absolute: the peers are started with paths under it from other folders.
+OUT="$(realpath -m "$OUT")"
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "--rounds takes a positive number, got $ROUNDS"
 if [ "$ROUNDS" -gt 1 ] && [[ " ${SCENARIOS} " != *" latency "* ]]; then
   die "--rounds applies to the latency scenario only, and it is not among: $SCENARIOS"
