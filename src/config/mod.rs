@@ -33,7 +33,7 @@ pub(crate) use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use summary::summary;
-pub use validate::Document;
+pub use validate::{Document, HOP_BY_HOP};
 
 /// Parses and validates configuration `text`. `source` names it in errors;
 /// relative certificate and key paths are resolved against `base_dir`.

@@ -55,10 +55,10 @@ const RESUME_BACKOFF: Duration = Duration::from_secs(1);
 // A sharing route's defaults are `Share::default()`; these are its bounds.
 const REPLAY_EVENTS_MAX: i64 = 1_000_000;
 const REPLAY_BYTES_MAX: usize = 1024 * 1024 * 1024;
-/// Hop-by-hop request fields (RFC 9110 §7.6.1) that the proxy always
-/// removes before the upstream, so they cannot select a shared stream; every
-/// `proxy-*` field is removed too.
-const HOP_BY_HOP: [&str; 6] = [
+/// Hop-by-hop fields (RFC 9110 §7.6.1) that the proxy always removes, in
+/// both directions (`proxy::headers`); every `proxy-*` field is removed too.
+/// So none of them can select a shared stream (`share_key`).
+pub const HOP_BY_HOP: [&str; 6] = [
     "connection",
     "keep-alive",
     "te",

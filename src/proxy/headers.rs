@@ -9,15 +9,9 @@ use http::{header, HeaderName, HeaderValue, Method, StatusCode, Version};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 
-/// Hop-by-hop fields that are always removed, whatever `Connection` says.
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+// The hop-by-hop fields always removed, whatever `Connection` says; the
+// configuration's checks use the same list.
+use crate::config::HOP_BY_HOP;
 
 /// Names of the hop-by-hop fields present in `headers`: the fixed list, every
 /// `proxy-*` field, and every token listed in `Connection`.

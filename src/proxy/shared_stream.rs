@@ -45,7 +45,7 @@ use super::resume::Resumer;
 use super::route::RouteEntry;
 use super::share::auth::{self, Verdict};
 use super::share::hub::{self, HubJob};
-use super::share::{Found, Membership, Opening, Shares, Subscription, Switching};
+use super::share::{Found, Membership, Opening, Position, Shares, Subscription, Switching};
 use super::{Handled, ProxyApp, Shared};
 use crate::outcome::Join;
 use crate::share::key;
@@ -60,6 +60,15 @@ struct Request {
     /// Where the subscriber wants to resume: its Last-Event-ID, or the
     /// `lastEventId` query parameter when it sent no header.
     want: Option<Vec<u8>>,
+}
+
+/// What every step of this phase works with.
+#[derive(Clone, Copy)]
+struct Phase<'a> {
+    app: &'a ProxyApp,
+    route: &'a Arc<RouteEntry>,
+    shares: &'a Arc<Shares>,
+    shutdown: &'a ShutdownWatch,
 }
 
 /// Serves `prepared` from a shared stream of `shares`, or gives it back
@@ -110,10 +119,16 @@ pub(super) async fn serve(
     let Some((key, request)) = stream_key(client, &prepared.request, &s.key_headers) else {
         return Err(prepared);
     };
+    let p = Phase {
+        app,
+        route,
+        shares,
+        shutdown,
+    };
     match shares.find(&key) {
-        Found::Live(member) => join(app, session, route, shares, prepared, member, request).await,
+        Found::Live(member) => join(p, session, prepared, member, request).await,
         Found::Opening(member) => match member.hub().opened().await {
-            Some(_) => join(app, session, route, shares, prepared, member, request).await,
+            Some(_) => join(p, session, prepared, member, request).await,
             None => Err(prepared),
         },
         Found::Open(opening, member) => {
@@ -130,12 +145,9 @@ pub(super) async fn serve(
                     shutdown.clone(),
                 );
                 tokio::spawn(task);
-                return miss(app, session, route, shares, prepared, member, request).await;
+                return miss(p, session, prepared, member, request).await;
             }
-            open(
-                app, session, route, shares, prepared, opening, member, request, shutdown,
-            )
-            .await
+            open(p, session, prepared, opening, member, request).await
         }
     }
 }
@@ -178,10 +190,8 @@ fn shareable(x: &Exchanged) -> bool {
 /// Joins the live hub of `member`: after its Last-Event-ID if the ring
 /// has it, at the next event without one; a miss goes its own way.
 async fn join(
-    app: &ProxyApp,
+    p: Phase<'_>,
     session: &mut ServerSession,
-    route: &Arc<RouteEntry>,
-    shares: &Arc<Shares>,
     prepared: Prepared,
     member: Membership,
     request: Request,
@@ -191,39 +201,50 @@ async fn join(
         member.hub().position(want),
         member.hub().state().head.clone(),
     ) else {
-        return miss(app, session, route, shares, prepared, member, request).await;
+        return miss(p, session, prepared, member, request).await;
     };
-    let how = if want.is_some() {
-        shares.metrics.replay_hits.inc();
+    let replay = want.is_some();
+    Ok(subscribe(p, session, &prepared, member, at, replay, &head).await)
+}
+
+/// Subscribes the request at `at` in `member`'s hub (`replay`: after its
+/// Last-Event-ID) and starts its stream, answered with `head`.
+async fn subscribe(
+    p: Phase<'_>,
+    session: &mut ServerSession,
+    prepared: &Prepared,
+    member: Membership,
+    at: Position,
+    replay: bool,
+    head: &ResponseHeader,
+) -> Handled {
+    let how = if replay {
+        p.shares.metrics.replay_hits.inc();
         Join::Replay
     } else {
         Join::Live
     };
-    let permit = match event_stream::admit(app, session, route, &prepared).await {
+    let permit = match event_stream::admit(p.app, session, p.route, prepared).await {
         Ok(permit) => permit,
-        Err(handled) => return Ok(handled),
+        Err(handled) => return handled,
     };
-    let overflow = shares.settings.overflow;
-    let feed = Feed::Shared(Subscription::new(member, at, overflow));
-    Ok(event_stream::begin(app, session, route, &head, permit, feed, Some(how)).await)
+    let feed = Feed::Shared(Subscription::new(member, at, p.shares.settings.overflow));
+    event_stream::begin(p.app, session, p.route, head, permit, feed, Some(how)).await
 }
 
 /// This request opens the hub: the shared request goes upstream (after the
 /// ring's newest id, when a kept ring is re-opened). A shareable answer
 /// goes to the hub's task and this request subscribes; any other answer is
 /// this request's own.
-#[allow(clippy::too_many_arguments)]
 async fn open(
-    app: &ProxyApp,
+    p: Phase<'_>,
     session: &mut ServerSession,
-    route: &Arc<RouteEntry>,
-    shares: &Arc<Shares>,
     prepared: Prepared,
     opening: Opening,
     member: Membership,
     request: Request,
-    shutdown: &ShutdownWatch,
 ) -> Result<Handled, Prepared> {
+    let Phase { app, route, .. } = p;
     let mut upstream_request = request.shared.clone();
     if let Some(id) = &opening.resume_id {
         if let Ok(v) = HeaderValue::from_bytes(id) {
@@ -263,34 +284,22 @@ async fn open(
     opening.opened(head.clone());
     // Taken before the hub's task pushes anything: nothing is missed.
     let want = request.want.as_deref();
-    let at = hub.position(want).or_else(|| hub.position(None));
+    let at = hub.position(want);
     let job = HubJob {
         hub,
-        shares: shares.clone(),
+        shares: p.shares.clone(),
         route: route.clone(),
         up,
         request: shared_prepared.request,
         generation,
     };
-    tokio::spawn(hub::run(app.shared.clone(), job, shutdown.clone()));
+    tokio::spawn(hub::run(app.shared.clone(), job, p.shutdown.clone()));
     let Some(at) = at else {
         return Err(prepared);
     };
-    let how = match want {
-        Some(_) => {
-            shares.metrics.replay_hits.inc();
-            Join::Replay
-        }
-        None => Join::Live,
-    };
-    let permit = match event_stream::admit(app, session, route, &prepared).await {
-        Ok(permit) => permit,
-        Err(handled) => return Ok(handled),
-    };
-    let overflow = shares.settings.overflow;
-    let feed = Feed::Shared(Subscription::new(member, at, overflow));
     // The opener's own answer: its Set-Cookie, if any, is its own.
-    Ok(event_stream::begin(app, session, route, &head, permit, feed, Some(how)).await)
+    let replay = want.is_some();
+    Ok(subscribe(p, session, &prepared, member, at, replay, &head).await)
 }
 
 /// Opens a hub without a client of its own (the request that found no hub
@@ -339,14 +348,15 @@ async fn open_detached(
 /// with that id, as an unshared stream would make; it moves to the ring
 /// once an id it receives is there (`share::Switching`).
 async fn miss(
-    app: &ProxyApp,
+    p: Phase<'_>,
     session: &mut ServerSession,
-    route: &Arc<RouteEntry>,
-    shares: &Arc<Shares>,
     mut prepared: Prepared,
     member: Membership,
     request: Request,
 ) -> Result<Handled, Prepared> {
+    let Phase {
+        app, route, shares, ..
+    } = p;
     shares.metrics.replay_misses.inc();
     // The id may have come as the query parameter: it goes as the header.
     let mut own = request.shared;

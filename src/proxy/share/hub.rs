@@ -25,7 +25,7 @@ use tokio::time::{sleep_until, Instant};
 use super::super::downstream::{Sink, WriteFailure};
 use super::super::resume;
 use super::super::route::RouteEntry;
-use super::super::stream::{self, Direct, StreamPolicy};
+use super::super::stream::{self, Direct, Source, StreamPolicy};
 use super::super::Shared;
 use super::{Hub, Shares, Upstream};
 use crate::config::Resume;
@@ -83,7 +83,6 @@ pub async fn run(shared: Arc<Shared>, job: HubJob, shutdown: ShutdownWatch) {
             return;
         }
     };
-    let rng = stream::LocalRng;
     let end = if route.config.resume == Resume::OnError {
         let resumer = resume::Resumer {
             pools: &shared.pools,
@@ -94,30 +93,10 @@ pub async fn run(shared: Arc<Shared>, job: HubJob, shutdown: ShutdownWatch) {
             metrics: route.metrics.resume(),
         };
         let mut source = resume::Resuming::new(&mut up, &resumer);
-        let (end, _) = stream::relay(
-            &mut sink,
-            &mut source,
-            &policy,
-            false,
-            &no_drain,
-            &probe,
-            rng,
-        )
-        .await;
-        end
+        relay_into(&mut sink, &mut source, &policy, &no_drain, &probe).await
     } else {
         let mut source = Direct::new(&mut up);
-        let (end, _) = stream::relay(
-            &mut sink,
-            &mut source,
-            &policy,
-            false,
-            &no_drain,
-            &probe,
-            rng,
-        )
-        .await;
-        end
+        relay_into(&mut sink, &mut source, &policy, &no_drain, &probe).await
     };
     shared.pools.release(up, false).await;
     if end == StreamEnd::ClientGone {
@@ -157,6 +136,21 @@ pub async fn run(shared: Arc<Shared>, job: HubJob, shutdown: ShutdownWatch) {
             let _ = hub.opened().await;
         }
     }
+}
+
+/// The relay of every stream, from the hub's upstream `source` into its
+/// ring: no heartbeats (`policy` has none) and no drain of its own.
+async fn relay_into(
+    sink: &mut RingSink<'_>,
+    source: &mut impl Source,
+    policy: &StreamPolicy,
+    no_drain: &ShutdownWatch,
+    probe: &RelayProbe,
+) -> StreamEnd {
+    let rng = stream::LocalRng;
+    stream::relay(sink, source, policy, false, no_drain, probe, rng)
+        .await
+        .0
 }
 
 /// Waits until the hub has had no subscriber for `linger` (no wait once
