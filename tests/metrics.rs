@@ -10,10 +10,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::scrape::{series, Scrape};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -25,70 +25,6 @@ const API: &str = "api.example.com/api/";
 
 // ---------------------------------------------------------------------------
 // Scraping
-
-/// One scrape: series (`name{k="v",...}` with labels sorted) to value.
-#[derive(Debug, Clone)]
-struct Scrape(BTreeMap<String, f64>);
-
-/// The canonical key of a series.
-fn series(name: &str, labels: &[(&str, &str)]) -> String {
-    let mut labels = labels.to_vec();
-    labels.sort_unstable();
-    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    if inner.is_empty() {
-        name.to_string()
-    } else {
-        format!("{name}{{{}}}", inner.join(","))
-    }
-}
-
-impl Scrape {
-    /// Parses the text exposition format (only what ssegate emits: no
-    /// timestamps, label values without escapes).
-    fn parse(text: &str) -> Scrape {
-        let mut map = BTreeMap::new();
-        for line in text
-            .lines()
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        {
-            let (key, value) = line.rsplit_once(' ').expect("series and value");
-            let value: f64 = value
-                .parse()
-                .unwrap_or_else(|_| panic!("bad value: {line}"));
-            let key = match key.split_once('{') {
-                None => key.to_string(),
-                Some((name, rest)) => {
-                    let inner = rest.strip_suffix('}').expect("closing brace");
-                    let labels: Vec<(&str, &str)> = inner
-                        .split("\",")
-                        .map(|pair| {
-                            let (k, v) = pair.split_once("=\"").expect("k=\"v\"");
-                            (k, v.trim_end_matches('"'))
-                        })
-                        .collect();
-                    series(name, &labels)
-                }
-            };
-            assert!(map.insert(key, value).is_none(), "duplicate series: {line}");
-        }
-        Scrape(map)
-    }
-
-    /// A series' value; an absent series counts as 0 (counters appear on first use).
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.0.get(&series(name, labels)).copied().unwrap_or(0.0)
-    }
-
-    /// The sum over every series of `name`.
-    fn total(&self, name: &str) -> f64 {
-        let prefix = format!("{name}{{");
-        self.0
-            .iter()
-            .filter(|(k, _)| *k == name || k.starts_with(&prefix))
-            .map(|(_, v)| v)
-            .sum()
-    }
-}
 
 /// A GET on the admin listener: status, content type and body.
 async fn admin_get(addr: SocketAddr, path: &str) -> (u16, Option<String>, String) {

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::broadcast::*;
+use common::scrape::{series, Scrape};
 use common::*;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -66,14 +67,6 @@ async fn start(origin: &SseOrigin, stream_extra: &str, route_extra: &str) -> Pro
     .await
 }
 
-/// The canonical key of a series: labels sorted by name.
-fn series(name: &str, labels: &[(&str, &str)]) -> String {
-    let mut labels = labels.to_vec();
-    labels.sort_unstable();
-    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    format!("{name}{{{}}}", inner.join(","))
-}
-
 /// One scrape of `/metrics`: canonical series to value.
 async fn scrape(proxy: &Proxy) -> BTreeMap<String, f64> {
     let mut client = H1Client::connect(proxy.admin_addr.expect("admin listener")).await;
@@ -81,29 +74,7 @@ async fn scrape(proxy: &Proxy) -> BTreeMap<String, f64> {
     let head = client.response_head().await;
     assert_eq!(head.status, 200);
     let text = String::from_utf8(client.body(&head).await.to_vec()).expect("utf-8");
-    let mut map = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        let (key, value) = line.rsplit_once(' ').expect("series and value");
-        let key = match key.split_once('{') {
-            None => key.to_string(),
-            Some((name, rest)) => {
-                let inner = rest.strip_suffix('}').expect("closing brace");
-                let labels: Vec<(&str, &str)> = inner
-                    .split("\",")
-                    .map(|pair| {
-                        let (k, v) = pair.split_once("=\"").expect("k=\"v\"");
-                        (k, v.trim_end_matches('"'))
-                    })
-                    .collect();
-                series(name, &labels)
-            }
-        };
-        map.insert(key, value.parse().expect("a value"));
-    }
-    map
+    Scrape::parse(&text).0
 }
 
 /// A series' value now (0 when absent: counters appear on first use).

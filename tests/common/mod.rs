@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 pub mod broadcast;
+pub mod scrape;
 
 /// Upper bound for anything a test waits for.
 pub const WAIT: Duration = Duration::from_secs(10);
