@@ -85,32 +85,15 @@ pub(super) async fn serve(
     if prepared.request.method != http::Method::GET || prepared.has_body {
         return Err(prepared);
     }
-    let authorised = match &s.auth {
-        Some(path) => {
-            let read_timeout = app.shared.config.timeouts.read;
-            let (pools, pool) = (&app.shared.pools, &route.pool);
-            match auth::authorize(
-                &shares.auth,
-                pools,
-                pool,
-                path,
-                &prepared.request,
-                read_timeout,
-            )
-            .await
-            {
-                Verdict::Allow => true,
-                Verdict::Deny(head, body) => return Ok(deny(session, &head, body).await),
-                Verdict::Error(why) => {
-                    log::warn!("route {}: share_auth {path}: {why}", route.config.path);
-                    let reply =
-                        Reply::unserved(prepared.retry_later, 502, "authorization failed\n");
-                    let limits = &app.shared.config.limits;
-                    return Ok(reply.send(session, route, limits).await.into());
-                }
-            }
-        }
-        None => false,
+    let p = Phase {
+        app,
+        route,
+        shares,
+        shutdown,
+    };
+    let authorised = match authorise(p, session, &prepared).await {
+        Ok(authorised) => authorised,
+        Err(answered) => return Ok(answered),
     };
     let client = session.req_header();
     if !authorised && !key::may_share(&client.headers, &s.key_headers, s.public) {
@@ -118,12 +101,6 @@ pub(super) async fn serve(
     }
     let Some((key, request)) = stream_key(client, &prepared.request, &s.key_headers) else {
         return Err(prepared);
-    };
-    let p = Phase {
-        app,
-        route,
-        shares,
-        shutdown,
     };
     match shares.find(&key) {
         Found::Live(member) => join(p, session, prepared, member, request).await,
@@ -148,6 +125,35 @@ pub(super) async fn serve(
                 return miss(p, session, prepared, member, request).await;
             }
             open(p, session, prepared, opening, member, request).await
+        }
+    }
+}
+
+/// The `share_auth` subrequest, when the route has one: `Ok(true)` when it
+/// allowed sharing, `Ok(false)` without one, `Err` when the request has
+/// been answered (its 401 or 403 passed back, or a 502 / the shed answer).
+async fn authorise(
+    p: Phase<'_>,
+    session: &mut ServerSession,
+    prepared: &Prepared,
+) -> Result<bool, Handled> {
+    let Some(path) = &p.shares.settings.auth else {
+        return Ok(false);
+    };
+    let shared = &p.app.shared;
+    let read_timeout = shared.config.timeouts.read;
+    let (pools, pool) = (&shared.pools, &p.route.pool);
+    let cache = &p.shares.auth;
+    match auth::authorize(cache, pools, pool, path, &prepared.request, read_timeout).await {
+        Verdict::Allow => Ok(true),
+        Verdict::Deny(head, body) => Err(deny(session, &head, body).await),
+        Verdict::Error(why) => {
+            log::warn!("route {}: share_auth {path}: {why}", p.route.config.path);
+            let reply = Reply::unserved(prepared.retry_later, 502, "authorization failed\n");
+            Err(reply
+                .send(session, p.route, &shared.config.limits)
+                .await
+                .into())
         }
     }
 }
