@@ -19,3 +19,4 @@ pub mod share;
 pub mod sse;
 pub mod start_error;
 pub mod upstream;
+pub mod websocket;

@@ -1,0 +1,10 @@
+//! WebSocket facts the tunnel needs, without I/O (RFC 6455).
+//!
+//! This module owns what the WebSocket tunnel must know about the protocol
+//! it relays but does not speak: where frames end in each direction
+//! ([`frames::FrameTracker`]), so that the proxy's own frame never lands in
+//! the middle of one, and the Close frame written on shutdown
+//! ([`frames::close_frame`]). Pure: no socket, no clock; the tunnel feeds it
+//! bytes and acts on the answers.
+
+pub mod frames;
