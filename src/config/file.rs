@@ -38,6 +38,8 @@ pub struct File {
     pub admin: Option<AdminSection>,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub websocket: WebSocketSection,
 }
 
 /// `[server]`
@@ -108,6 +110,14 @@ pub struct LimitsSection {
     pub shed_retry_jitter: Option<Spanned<DurationValue>>,
 }
 
+/// `[websocket]`: defaults for WebSocket tunnels.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketSection {
+    pub idle_timeout: Option<Spanned<DurationValue>>,
+    pub h2: Option<bool>,
+}
+
 /// One `[[upstream]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,6 +158,9 @@ pub struct RouteEntry {
     pub overflow: Option<Spanned<String>>,
     pub share_auth: Option<Spanned<String>>,
     pub share_auth_cache: Option<Spanned<DurationValue>>,
+    /// Spanned so that `websocket = true` towards an h2c upstream can be named.
+    pub websocket: Option<Spanned<bool>>,
+    pub websocket_idle_timeout: Option<Spanned<DurationValue>>,
 }
 
 /// `[admin]`: the listener for `/metrics` and `/healthz`.
@@ -257,6 +270,7 @@ mod tests {
             "[[route]]\npath = \"/\"\nupstream = \"a\"\nbogus = 1",
             "[admin]\naddress = \"127.0.0.1:9090\"\nbogus = 1",
             "[limits]\nbogus = 1",
+            "[websocket]\nbogus = 1",
         ] {
             let err = toml::from_str::<File>(text).expect_err(text);
             assert!(err.message().contains("unknown field `bogus`"), "{text}: {err}");

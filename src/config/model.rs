@@ -24,6 +24,28 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// `[limits]`: open-stream limits, all off by default.
     pub limits: LimitSettings,
+    /// `[websocket]`: defaults for WebSocket tunnels.
+    pub websocket: WebSocketSettings,
+}
+
+/// `[websocket]`: defaults for WebSocket tunnels; routes may override the timeout.
+#[derive(Debug, Clone)]
+pub struct WebSocketSettings {
+    /// Close a tunnel with no byte in either direction for this long.
+    /// `None` = off. Default 10 min.
+    pub idle_timeout: Option<Duration>,
+    /// Offer WebSockets over HTTP/2 (RFC 8441 extended CONNECT) on every
+    /// listener, where some route allows WebSockets. Default true.
+    pub h2: bool,
+}
+
+impl Config {
+    /// Whether listeners advertise SETTINGS_ENABLE_CONNECT_PROTOCOL: only
+    /// where a WebSocket can be served, since browsers take the setting as
+    /// a promise (golang/go#53208).
+    pub fn websocket_over_h2(&self) -> bool {
+        self.websocket.h2 && self.routes.iter().any(|r| r.websocket)
+    }
 }
 
 /// `[server]`: process-wide settings, mostly handed to pingora.
@@ -174,6 +196,11 @@ pub struct Route {
     /// `share = true`: identical subscribers share one upstream stream.
     /// `None` when the route does not share (the default).
     pub share: Option<Share>,
+    /// `websocket`: WebSocket upgrades pass through (the default), or are
+    /// refused with 403. Always false towards an h2c upstream.
+    pub websocket: bool,
+    /// `websocket_idle_timeout`: overrides `[websocket] idle_timeout`.
+    pub websocket_idle_timeout: Option<Option<Duration>>,
 }
 
 /// A sharing route's settings (`share = true` and the `share_*`,
@@ -256,6 +283,8 @@ impl Route {
             resume_attempts: 3,
             resume_backoff: Duration::from_secs(1),
             share: None,
+            websocket: true,
+            websocket_idle_timeout: None,
         }
     }
 }

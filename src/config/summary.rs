@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use super::duration::format_duration;
-use super::model::{Config, HostMatch, Overflow, Resume, Share, UpstreamProtocol};
+use super::model::{Config, HostMatch, Overflow, Resume, Route, Share, UpstreamProtocol};
 
 /// Renders `config` as plain text, one item per line, without a trailing newline.
 /// It does not repeat the file name: the caller prints that with its verdict.
@@ -37,6 +37,18 @@ pub fn summary(config: &Config) -> String {
         format_duration(s.drain_window),
         format_duration(s.client_write_timeout),
         s.client_buffer,
+    );
+    let _ = writeln!(
+        out,
+        "websocket defaults: idle timeout {}, over HTTP/2 (RFC 8441) {}",
+        on_off(config.websocket.idle_timeout),
+        if config.websocket_over_h2() {
+            "advertised"
+        } else if config.websocket.h2 {
+            "not advertised (no route allows WebSockets)"
+        } else {
+            "off"
+        },
     );
     let l = &config.limits;
     let _ = writeln!(
@@ -145,7 +157,27 @@ fn routes(out: &mut String, config: &Config) {
         if let Some(share) = &r.share {
             let _ = writeln!(out, "    {}", shared(share));
         }
+        let _ = writeln!(out, "    {}", websocket(config, r));
     }
+}
+
+/// A route's WebSocket settings, on a line of their own under the route's.
+fn websocket(config: &Config, r: &Route) -> String {
+    if !r.websocket {
+        let why = match config.upstreams.get(r.upstream).map(|u| u.protocol) {
+            Some(UpstreamProtocol::H2c) => " (h2c upstream)",
+            _ => "",
+        };
+        return format!("websocket: off{why}");
+    }
+    let idle = r
+        .websocket_idle_timeout
+        .unwrap_or(config.websocket.idle_timeout);
+    format!(
+        "websocket: on, idle timeout {}, over HTTP/2 {}",
+        on_off(idle),
+        if config.websocket.h2 { "yes" } else { "no" }
+    )
 }
 
 /// A sharing route's settings, on a line of their own under the route's.

@@ -20,7 +20,7 @@ use super::error::{ConfigError, ConfigErrors};
 use super::file::{self, DurationValue, SizeValue};
 use super::model::{
     Admin, Config, HostMatch, LimitSettings, Listener, Overflow, Resume, Route, Server, Share,
-    StreamSettings, Timeouts, Tls, Upstream, UpstreamProtocol,
+    StreamSettings, Timeouts, Tls, Upstream, UpstreamProtocol, WebSocketSettings,
 };
 
 // Defaults, as documented in `config::model` and `conf/ssegate.toml`.
@@ -44,6 +44,7 @@ const SHUTDOWN_RETRY_JITTER: Duration = Duration::from_secs(1);
 const SHED_RETRY: Duration = Duration::from_secs(5);
 const SHED_RETRY_JITTER: Duration = Duration::from_secs(5);
 const DRAIN_WINDOW: Duration = Duration::from_secs(5);
+const WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 const CLIENT_BUFFER: usize = 256 * 1024;
 /// At least one upstream read (16 KiB) plus its chunk framing must fit.
@@ -90,6 +91,9 @@ impl TryFrom<Document<'_>> for Config {
         let file = doc.schema;
         let listeners = check.listeners(&file.listener, doc.base_dir);
         let server = check.server(&file.server);
+        let upstreams = check.upstreams(&file.upstream);
+        let mut routes = check.routes(&file.route, &file.upstream);
+        check.websocket_upstreams(&mut routes, &file.route, &upstreams);
         let config = Config {
             source: doc.source.to_string(),
             stream: check.stream(&file.stream, &file.server, server.grace_period),
@@ -97,9 +101,17 @@ impl TryFrom<Document<'_>> for Config {
             admin: file.admin.as_ref().and_then(|a| check.admin(a, &listeners)),
             listeners,
             timeouts: check.timeouts(&file.timeouts),
-            upstreams: check.upstreams(&file.upstream),
-            routes: check.routes(&file.route, &file.upstream),
+            upstreams,
+            routes,
             limits: check.limits(&file.limits),
+            websocket: WebSocketSettings {
+                idle_timeout: check.switch(
+                    "websocket.idle_timeout",
+                    file.websocket.idle_timeout.as_ref(),
+                    Some(WEBSOCKET_IDLE_TIMEOUT),
+                ),
+                h2: file.websocket.h2.unwrap_or(true),
+            },
         };
         check.finish(config)
     }
@@ -664,6 +676,53 @@ impl Checker<'_> {
                 Accept::PositiveOnly,
             ),
             share: self.share(key, entry),
+            websocket: self.websocket(key, entry),
+            websocket_idle_timeout: override_of(
+                self,
+                "websocket_idle_timeout",
+                entry.websocket_idle_timeout.as_ref(),
+            ),
+        }
+    }
+
+    /// `websocket`, default true; a timeout for tunnels the route refuses
+    /// would be a setting that does nothing, so it is an error.
+    fn websocket(&mut self, key: &str, entry: &file::RouteEntry) -> bool {
+        let on = entry.websocket.as_ref().is_none_or(|w| *w.get_ref());
+        if let (false, Some(timeout)) = (on, &entry.websocket_idle_timeout) {
+            self.error(
+                Some(timeout.span()),
+                &format!("{key}.websocket_idle_timeout"),
+                "has no effect: this route refuses WebSockets (`websocket = false`)",
+            );
+        }
+        on
+    }
+
+    /// Tunnels speak HTTP/1.1 Upgrade to the upstream, which an h2c
+    /// (prior knowledge) server does not: such routes refuse WebSockets,
+    /// and saying `websocket = true` on one is an error.
+    fn websocket_upstreams(
+        &mut self,
+        routes: &mut [Route],
+        entries: &[file::RouteEntry],
+        upstreams: &[Upstream],
+    ) {
+        for (i, (route, entry)) in routes.iter_mut().zip(entries).enumerate() {
+            let h2c = upstreams
+                .get(route.upstream)
+                .is_some_and(|u| u.protocol == UpstreamProtocol::H2c);
+            if !h2c {
+                continue;
+            }
+            if let Some(w) = entry.websocket.as_ref().filter(|w| *w.get_ref()) {
+                self.error(
+                    Some(w.span()),
+                    &format!("route[{i}].websocket"),
+                    "WebSockets need an HTTP/1.1 upstream: this route's upstream speaks h2c",
+                );
+            }
+            route.websocket = false;
         }
     }
 
@@ -1269,6 +1328,63 @@ mod tests {
             errors[0].1.contains(fragment),
             "{head}: {:?} lacks {fragment:?}",
             errors[0].1
+        );
+    }
+
+    #[test]
+    fn websocket_settings() {
+        let c = config("");
+        assert_eq!(c.websocket.idle_timeout, Some(Duration::from_secs(600)));
+        assert!(c.websocket.h2);
+        assert!(c.routes[0].websocket);
+        assert_eq!(c.routes[0].websocket_idle_timeout, None);
+        assert!(c.websocket_over_h2());
+
+        let c = config(
+            "[websocket]\nidle_timeout = \"off\"\nh2 = false\n\
+             [[route]]\npath = \"/ws/\"\nupstream = \"app\"\nwebsocket_idle_timeout = \"1h\"\n\
+             [[route]]\npath = \"/no/\"\nupstream = \"app\"\nwebsocket = false\n\
+             [[route]]\npath = \"/push/\"\nupstream = \"push\"\n",
+        );
+        assert_eq!(c.websocket.idle_timeout, None);
+        assert!(!c.websocket_over_h2());
+        assert_eq!(
+            c.routes[0].websocket_idle_timeout,
+            Some(Some(Duration::from_secs(3600)))
+        );
+        assert!(!c.routes[1].websocket);
+        // An h2c upstream's routes refuse WebSockets.
+        assert!(!c.routes[2].websocket);
+
+        // The setting is advertised only where a route allows WebSockets.
+        let only_refusing = "[[listener]]\naddress = \"127.0.0.1:8080\"\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"127.0.0.1:3000\"]\n\
+             [[route]]\npath = \"/\"\nupstream = \"app\"\nwebsocket = false\n";
+        let c = parse(only_refusing, "t.toml", Path::new(".")).expect("valid");
+        assert!(c.websocket.h2 && !c.websocket_over_h2());
+    }
+
+    #[test]
+    fn websocket_errors() {
+        assert_one_error(
+            "[websocket]\nidle_timeout = 5",
+            "websocket.idle_timeout",
+            "\"5s\"",
+        );
+        assert_one_error(
+            "[[route]]\npath = \"/ws/\"\nupstream = \"app\"\nwebsocket_idle_timeout = \"abc\"",
+            "route[0].websocket_idle_timeout",
+            "abc",
+        );
+        assert_one_error(
+            "[[route]]\npath = \"/ws/\"\nupstream = \"app\"\nwebsocket = false\nwebsocket_idle_timeout = \"1h\"",
+            "route[0].websocket_idle_timeout",
+            "websocket = false",
+        );
+        assert_one_error(
+            "[[route]]\npath = \"/push/\"\nupstream = \"push\"\nwebsocket = true",
+            "route[0].websocket",
+            "h2c",
         );
     }
 
