@@ -80,6 +80,28 @@ fn up_err(etype: ErrorType, context: &'static str) -> Box<Error> {
     e
 }
 
+/// Polls one read of `stream` into the per-thread scratch buffer and hands
+/// the bytes read to `take`; `Ok(None)` at end of stream. Nothing is held
+/// across a pending read, so an idle connection costs no buffer.
+pub fn poll_read_scratch<T>(
+    stream: &mut Stream,
+    cx: &mut std::task::Context<'_>,
+    take: impl FnOnce(&mut [u8]) -> T,
+) -> Poll<std::io::Result<Option<T>>> {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let mut buf = ReadBuf::new(&mut scratch[..]);
+        match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len();
+                Poll::Ready(Ok((n > 0).then(|| take(&mut scratch[..n]))))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+}
+
 /// Reads whatever `stream` has into the per-thread scratch buffer and
 /// hands the bytes read to `take`; `Ok(None)` at end of stream.
 async fn read_scratch<T>(
@@ -87,20 +109,7 @@ async fn read_scratch<T>(
     read_timeout: Option<Duration>,
     mut take: impl FnMut(&mut [u8]) -> T,
 ) -> Result<Option<T>> {
-    let read = poll_fn(|cx| {
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            let mut buf = ReadBuf::new(&mut scratch[..]);
-            match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) => {
-                    let n = buf.filled().len();
-                    Poll::Ready(Ok((n > 0).then(|| take(&mut scratch[..n]))))
-                }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-    });
+    let read = poll_fn(|cx| poll_read_scratch(stream, cx, &mut take));
     let res = match read_timeout {
         Some(t) => tokio::time::timeout(t, read)
             .await
@@ -379,6 +388,13 @@ impl H1Conn {
 
     pub fn into_stream(self) -> Stream {
         self.stream
+    }
+
+    /// The connection after a `101`: its socket, and the bytes the upstream
+    /// sent right behind the response header (already read, so they must
+    /// go first).
+    pub fn into_upgraded(self) -> (Stream, Option<BytesMut>) {
+        (self.stream, self.preread)
     }
 }
 

@@ -175,6 +175,17 @@ impl Pool {
     /// refuses or cannot be reached is skipped and the next one tried, each
     /// server at most once per call. The error is that of the last attempt.
     pub async fn connect(&self, connectors: &Connectors) -> Result<Connected> {
+        self.connect_by(connectors, Connect::Pooled).await
+    }
+
+    /// Like [`Pool::connect`], but always a new HTTP/1.1 connection, never
+    /// one from the keep-alive pool: for a WebSocket handshake, whose
+    /// connection becomes a tunnel.
+    pub async fn connect_fresh_h1(&self, connectors: &Connectors) -> Result<Connected> {
+        self.connect_by(connectors, Connect::FreshH1).await
+    }
+
+    async fn connect_by(&self, connectors: &Connectors, how: Connect) -> Result<Connected> {
         let mut tried: Vec<SocketAddr> = Vec::with_capacity(self.servers);
         let mut last_error = None;
         while tried.len() < self.servers {
@@ -188,7 +199,7 @@ impl Pool {
             let peer = self.peer(addr);
             // Boxed so the connect future's state is freed once connected,
             // rather than living inside the request future for the whole stream.
-            match self.connect_to(connectors, &peer).await {
+            match self.connect_to(connectors, &peer, how).await {
                 Ok((session, reused)) => {
                     return Ok(Connected {
                         session,
@@ -215,10 +226,18 @@ impl Pool {
         &self,
         connectors: &Connectors,
         peer: &HttpPeer,
+        how: Connect,
     ) -> Result<(UpstreamSession, bool)> {
         // The connectors do not carry the peer's read/write timeouts over to
         // the session; the proxy sets them.
         let (read, write) = (Some(self.timeouts.read), Some(self.timeouts.write));
+        if how == Connect::FreshH1 {
+            let stream = Box::pin(connectors.h1.new_stream(peer)).await?;
+            let mut conn = H1Conn::new(stream);
+            conn.set_read_timeout(read);
+            conn.set_write_timeout(write);
+            return Ok((UpstreamSession::H1(Box::new(conn)), false));
+        }
         if self.protocol == UpstreamProtocol::H2c {
             let (mut session, reused) = Box::pin(connectors.h2.get_http_session(peer)).await?;
             session.set_read_timeout(read);
@@ -231,6 +250,15 @@ impl Pool {
         conn.set_write_timeout(write);
         Ok((UpstreamSession::H1(Box::new(conn)), reused))
     }
+}
+
+/// How [`Pool::connect_by`] gets its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connect {
+    /// An idle pooled connection if there is one, in the pool's protocol.
+    Pooled,
+    /// A new HTTP/1.1 connection.
+    FreshH1,
 }
 
 /// The connectors (and so the keep-alive pools) all pools share.
