@@ -1,10 +1,11 @@
-//! The access-log line of one event stream (target `ssegate::access`):
-//! `key=value` pairs on one line, written when the stream ends.
+//! The access-log lines of event streams and WebSocket tunnels (target
+//! `ssegate::access`): `key=value` pairs on one line, written when the
+//! stream or tunnel ends.
 
 use std::fmt;
 use std::time::Duration;
 
-use crate::outcome::{end_reason, StreamEnd, StreamStats};
+use crate::outcome::{end_reason, StreamEnd, StreamStats, TunnelEnd};
 
 /// The access-log line of one event stream: `key=value` pairs, one line.
 pub struct AccessLine<'a> {
@@ -52,6 +53,43 @@ impl fmt::Display for AccessLine<'_> {
     }
 }
 
+/// The access-log line of one WebSocket tunnel.
+pub struct TunnelLine<'a> {
+    pub route: &'a str,
+    pub upstream: &'a str,
+    pub client: Option<&'a dyn fmt::Display>,
+    /// `http1` or `h2` (RFC 8441), as the client spoke.
+    pub protocol: &'static str,
+    pub elapsed: Duration,
+    pub to_upstream: u64,
+    pub to_client: u64,
+    pub end: TunnelEnd,
+}
+
+impl fmt::Display for TunnelLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tunnel end route={} upstream={} client=",
+            LogValue(self.route),
+            LogValue(self.upstream)
+        )?;
+        match self.client {
+            Some(client) => write!(f, "{}", LogValue(&client.to_string()))?,
+            None => f.write_str("-")?,
+        }
+        write!(
+            f,
+            " protocol={} duration={:.3}s to_upstream={} to_client={} end={}",
+            self.protocol,
+            self.elapsed.as_secs_f64(),
+            self.to_upstream,
+            self.to_client,
+            self.end.label().1,
+        )
+    }
+}
+
 /// A `key=value` value: bare when it is plain, quoted and escaped when it
 /// holds a space, quote, `=` or control character, so the line stays parseable.
 struct LogValue<'a>(&'a str);
@@ -74,6 +112,25 @@ impl fmt::Display for LogValue<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tunnel_line_names_its_protocol_bytes_and_end() {
+        let client = "127.0.0.1:5000";
+        let line = TunnelLine {
+            route: "/ws/",
+            upstream: "app",
+            client: Some(&client),
+            protocol: "h2",
+            elapsed: Duration::from_millis(1500),
+            to_upstream: 10,
+            to_client: 20,
+            end: TunnelEnd::IdleTimeout,
+        };
+        assert_eq!(
+            line.to_string(),
+            "tunnel end route=/ws/ upstream=app client=127.0.0.1:5000 protocol=h2 duration=1.500s to_upstream=10 to_client=20 end=idle_timeout"
+        );
+    }
 
     #[test]
     fn a_shared_subscriber_says_how_it_joined() {

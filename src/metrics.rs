@@ -39,7 +39,7 @@ use prometheus::{
 
 use crate::access_log::AccessLine;
 use crate::config::{HostMatch, Route};
-use crate::outcome::{end_reason, Limit, StreamEnd, StreamStats, STREAM_ENDS};
+use crate::outcome::{end_reason, Limit, StreamEnd, StreamStats, TunnelEnd, STREAM_ENDS};
 
 /// The route label of a response no route matched.
 pub const UNROUTED: &str = "none";
@@ -91,6 +91,9 @@ pub struct Metrics {
     replays: IntCounterVec,
     overflows: IntCounterVec,
     skipped: IntCounterVec,
+    websockets_open: IntGaugeVec,
+    websocket_bytes: IntCounterVec,
+    websocket_ends: IntCounterVec,
 }
 
 /// Client connections, process-wide.
@@ -192,6 +195,16 @@ impl Metrics {
             "Events skipped by subscribers of shared streams with overflow = \"skip\".",
             &["route"],
         )?;
+        let websocket_bytes = counter(
+            "ssegate_websocket_bytes_total",
+            "Bytes relayed through WebSocket tunnels, added as they pass, by direction: to_upstream (from the client) or to_client.",
+            &["route", "direction"],
+        )?;
+        let websocket_ends = counter(
+            "ssegate_websocket_ends_total",
+            "WebSocket tunnels ended, by how: client_closed, upstream_closed (who closed first), idle_timeout, shutdown, client_error, upstream_error.",
+            &["route", "reason"],
+        )?;
         let gauge = |name: &str, help: &str| {
             let family = IntGaugeVec::new(Opts::new(name, help), &["route"])?;
             registry.register(Box::new(family.clone()))?;
@@ -205,6 +218,7 @@ impl Metrics {
             "ssegate_shared_subscribers",
             "Client streams reading a shared stream now.",
         )?;
+        let websockets_open = gauge("ssegate_websockets_open", "WebSocket tunnels open now.")?;
         let connections = ConnectionMetrics {
             open: IntGauge::new(
                 "ssegate_connections_open",
@@ -265,6 +279,9 @@ impl Metrics {
             replays,
             overflows,
             skipped,
+            websockets_open,
+            websocket_bytes,
+            websocket_ends,
         })
     }
 
@@ -330,6 +347,22 @@ impl Metrics {
                     .overflows
                     .get_metric_with_label_values(&[label, "skip"])?,
                 skipped: self.skipped.get_metric_with_label_values(&one)?,
+            },
+            tunnel: TunnelMetrics {
+                open: self.websockets_open.get_metric_with_label_values(&one)?,
+                to_upstream: self
+                    .websocket_bytes
+                    .get_metric_with_label_values(&[label, "to_upstream"])?,
+                to_client: self
+                    .websocket_bytes
+                    .get_metric_with_label_values(&[label, "to_client"])?,
+                ends: TunnelEnd::ALL
+                    .iter()
+                    .map(|end| {
+                        self.websocket_ends
+                            .get_metric_with_label_values(&[label, end.label().1])
+                    })
+                    .collect::<prometheus::Result<Box<[IntCounter]>>>()?,
             },
         })
     }
@@ -441,6 +474,45 @@ pub struct RouteMetrics {
     /// Indexed like [`Limit::ALL`].
     shed: Box<[IntCounter]>,
     share: ShareMetrics,
+    tunnel: TunnelMetrics,
+}
+
+/// A route's WebSocket tunnel metrics.
+#[derive(Clone)]
+pub struct TunnelMetrics {
+    /// `ssegate_websockets_open`
+    open: IntGauge,
+    /// `ssegate_websocket_bytes_total{direction="to_upstream"}`
+    pub to_upstream: IntCounter,
+    /// `ssegate_websocket_bytes_total{direction="to_client"}`
+    pub to_client: IntCounter,
+    /// `ssegate_websocket_ends_total`, indexed like [`TunnelEnd::ALL`].
+    ends: Box<[IntCounter]>,
+}
+
+impl TunnelMetrics {
+    /// A tunnel opens: `ssegate_websockets_open` goes up until the
+    /// returned guard is dropped, on every exit path.
+    pub fn opened(&self) -> OpenTunnel {
+        self.open.inc();
+        OpenTunnel(self.open.clone())
+    }
+
+    /// A tunnel ended as `end`.
+    pub fn ended(&self, end: TunnelEnd) {
+        if let Some(counter) = self.ends.get(end.label().0) {
+            counter.inc();
+        }
+    }
+}
+
+/// One open tunnel in `ssegate_websockets_open`, for as long as it lives.
+pub struct OpenTunnel(IntGauge);
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// A route's shared-stream metrics (route `share = true`).
@@ -495,6 +567,11 @@ impl RouteMetrics {
     /// The shared-stream metrics of this route.
     pub fn share(&self) -> &ShareMetrics {
         &self.share
+    }
+
+    /// The WebSocket tunnel metrics of this route.
+    pub fn tunnel(&self) -> &TunnelMetrics {
+        &self.tunnel
     }
 
     /// An event stream of this route starts (its response header is about to

@@ -144,6 +144,49 @@ pub fn end_reason(end: StreamEnd) -> (usize, &'static str) {
     }
 }
 
+/// How a WebSocket tunnel ended: the `reason` label of
+/// `ssegate_websocket_ends_total` and the access log's `end=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// The client closed first (TCP FIN, or END_STREAM over HTTP/2), and
+    /// the upstream's side was closed after it.
+    ClientClosed,
+    /// The upstream closed first.
+    UpstreamClosed,
+    /// No byte in either direction for the idle timeout.
+    IdleTimeout,
+    /// A graceful shutdown or upgrade closed the tunnel.
+    Shutdown,
+    /// The client's connection failed (a reset, RST_STREAM, a failed write).
+    ClientError,
+    /// The upstream's connection failed, or it broke WebSocket framing.
+    UpstreamError,
+}
+
+impl TunnelEnd {
+    /// Every end, in the order of [`TunnelEnd::label`]'s indexes.
+    pub const ALL: [TunnelEnd; 6] = [
+        TunnelEnd::ClientClosed,
+        TunnelEnd::UpstreamClosed,
+        TunnelEnd::IdleTimeout,
+        TunnelEnd::Shutdown,
+        TunnelEnd::ClientError,
+        TunnelEnd::UpstreamError,
+    ];
+
+    /// The index in [`TunnelEnd::ALL`], and the label.
+    pub fn label(self) -> (usize, &'static str) {
+        match self {
+            TunnelEnd::ClientClosed => (0, "client_closed"),
+            TunnelEnd::UpstreamClosed => (1, "upstream_closed"),
+            TunnelEnd::IdleTimeout => (2, "idle_timeout"),
+            TunnelEnd::Shutdown => (3, "shutdown"),
+            TunnelEnd::ClientError => (4, "client_error"),
+            TunnelEnd::UpstreamError => (5, "upstream_error"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +200,12 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), STREAM_ENDS.len());
+    }
+
+    #[test]
+    fn tunnel_end_indexes_follow_all() {
+        for (i, end) in TunnelEnd::ALL.into_iter().enumerate() {
+            assert_eq!(end.label().0, i, "{end:?}");
+        }
     }
 }
