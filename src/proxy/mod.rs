@@ -11,6 +11,10 @@
 //!        │
 //!  prepare.rs: limit pre-check (shed), target, forwarding headers
 //!        │
+//!  WebSocket handshake? ─► tunnel/: a fresh upstream connection, the
+//!        │                  handshake checked, then a task that copies
+//!        │                  both ways (tunnel/splice.rs) ──► 403/400/502
+//!        │
 //!  share = true? ─► shared_stream.rs: join the key's shared stream (share/),
 //!        │          or open it; a subscriber is an event stream fed from
 //!        │          the stream's ring ──► event_stream.rs below
@@ -23,7 +27,6 @@
 //!        │                         runs the relay (stream.rs) from a Source
 //!        │                         (one upstream, or resume.rs's resuming
 //!        │                         one) to a Sink (the client: downstream.rs)
-//!        │        (a WebSocket tunnel will be a phase here too)
 //!        ordinary
 //!        ▼
 //!  ordinary.rs: body relayed, read timeout per read
@@ -48,6 +51,7 @@ pub mod route;
 pub mod share;
 pub mod shared_stream;
 pub mod stream;
+pub mod tunnel;
 
 use std::sync::Arc;
 
@@ -159,6 +163,9 @@ enum Handled {
     /// An event stream whose response header is on the client's socket; its
     /// relay runs as a task of its own (`event_stream::spawn`).
     Stream(Box<StreamJob>),
+    /// A WebSocket tunnel whose handshake answer is out; it runs as a task
+    /// of its own (`tunnel::spawn`).
+    Tunnel(Box<tunnel::TunnelJob>),
 }
 
 impl From<Outcome> for Handled {
@@ -221,6 +228,10 @@ impl HttpServerApp for ProxyApp {
                 event_stream::spawn(self, session, job, activity, shutdown);
                 return None;
             }
+            Handled::Tunnel(job) => {
+                tunnel::spawn(session, job, activity, shutdown);
+                return None;
+            }
         };
 
         if outcome == Outcome::Clean && !*shutdown.borrow() && session.is_body_done() {
@@ -247,6 +258,9 @@ impl HttpServerApp for ProxyApp {
             // Bounded header lists, as pingora's defaults.
             .max_header_list_size(64 * 1024)
             .max_send_buffer_size(64 * 1024);
+        if self.shared.config.websocket_over_h2() {
+            builder.enable_connect_protocol();
+        }
         Some(builder)
     }
 
@@ -276,8 +290,11 @@ impl ProxyApp {
         let shared = &self.shared;
         // ssegate is never a forward proxy: CONNECT is refused whatever its
         // target, before routing, and an HTTP/1.1 connection that asked for a
-        // tunnel is not kept (what follows would be tunnel bytes).
-        if session.req_header().method == http::Method::CONNECT {
+        // tunnel is not kept (what follows would be tunnel bytes). An RFC 8441
+        // extended CONNECT (with `:protocol`) is a WebSocket: tunnel.rs.
+        let req = session.req_header();
+        let extended = req.extensions.get::<h2::ext::Protocol>().is_some();
+        if req.method == http::Method::CONNECT && !extended {
             if session.as_http1().is_some() {
                 session.set_keepalive(None);
             }
@@ -295,6 +312,18 @@ impl ProxyApp {
             Ok(p) => p,
             Err(reply) => return reply.send(session, route, limits).await.into(),
         };
+        match tunnel::wanted(session, route) {
+            tunnel::Wanted::No => {}
+            tunnel::Wanted::WebSocket => {
+                return tunnel::serve(self, session, route, prepared).await;
+            }
+            tunnel::Wanted::Refused(reply) => {
+                if session.as_http1().is_some() {
+                    session.set_keepalive(None);
+                }
+                return reply.send(session, route, limits).await.into();
+            }
+        }
         if let Some(shares) = &route.shares {
             match shared_stream::serve(self, session, route, shares, prepared, shutdown).await {
                 Ok(handled) => return handled,
