@@ -426,6 +426,8 @@ async fn serve(mut s: TcpStream, shared: Arc<Shared>) {
     }
 }
 
+// The handshake callback's `Err` is tungstenite's `ErrorResponse` by its API.
+#[allow(clippy::result_large_err)]
 async fn echo(io: Prefixed<TcpStream>, req: WsRequest, shared: Arc<Shared>) {
     let opts = shared.opts.clone();
     let callback = move |r: &Request, mut resp: Response| {
@@ -738,6 +740,7 @@ pub async fn h2_extended_connect(
             recv,
             buf: Bytes::new(),
             shut: false,
+            _conn: send.clone(),
         },
     ))
 }
@@ -772,12 +775,14 @@ pub async fn h2_websocket_scheme(
 
 /// One h2 stream as a byte stream: reads DATA (releasing flow-control
 /// capacity as bytes are read), writes DATA within the capacity h2 grants,
-/// and shuts down with END_STREAM.
+/// and shuts down with END_STREAM. Holds a handle of its connection, which
+/// stays open while the tunnel lives.
 pub struct H2Tunnel {
     pub send: h2::SendStream<Bytes>,
     pub recv: h2::RecvStream,
     buf: Bytes,
     shut: bool,
+    _conn: H2Send,
 }
 
 impl H2Tunnel {
