@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 pub mod broadcast;
 pub mod scrape;
+pub mod ws;
 
 /// Upper bound for anything a test waits for.
 pub const WAIT: Duration = Duration::from_secs(10);
