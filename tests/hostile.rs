@@ -76,6 +76,9 @@ enum Expect {
     H2Status(u16),
     /// h2: stream 1 reset with this error code (and no response header).
     H2Reset(u32),
+    /// h2: stream 1 reset with this error code, and stream 3 (an ordinary
+    /// GET on the same connection) answered 200.
+    H2ResetThenOk(u32),
     /// h2: the connection ended with a GOAWAY carrying this error code.
     GoAway(u32),
     /// h2: streams 1, 3, … (`MAX_STREAMS` of them) answered 200, and the
@@ -99,6 +102,8 @@ enum Seen {
     Exactly(usize, &'static str),
     /// At most this many request heads, all with this target.
     AtMost(usize, &'static str),
+    /// Exactly one request, with this target, without this header.
+    OneWithout(&'static str, &'static str),
 }
 
 const PROTOCOL_ERROR: u32 = 0x1;
@@ -519,6 +524,100 @@ fn h2_cases() -> Vec<Case> {
     ]
 }
 
+/// A route that refuses WebSockets, in the `ws` table's config only.
+const NO_WS_ROUTE: &str = "[[route]]\npath = \"/case/nows/\"\nhost = \"app.test\"\nupstream = \"app\"\nwebsocket = false\n\n";
+
+/// The WebSocket table: HTTP/1.1 upgrades and h2 extended CONNECTs that
+/// must be refused or handled as ordinary requests (the proxy runs with the
+/// `websocket = false` route `/case/nows/` besides `/`).
+fn ws_cases() -> Vec<Case> {
+    let upgrade = |path: &str, key: Option<&str>, extra: &str| {
+        let key = key.map_or(String::new(), |k| format!("sec-websocket-key: {k}\r\n"));
+        Input::H1(
+            format!(
+                "GET {path} HTTP/1.1\r\nhost: app.test\r\nupgrade: websocket\r\nconnection: Upgrade\r\n{key}sec-websocket-version: 13\r\n{extra}\r\n"
+            )
+            .into_bytes(),
+        )
+    };
+    const KEY: Option<&str> = Some("dGhlIHNhbXBsZSBub25jZQ==");
+    let big = format!("x-big: {}\r\n", "a".repeat(70 * 1024));
+    let extended = |path: &str, protocol: &[u8]| {
+        let mut b = request_block("CONNECT", path, HOST);
+        b.extend(literal(b":protocol", protocol));
+        b.extend(literal(b"sec-websocket-version", b"13"));
+        Input::H2(frame(0x1, 0x4, 1, &b))
+    };
+    // `:protocol` on a GET (stream 1), then an ordinary GET (stream 3).
+    let mut get_with_protocol = request_block("GET", "/case/h2-get-protocol", HOST);
+    get_with_protocol.extend(literal(b":protocol", b"websocket"));
+    let mut protocol_then_get = frame(0x1, 0x5, 1, &get_with_protocol);
+    protocol_then_get.extend(frame(
+        0x1,
+        0x5,
+        3,
+        &request_block("GET", "/case/h2-after-protocol", HOST),
+    ));
+    vec![
+        Case {
+            name: "ws: upgrade on a websocket = false route",
+            input: upgrade("/case/nows/chat", KEY, ""),
+            expect: Expect::Status(403),
+            upstream: Seen::Nothing,
+            gap: None,
+        },
+        Case {
+            name: "ws: upgrade without Sec-WebSocket-Key",
+            input: upgrade("/case/ws-nokey", None, ""),
+            expect: Expect::Status(400),
+            upstream: Seen::Nothing,
+            gap: None,
+        },
+        Case {
+            name: "ws: Sec-WebSocket-Key not 16 bytes of base64",
+            input: upgrade("/case/ws-badkey", Some("not-a-key"), ""),
+            expect: Expect::Status(400),
+            upstream: Seen::Nothing,
+            gap: None,
+        },
+        Case {
+            name: "ws: Upgrade: foo is an ordinary request",
+            input: h1("GET /case/ws-foo HTTP/1.1\r\nhost: app.test\r\nupgrade: foo\r\nconnection: upgrade\r\n\r\n"),
+            expect: Expect::Status(200),
+            upstream: Seen::OneWithout("/case/ws-foo", "upgrade"),
+            gap: None,
+        },
+        Case {
+            name: "ws: handshake header section over 64 KiB",
+            input: upgrade("/case/ws-big", KEY, &big),
+            expect: Expect::StatusThenClose(431),
+            upstream: Seen::Nothing,
+            gap: None,
+        },
+        Case {
+            name: "ws h2: extended CONNECT with :protocol foo",
+            input: extended("/case/h2-proto-foo", b"foo"),
+            expect: Expect::H2Status(501),
+            upstream: Seen::Nothing,
+            gap: None,
+        },
+        Case {
+            name: "ws h2: extended CONNECT on a websocket = false route",
+            input: extended("/case/nows/h2", b"websocket"),
+            expect: Expect::H2Status(403),
+            upstream: Seen::Nothing,
+            gap: None,
+        },
+        Case {
+            name: "ws h2: :protocol on a GET, then a GET on the connection",
+            input: Input::H2(protocol_then_get),
+            expect: Expect::H2ResetThenOk(PROTOCOL_ERROR),
+            upstream: Seen::One("/case/h2-after-protocol", b""),
+            gap: None,
+        },
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_http1_requests() {
     run_table("h1", h1_cases()).await;
@@ -529,13 +628,23 @@ async fn hostile_http2_requests() {
     run_table("h2", h2_cases()).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_websocket_requests() {
+    run_table_with("ws", ws_cases(), NO_WS_ROUTE).await;
+}
+
 // ---------------------------------------------------------------------------
 // The runner
 
 async fn run_table(group: &str, cases: Vec<Case>) {
+    run_table_with(group, cases, "").await;
+}
+
+/// `run_table` with `routes` before the route `/`.
+async fn run_table_with(group: &str, cases: Vec<Case>, routes: &str) {
     let origin = Origin::start().await;
     let sections = format!(
-        "[[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n[[route]]\npath = \"/\"\nhost = \"{HOST}\"\nupstream = \"app\"\n",
+        "[[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n{routes}[[route]]\npath = \"/\"\nhost = \"{HOST}\"\nupstream = \"app\"\n",
         origin.addr
     );
     let read = format!("{}ms", READ_TIMEOUT.as_millis());
@@ -696,6 +805,11 @@ fn check_outcome(expect: Expect, got: &Got, elapsed: Duration) -> Result<(), Str
         Expect::H2Reset(code) => {
             got.h2_statuses.is_empty() && got.resets.first() == Some(&(1, code))
         }
+        Expect::H2ResetThenOk(code) => {
+            got.resets.first() == Some(&(1, code))
+                && got.h2_statuses == [(3, 200)]
+                && got.goaway.is_none()
+        }
         Expect::GoAway(code) => got.goaway == Some(code) && got.h2_statuses.is_empty(),
         Expect::Refused => {
             let ok_ids: Vec<u32> = (0..MAX_STREAMS).map(|i| 2 * i + 1).collect();
@@ -748,6 +862,11 @@ fn check_upstream(expect: Seen, seen: &[Head]) -> Result<(), String> {
         }
         Seen::Exactly(n, target) => cases.len() == n && cases.iter().all(|h| h.target == target),
         Seen::AtMost(n, target) => cases.len() <= n && cases.iter().all(|h| h.target == target),
+        Seen::OneWithout(target, header) => {
+            cases.len() == 1
+                && cases[0].target == target
+                && cases[0].headers.iter().all(|(k, _)| k != header)
+        }
     };
     if ok {
         Ok(())
@@ -958,6 +1077,9 @@ async fn run_h2(addr: SocketAddr, frames: Vec<u8>, expect: Expect) -> Got {
             || got.resets.iter().any(|(id, _)| *id == 1);
         let settled = match expect {
             Expect::H2Status(_) | Expect::H2Reset(_) => stream1 || got.goaway.is_some(),
+            Expect::H2ResetThenOk(_) => {
+                got.h2_statuses.iter().any(|(id, _)| *id == 3) || got.goaway.is_some()
+            }
             Expect::Refused => {
                 got.goaway.is_some()
                     || !got.resets.is_empty() && got.h2_statuses.len() as u32 >= MAX_STREAMS

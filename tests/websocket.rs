@@ -134,10 +134,13 @@ impl Env {
                 alpn,
             )
             .await;
+            // Small frames (WINDOW_UPDATE, pongs) must not wait on Nagle.
+            tls.get_ref().0.set_nodelay(true).unwrap();
             let local = tls.get_ref().0.local_addr().unwrap();
             (Box::new(tls), local)
         } else {
             let tcp = TcpStream::connect(self.proxy.addr).await.unwrap();
+            tcp.set_nodelay(true).unwrap();
             let local = tcp.local_addr().unwrap();
             (Box::new(tcp), local)
         }
@@ -223,7 +226,7 @@ impl Opened {
         let mut got = std::mem::take(&mut self.leftover);
         within("a response body", async {
             let mut buf = vec![0u8; 8192];
-            while len.map_or(true, |n| got.len() < n) {
+            while len.is_none_or(|n| got.len() < n) {
                 match self.io.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => got.extend_from_slice(&buf[..n]),
@@ -1585,4 +1588,133 @@ websocket_idle_timeout = "abc"
         );
         assert!(line.contains(fragment), "{line:?} lacks {fragment:?}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// The helpers themselves, without ssegate
+
+/// A stand-in for the proxy's RFC 8441 side: an h2c server advertising
+/// ENABLE_CONNECT_PROTOCOL that turns each extended CONNECT into an
+/// HTTP/1.1 handshake to `origin` and copies bytes both ways.
+async fn h2_bridge(origin: SocketAddr) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tcp.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let mut b = h2::server::Builder::new();
+                b.enable_connect_protocol();
+                let Ok(mut conn) = b.handshake::<_, Bytes>(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    tokio::spawn(async move {
+                        let path = req.uri().path().to_string();
+                        let body = req.into_body();
+                        let mut up = TcpStream::connect(origin).await.unwrap();
+                        let hs = h1_handshake(&mut up, HOST, &path, &[], b"").await;
+                        let status = if hs.status == 101 { 200 } else { hs.status };
+                        let resp = http::Response::builder().status(status).body(()).unwrap();
+                        let send = respond.send_response(resp, false).unwrap();
+                        let mut t = H2Tunnel::new(send, body);
+                        t.write_all(&hs.leftover).await.unwrap();
+                        let _ = tokio::io::copy_bidirectional(&mut t, &mut up).await;
+                    });
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The client helpers and the origin against each other, with no proxy in
+/// between (HTTP/1.1 directly, RFC 8441 through `h2_bridge`): what the
+/// suite relies on works, so a failure above is ssegate's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helpers_work_without_the_proxy() {
+    let mut origin = WsOrigin::start(OriginOptions {
+        protocol: Some("superchat".into()),
+        ..OriginOptions::default()
+    })
+    .await;
+    // HTTP/1.1, with pipelined frames, a protocol, and a 16 MiB message.
+    let mut tcp: BoxIo = Box::new(TcpStream::connect(origin.addr).await.unwrap());
+    let early = masked(OP_TEXT, b"early");
+    let hs = h1_handshake(
+        &mut tcp,
+        HOST,
+        "/direct",
+        &[("sec-websocket-protocol", "chat, superchat")],
+        &early,
+    )
+    .await;
+    assert_eq!(hs.status, 101);
+    assert_eq!(
+        hs.header("sec-websocket-accept"),
+        Some(accept_for(&hs.key).as_str())
+    );
+    assert_eq!(hs.header("sec-websocket-protocol"), Some("superchat"));
+    let mut session = origin.session().await;
+    assert_eq!(
+        session.request.header("sec-websocket-key"),
+        Some(hs.key.as_str())
+    );
+    assert!(valid_key(&hs.key));
+    assert_eq!(session.next_message().await, Message::text("early"));
+    let mut ws = ws_client(tcp, hs.leftover).await;
+    assert_eq!(next_msg(&mut ws).await, Some(Message::text("early")));
+    let big = pattern(16 << 20, 1);
+    send_binary(&mut ws, big.clone(), 1 << 20).await.unwrap();
+    assert!(next_msg(&mut ws).await == Some(Message::Binary(big)));
+    ws.send(close_msg(4000, "why")).await.unwrap();
+    assert_eq!(next_msg(&mut ws).await, Some(close_msg(4000, "why")));
+    until_end(&mut ws).await;
+    assert_eq!(
+        session.next_message().await,
+        Message::Binary(pattern(16 << 20, 1))
+    );
+    assert_eq!(session.next_message().await, close_msg(4000, "why"));
+
+    // RFC 8441 through the bridge: the tunnel reads, writes and half-closes.
+    let bridge = h2_bridge(origin.addr).await;
+    let tcp = TcpStream::connect(bridge).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut send = h2_client(tcp).await;
+    let (parts, t) = h2_websocket(&mut send, HOST, "/h2", &[]).await;
+    assert_eq!(parts.status, 200);
+    let _session = origin.session().await;
+    let mut ws = ws_client(Box::new(t) as BoxIo, Vec::new()).await;
+    echo_text(&mut ws, "over h2").await;
+    let big = pattern(4 << 20, 2);
+    send_binary(&mut ws, big.clone(), 1 << 20).await.unwrap();
+    assert!(next_msg(&mut ws).await == Some(Message::Binary(big)));
+    ws.close(None).await.unwrap();
+    until_end(&mut ws).await;
+
+    // Half-close over h2: END_STREAM reaches the origin as EOF, and the
+    // origin's reply still comes back.
+    let mut raw = WsOrigin::raw().await;
+    let bridge = h2_bridge(raw.addr).await;
+    let mut send = h2_client(TcpStream::connect(bridge).await.unwrap()).await;
+    let client = h2_websocket(&mut send, HOST, "/half", &[]);
+    let server = async {
+        let mut c = raw.raw_conn().await;
+        let b = c.switching(&[]);
+        c.write(&b).await;
+        c
+    };
+    let ((parts, mut t), mut conn) = tokio::join!(client, server);
+    assert_eq!(parts.status, 200);
+    t.write_all(&masked(OP_TEXT, b"bye")).await.unwrap();
+    t.shutdown().await.unwrap();
+    let (frames, rest) = parse_frames(&conn.read_to_end().await);
+    assert_eq!((frames.len(), rest.len()), (1, 0));
+    assert_eq!(frames[0].payload, b"bye");
+    conn.write(&frame(OP_TEXT, true, b"after", None)).await;
+    let mut buf = BytesMut::new();
+    let f = within("the reply", read_frame(&mut t, &mut buf))
+        .await
+        .unwrap();
+    assert_eq!(f.payload, b"after");
 }

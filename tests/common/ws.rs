@@ -319,6 +319,8 @@ impl WsOrigin {
         let (accepted, requests) = (shared.accepted.clone(), shared.requests.clone());
         tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
+                // Small frames must not wait on Nagle and delayed ACKs.
+                let _ = s.set_nodelay(true);
                 shared.accepted.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(serve(s, shared.clone()));
             }
@@ -397,9 +399,13 @@ async fn serve(mut s: TcpStream, shared: Arc<Shared>) {
             return;
         }
         if req.is_websocket() {
-            // tungstenite reads the head again, then whatever followed it.
+            // tungstenite reads the head again, then (in a read of its own:
+            // it calls bytes in the read that ends the head junk) whatever
+            // followed it.
+            let mut head = buf.freeze();
+            let tail = head.split_off(n);
             let io = Prefixed {
-                prefix: buf.freeze(),
+                prefix: vec![head, tail].into(),
                 inner: s,
             };
             echo(io, req, shared).await;
@@ -463,7 +469,10 @@ async fn echo(io: Prefixed<TcpStream>, req: WsRequest, shared: Arc<Shared>) {
     .await
     {
         Ok(ws) => ws,
-        Err(_) => return,
+        Err(e) => {
+            eprintln!("origin: WebSocket handshake failed: {e}");
+            return;
+        }
     };
     let (etx, events) = mpsc::unbounded_channel();
     let (send, mut commands) = mpsc::unbounded_channel();
@@ -537,9 +546,10 @@ pub async fn send_binary<S: AsyncRead + AsyncWrite + Unpin>(
     ws.flush().await
 }
 
-/// A stream that first yields `prefix`, then reads from `inner`.
+/// A stream that first yields the `prefix` pieces, no read spanning two,
+/// then reads from `inner`.
 pub struct Prefixed<S> {
-    pub prefix: Bytes,
+    pub prefix: std::collections::VecDeque<Bytes>,
     pub inner: S,
 }
 
@@ -549,10 +559,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(out.remaining());
-            out.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
+        while let Some(piece) = self.prefix.front_mut() {
+            if piece.is_empty() {
+                self.prefix.pop_front();
+                continue;
+            }
+            let n = piece.len().min(out.remaining());
+            out.put_slice(&piece[..n]);
+            piece.advance(n);
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, out)
@@ -740,7 +754,7 @@ pub async fn h2_extended_connect(
             recv,
             buf: Bytes::new(),
             shut: false,
-            _conn: send.clone(),
+            _conn: Some(send.clone()),
         },
     ))
 }
@@ -782,10 +796,22 @@ pub struct H2Tunnel {
     pub recv: h2::RecvStream,
     buf: Bytes,
     shut: bool,
-    _conn: H2Send,
+    _conn: Option<H2Send>,
 }
 
 impl H2Tunnel {
+    /// A tunnel over a stream's two halves (a server's response stream and
+    /// request body work too).
+    pub fn new(send: h2::SendStream<Bytes>, recv: h2::RecvStream) -> H2Tunnel {
+        H2Tunnel {
+            send,
+            recv,
+            buf: Bytes::new(),
+            shut: false,
+            _conn: None,
+        }
+    }
+
     /// RST_STREAM with `reason`.
     pub fn reset(&mut self, reason: h2::Reason) {
         self.send.send_reset(reason);
