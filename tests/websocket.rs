@@ -574,6 +574,10 @@ async fn client_frames_pipelined_with_handshake(kind: Kind) {
     );
     let mut ws = opened.ws().await;
     assert_eq!(next_msg(&mut ws).await, Some(Message::text("early")));
+    assert_eq!(
+        next_msg(&mut ws).await,
+        Some(Message::Binary(pattern(3000, 1)))
+    );
     echo_text(&mut ws, "later").await;
 }
 each_kind!(client_frames_pipelined_with_handshake: h1 H1, h1_tls H1Tls);

@@ -135,7 +135,7 @@ fn routes(out: &mut String, config: &Config) {
         let idle = r.idle_timeout.unwrap_or(config.stream.idle_timeout);
         let _ = writeln!(
             out,
-            "  {host} {} -> {upstream}{}, heartbeat {}, idle timeout {}, max streams {}, resume {}",
+            "  {host} {} -> {upstream}{}, heartbeat {}, idle timeout {}, max streams {}, resume {}, {}",
             r.path,
             if r.strip_prefix {
                 " (strip prefix)"
@@ -153,28 +153,28 @@ fn routes(out: &mut String, config: &Config) {
                     format_duration(r.resume_backoff)
                 ),
             },
+            websocket(config, r),
         );
         if let Some(share) = &r.share {
             let _ = writeln!(out, "    {}", shared(share));
         }
-        let _ = writeln!(out, "    {}", websocket(config, r));
     }
 }
 
-/// A route's WebSocket settings, on a line of their own under the route's.
+/// A route's WebSocket settings, at the end of the route's line.
 fn websocket(config: &Config, r: &Route) -> String {
     if !r.websocket {
         let why = match config.upstreams.get(r.upstream).map(|u| u.protocol) {
             Some(UpstreamProtocol::H2c) => " (h2c upstream)",
             _ => "",
         };
-        return format!("websocket: off{why}");
+        return format!("websocket off{why}");
     }
     let idle = r
         .websocket_idle_timeout
         .unwrap_or(config.websocket.idle_timeout);
     format!(
-        "websocket: on, idle timeout {}, over HTTP/2 {}",
+        "websocket on (idle timeout {}, over HTTP/2 {})",
         on_off(idle),
         if config.websocket.h2 { "yes" } else { "no" }
     )

@@ -257,7 +257,12 @@ impl HttpServerApp for ProxyApp {
             .max_concurrent_streams(self.h2_max_streams)
             // Bounded header lists, as pingora's defaults.
             .max_header_list_size(64 * 1024)
-            .max_send_buffer_size(64 * 1024);
+            .max_send_buffer_size(64 * 1024)
+            // Request bodies and WebSocket tunnels flow at more than one
+            // 64 KiB window per round trip; the connection window bounds
+            // what one client may have buffered here, whatever its streams.
+            .initial_window_size(256 * 1024)
+            .initial_connection_window_size(1024 * 1024);
         if self.shared.config.websocket_over_h2() {
             builder.enable_connect_protocol();
         }

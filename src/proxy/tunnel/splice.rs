@@ -237,6 +237,12 @@ impl Flow {
         self.eof && self.shut
     }
 
+    /// Nothing more will be written this way but an end: our close frame
+    /// is out, or the flow is over.
+    fn close_out(&self) -> bool {
+        self.done() || (self.mode == Mode::Closed && self.pending.is_empty())
+    }
+
     /// Takes `chunk` from the source: only up to the next frame boundary
     /// while closing (the rest is dropped), all of it otherwise.
     fn take(&mut self, mut chunk: Bytes, counter: &IntCounter) -> Result<(), Failure> {
@@ -274,6 +280,7 @@ impl Flow {
         dst: &mut impl Side,
         counter: &IntCounter,
         last_read: &mut Instant,
+        both_closed: bool,
     ) -> Poll<Result<(), Failure>> {
         loop {
             if !self.pending.is_empty() {
@@ -287,7 +294,10 @@ impl Flow {
                 self.mode = Mode::Closed;
                 continue;
             }
-            if (self.eof || self.mode == Mode::Closed) && !self.shut {
+            // Our close frame out, the sink is shut only once the other
+            // direction's is out too: a peer still finishing a frame of its
+            // own must not see its connection end under it.
+            if (self.eof || (self.mode == Mode::Closed && both_closed)) && !self.shut {
                 ready!(dst.poll_finish(cx)).map_err(|_| Failure::Sink)?;
                 self.shut = true;
             }
@@ -328,49 +338,83 @@ impl Tunnel {
         upstream: &mut Stream,
         s: &Settings<'_>,
     ) -> Poll<Result<(), TunnelEnd>> {
-        let mut up_side = Upstream(upstream);
-        if !self.up.done() {
-            match self
-                .up
-                .poll(cx, client, &mut up_side, s.to_upstream, &mut self.last_read)
-            {
-                Poll::Ready(Err(Failure::Source)) => {
-                    return Poll::Ready(Err(TunnelEnd::ClientError))
-                }
-                Poll::Ready(Err(Failure::Sink)) => {
-                    return Poll::Ready(Err(TunnelEnd::UpstreamError))
-                }
-                _ => {}
+        // Twice at most: a flow whose close frame went out on the first
+        // pass lets the other shut its sink on the second.
+        for _ in 0..2 {
+            let both_closed = self.up.close_out() && self.down.close_out();
+            if let Err(end) = self.poll_flows(cx, client, upstream, s, both_closed) {
+                return Poll::Ready(Err(end));
             }
-        }
-        if !self.down.done() {
-            match self
-                .down
-                .poll(cx, &mut up_side, client, s.to_client, &mut self.last_read)
-            {
-                Poll::Ready(Err(Failure::Source)) => {
-                    return Poll::Ready(Err(TunnelEnd::UpstreamError))
-                }
-                Poll::Ready(Err(Failure::Sink)) => return Poll::Ready(Err(TunnelEnd::ClientError)),
-                _ => {}
+            if self.first.is_none() {
+                self.first = if self.up.frames.close_seen() || self.up.eof {
+                    Some(TunnelEnd::ClientClosed)
+                } else if self.down.frames.close_seen() || self.down.eof {
+                    Some(TunnelEnd::UpstreamClosed)
+                } else {
+                    None
+                };
             }
-        }
-        if self.first.is_none() {
-            self.first = if self.up.frames.close_seen() || self.up.eof {
-                Some(TunnelEnd::ClientClosed)
-            } else if self.down.frames.close_seen() || self.down.eof {
-                Some(TunnelEnd::UpstreamClosed)
-            } else {
-                None
-            };
-        }
-        if self.up.done() && self.down.done() {
-            return Poll::Ready(Ok(()));
+            if self.up.done() && self.down.done() {
+                return Poll::Ready(Ok(()));
+            }
+            // A close handshake complete (a Close frame passed each way)
+            // and one side gone: nothing is left to carry, and a peer that
+            // waits for the other to close first must not wait for ever.
+            let handshake_done = self.up.frames.close_seen() && self.down.frames.close_seen();
+            if handshake_done && (self.up.done() || self.down.done()) {
+                return Poll::Ready(Ok(()));
+            }
+            if both_closed || !(self.up.close_out() && self.down.close_out()) {
+                break;
+            }
         }
         if !self.down.shut && client.poll_reset(cx).is_ready() {
             return Poll::Ready(Err(TunnelEnd::ClientError));
         }
         Poll::Pending
+    }
+
+    /// Polls both flows once; `Err` with the end when a side failed.
+    fn poll_flows(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut Client,
+        upstream: &mut Stream,
+        s: &Settings<'_>,
+        both_closed: bool,
+    ) -> Result<(), TunnelEnd> {
+        let mut up_side = Upstream(upstream);
+        if !self.up.done() {
+            let polled = self.up.poll(
+                cx,
+                client,
+                &mut up_side,
+                s.to_upstream,
+                &mut self.last_read,
+                both_closed,
+            );
+            match polled {
+                Poll::Ready(Err(Failure::Source)) => return Err(TunnelEnd::ClientError),
+                Poll::Ready(Err(Failure::Sink)) => return Err(TunnelEnd::UpstreamError),
+                _ => {}
+            }
+        }
+        if !self.down.done() {
+            let polled = self.down.poll(
+                cx,
+                &mut up_side,
+                client,
+                s.to_client,
+                &mut self.last_read,
+                both_closed,
+            );
+            match polled {
+                Poll::Ready(Err(Failure::Source)) => return Err(TunnelEnd::UpstreamError),
+                Poll::Ready(Err(Failure::Sink)) => return Err(TunnelEnd::ClientError),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Both flows close at their next frame boundary with code 1001.
