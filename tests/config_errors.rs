@@ -787,7 +787,8 @@ fn shared_config_summary() {
     assert_eq!(share.auth.as_deref(), Some("/auth/check"));
     assert!(config.routes[1].share.is_none());
     let summary = config::summary(&config);
-    let route = "  * /feeds/ -> app, heartbeat 15s, idle timeout 1h, max streams unlimited, resume off\n    \
+    let route = "  * /feeds/ -> app, heartbeat 15s, idle timeout 1h, max streams unlimited, resume off, \
+                 websocket on (idle timeout 10m, over HTTP/2 yes)\n    \
                  shared: key host+path+query+accept-language, public no, linger 30s, \
                  replay 1000 events / 1048576 bytes, overflow disconnect, auth /auth/check (cache 10s)\n  \
                  * / -> app,";
