@@ -6,7 +6,7 @@
 //! ```sh
 //! cargo bench --bench ws_load -- echo --listen 127.0.0.1:0
 //! cargo bench --bench ws_load -- load --url ws://127.0.0.1:PORT/ws \
-//!     --tunnels 1000 --rate 10 --ramp 2 --duration 20 --idle 5 --json
+//!     --tunnels 1000 --rate 10 --ramp 2 --duration 20 --idle 5
 //! cargo bench --bench ws_load -- load --url ws://127.0.0.1:PORT/ws --h2 --connections 10 ...
 //! ```
 //!
@@ -106,9 +106,9 @@ struct LoadArgs {
     /// Seconds one tunnel may take to open.
     #[arg(long, default_value_t = 10.0)]
     open_timeout: f64,
-    /// Print the JSON report only (no progress lines).
+    /// No progress lines on stderr (the JSON report only).
     #[arg(long)]
-    json: bool,
+    quiet: bool,
 }
 
 fn main() -> ExitCode {
@@ -240,7 +240,7 @@ async fn load(args: LoadArgs) -> Res<()> {
     let start = Instant::now();
     let period = Duration::from_secs_f64(1.0 / args.rate);
     let open_timeout = Duration::from_secs_f64(args.open_timeout);
-    let progress = (!args.json).then(|| tokio::spawn(progress(stats.clone(), args.tunnels)));
+    let progress = (!args.quiet).then(|| tokio::spawn(progress(stats.clone(), args.tunnels)));
     let mut tasks = Vec::new();
     for i in 0..args.tunnels {
         let at = start + Duration::from_secs_f64(args.ramp * i as f64 / args.tunnels as f64);
