@@ -15,6 +15,9 @@ for measurements) and explains failures on stderr with exit status 1.
     compare.py idle-sample PID WANT_SOCKETS MIN_WAIT_S DEADLINE_S
     compare.py origin-stats HOST:PORT [reset]       -> the bench upstream's GET /_stats
     compare.py hold-sample PROXY_PID|- UPSTREAM_PID HOST:PORT BENCH_ERR STREAMS MIN_WAIT_S DEADLINE_S
+    compare.py ws-idle-sample PROXY_PID BENCH_ERR DEADLINE_S
+    compare.py bench-exe NAME                      -> the executable of bench NAME, from
+                                                      `cargo bench --no-run --message-format=json` on stdin
     compare.py machine
     compare.py field FILE FIELD                    -> one field of a JSON file (a.b for nested)
     compare.py init RESULTS QUICK NOFILE TARGETS SCENARIOS SSEGATE_VERSION PEERS_TSV SKIPS_TSV
@@ -40,8 +43,9 @@ from pathlib import Path
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_ORDER = ["direct", "ssegate", "nginx", "caddy", "haproxy"]
 SCENARIO_ORDER = ["idle", "fanout", "h2mux", "latency",
-                  "shared-h1", "shared-h2", "shared-idle", "shared-scale"]
+                  "shared-h1", "shared-h2", "shared-idle", "shared-scale", "ws-h1", "ws-h2"]
 SHARED_SCENARIOS = [s for s in SCENARIO_ORDER if s.startswith("shared-")]
+WS_SCENARIOS = [s for s in SCENARIO_ORDER if s.startswith("ws-")]
 
 
 def die(msg: str) -> None:
@@ -259,6 +263,54 @@ def hold_sample(proxy: int | None, upstream: int, origin: str, bench_err: str,
     out["origin"] = sample(lambda: origin_stats(origin))
     out["waited_s"] = round(time.time() - start, 1)
     return out
+
+
+WS_IDLE = re.compile(r"idle phase: open (\d+)/(\d+)")
+
+
+def ws_idle_sample(proxy: int, bench_err: str, deadline: float) -> dict:
+    """Waits for the WebSocket load client's `idle phase: open N/M` line (its
+    tunnels are then open and silent, their last echoes in), waits 0.5 s,
+    samples the proxy's tree three times 0.4 s apart and keeps the median
+    RSS, with the number of tunnels open."""
+    start = time.time()
+    found = None
+    while time.time() - start < deadline:
+        try:
+            found = WS_IDLE.search(Path(bench_err).read_text(errors="replace"))
+        except OSError:
+            found = None
+        if found:
+            break
+        time.sleep(0.2)
+    if not found:
+        die(f"no 'idle phase' line in {bench_err} after {deadline} s")
+    time.sleep(0.5)
+    samples = []
+    for _ in range(3):
+        samples.append(tree(proxy))
+        time.sleep(0.4)
+    samples.sort(key=lambda s: s["rss_kib"])
+    chosen = samples[1]
+    chosen["tunnels_open"] = int(found.group(1))
+    chosen["waited_s"] = round(time.time() - start, 1)
+    return chosen
+
+
+def bench_exe(name: str) -> str:
+    """The executable cargo built for bench NAME, from its JSON messages."""
+    exe = None
+    for line in sys.stdin:
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if (msg.get("reason") == "compiler-artifact" and msg.get("executable")
+                and msg.get("target", {}).get("name") == name):
+            exe = msg["executable"]
+    if not exe:
+        die(f"cargo built no executable for bench {name}")
+    return exe
 
 
 # --------------------------------------------------------------------------
@@ -616,6 +668,46 @@ def derive(run: dict) -> dict:
         out["streams_held_at_sample"] = (idle["sockets"] - before["sockets"]) // 2
     if run.get("scenario") in SHARED_SCENARIOS:
         out.update(derive_shared(run, out))
+    if run.get("scenario") in WS_SCENARIOS:
+        return derive_ws(run, out)
+    return out
+
+
+def derive_ws(run: dict, base: dict) -> dict:
+    """The websocket figures. An echo is one message through the proxy each
+    way; CPU per echo takes the proxy's CPU over the whole run (opening,
+    sending, idle, closing). Proxy core % is over the sending part only:
+    from the sample before the run to the one in its idle phase."""
+    b = run.get("bench") or {}
+    rtt = b.get("rtt_ms") or {}
+    out: dict = {key: base.get(key) for key in ("proxy_cpu_s", "upstream_cpu_s", "generator_cpu_s")}
+    for key in ("p50", "p90", "p99", "p999", "max"):
+        out[f"lat_{key}_ms"] = rtt.get(key)
+    for key in ("tunnels_opened", "tunnels_failed", "open_at_idle", "closed_early",
+                "messages_sent", "messages_received", "lost", "echoes_per_s"):
+        out[key] = b.get(key)
+    out["errors_total"] = sum(v for v in (b.get("errors") or {}).values()
+                              if isinstance(v, (int, float)))
+    out["first_error"] = b.get("first_error")
+    echoes, cpu = b.get("messages_received"), base.get("proxy_cpu_s")
+    out["proxy_cpu_s_per_m_echoes"] = (round(cpu / echoes * 1e6, 2)
+                                       if cpu is not None and echoes else None)
+    proxy = run.get("proxy") or {}
+    before, idle = proxy.get("before"), proxy.get("idle_sample")
+    if before and idle:
+        span = idle["t"] - before["t"]
+        out["proxy_core_pct"] = (round(100 * (idle["cpu_s"] - before["cpu_s"]) / span, 1)
+                                 if span > 0 else None)
+        out["rss_before_kib"] = before["rss_kib"]
+        out["rss_idle_kib"] = idle["rss_kib"]
+        n = idle.get("tunnels_open")
+        out["tunnels_held_at_sample"] = n
+        if n:
+            out["kib_per_idle_tunnel"] = round((idle["rss_kib"] - before["rss_kib"]) / n, 2)
+            out["pss_kib_per_idle_tunnel"] = round((idle["pss_kib"] - before["pss_kib"]) / n, 2)
+    core1 = [v for v in (b.get("cpu_s"), base.get("upstream_cpu_s")) if v is not None]
+    wall = run.get("wall_s")
+    out["core1_pct"] = round(100 * sum(core1) / wall, 1) if len(core1) == 2 and wall else None
     return out
 
 
@@ -827,8 +919,10 @@ def report(results: str) -> str:
         lines.append("")
 
     lines += shared_sections(data, runs)
+    lines += ws_sections(data, runs)
     lines += goals(runs)
     lines += shared_goals(data, runs)
+    lines += ws_goals(runs)
     if data.get("skipped"):
         lines += ["## skipped", ""]
         lines += [f"- {s['target']}{' / ' + s['scenario'] if s.get('scenario') else ''}: "
@@ -995,6 +1089,101 @@ def shared_sections(data: dict, runs: list[dict]) -> list[str]:
     return lines
 
 
+def ws_sections(data: dict, runs: list[dict]) -> list[str]:
+    """The ws-* cells: one table each."""
+    def row(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    def ref(by, name, key):
+        r = by.get(name)
+        return (r or {}).get("derived", {}).get(key) if r and r["ok"] else None
+
+    present = [s for s in WS_SCENARIOS if _by_target(runs, s)]
+    if not present:
+        return []
+    h1 = _by_target(runs, "ws-h1")
+    lines = ["## websocket", "",
+             "WebSocket tunnels to an echo origin (benches/ws_load.rs): each tunnel sends "
+             "text messages that carry their send time and times each echo (RTT). An echo is "
+             "one message through the proxy each way: proxy CPU-s per M echoes = the proxy's "
+             "CPU over the whole run (opening, sending, idle, closing) per million echoes. "
+             "Proxy core % covers the sending part only. KiB per idle tunnel = (RSS while "
+             "every tunnel is open and silent, after the sending − RSS before the run) / "
+             "tunnels open then. In ws-h2, \"h1\" is the ratio to the same target's ws-h1.", ""]
+    for scen in present:
+        by = _by_target(runs, scen)
+        lines += [f"### {scen} — {_params_line(by)}", "",
+                  row(["target", "opened / failed", "echoes/s", "lost", "p50 ms", "p99 ms",
+                       "p99.9 ms", "proxy CPU-s per M echoes", "proxy core %",
+                       "proxy RSS before → idle MiB", "KiB per idle tunnel",
+                       "generator CPU-s", "origin CPU-s", "core 1 %"]),
+                  row(["---"] + ["---:"] * 13)]
+        for t in _targets(by):
+            d = by[t]["derived"]
+
+            def c(key, direct=True):
+                text = _cell(d.get(key), ref(by, "nginx", key), ref(by, "direct", key),
+                             direct=direct)
+                if scen != "ws-h1" and d.get(key) is not None:
+                    if (r := _ratio(d.get(key), ref(h1, t, key))):
+                        text += f" (h1 {r})"
+                return text
+
+            opened = f"{_num(d.get('tunnels_opened'))} / {_num(d.get('tunnels_failed'))}"
+            if d.get("errors_total"):
+                opened += f" ({_num(d['errors_total'])} errors)"
+            rss = (f"{_mib(d.get('rss_before_kib'))} → {_mib(d.get('rss_idle_kib'))}"
+                   if d.get("rss_idle_kib") is not None else "—")
+            lines.append(row([
+                _label(by[t]), opened, _num(d.get("echoes_per_s")), _num(d.get("lost")),
+                c("lat_p50_ms"), c("lat_p99_ms"), c("lat_p999_ms"),
+                c("proxy_cpu_s_per_m_echoes", direct=False), _num(d.get("proxy_core_pct")),
+                rss, c("kib_per_idle_tunnel", direct=False),
+                _num(d.get("generator_cpu_s")), _num(d.get("upstream_cpu_s")),
+                _num(d.get("core1_pct")),
+            ]))
+        lines.append("")
+    return lines
+
+
+def ws_goals(runs: list[dict]) -> list[str]:
+    """The WebSocket goals of BENCHMARKS.md, judged on this run."""
+    if not any(r["scenario"] in WS_SCENARIOS for r in runs):
+        return []
+
+    def get(scen, target, key):
+        for r in runs:
+            if r["scenario"] == scen and r["target"] == target and r["ok"]:
+                return r["derived"].get(key)
+        return None
+
+    def verdict(ok):
+        return "n/a" if ok is None else ("met" if ok else "MISSED")
+
+    out = ["## goals: WebSocket tunnels (ssegate, this run)", ""]
+    s, n = (get("ws-h1", t, "proxy_cpu_s_per_m_echoes") for t in ("ssegate", "nginx"))
+    out.append(f"- CPU per message ≤ nginx (ws-h1): "
+               f"{verdict(s <= n if s is not None and n is not None else None)} "
+               f"({_num(s)} vs {_num(n)} CPU-s per million echoes)")
+    s, n = (get("ws-h1", t, "kib_per_idle_tunnel") for t in ("ssegate", "nginx"))
+    out.append(f"- memory per idle tunnel ≤ nginx (ws-h1): "
+               f"{verdict(s <= n if s is not None and n is not None else None)} "
+               f"({_num(s)} vs {_num(n)} KiB)")
+    h2, h1 = (get(scen, "ssegate", "proxy_cpu_s_per_m_echoes") for scen in ("ws-h2", "ws-h1"))
+    out.append(f"- CPU per message over h2 (RFC 8441) < over HTTP/1.1: "
+               f"{verdict(h2 < h1 if h2 is not None and h1 is not None else None)} "
+               f"({_num(h2)} vs {_num(h1)} CPU-s per million echoes)")
+    cells = [(scen, get(scen, "ssegate", "tunnels_failed"), get(scen, "ssegate", "lost"))
+             for scen in WS_SCENARIOS]
+    cells = [c for c in cells if c[1] is not None]
+    ok = all(f == 0 and lost == 0 for _, f, lost in cells) if cells else None
+    out.append("- every tunnel open, no echo lost: " + verdict(ok) + " ("
+               + (", ".join(f"{scen}: {_num(f)} failed, {_num(lost)} lost" for scen, f, lost in cells)
+                  or "—") + ")")
+    out.append("")
+    return out
+
+
 def shared_goals(data: dict, runs: list[dict]) -> list[str]:
     """The shared-streams goals of BENCHMARKS.md, judged on this run."""
     if not any(r["scenario"] in SHARED_SCENARIOS for r in runs):
@@ -1118,6 +1307,10 @@ def main(argv: list[str]) -> None:
         proxy = None if args[0] == "-" else int(args[0])
         print(json.dumps(hold_sample(proxy, int(args[1]), args[2], args[3], int(args[4]),
                                      float(args[5]), float(args[6]))))
+    elif cmd == "ws-idle-sample":
+        print(json.dumps(ws_idle_sample(int(args[0]), args[1], float(args[2]))))
+    elif cmd == "bench-exe":
+        print(bench_exe(args[0]))
     elif cmd == "machine":
         print(json.dumps(machine(), indent=2))
     elif cmd == "field":

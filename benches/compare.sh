@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ssegate against direct, nginx, Caddy and HAProxy, on the same scenarios.
 #
-#   benches/compare.sh [--quick] [--scenarios idle,fanout,h2mux,latency,shared]
+#   benches/compare.sh [--quick] [--scenarios idle,fanout,h2mux,latency,shared,websocket]
 #                      [--targets direct,ssegate,nginx,caddy,haproxy]
 #                      [--out DIR] [--duration SECONDS] [--no-install] [--no-chart]
 #                      [--rounds N]
@@ -45,6 +45,24 @@
 # all are held, gaps, and ratios to nginx. SSEGATE_SHARE=0 runs ssegate
 # without the keys; so does a build whose `ssegate check` refuses them (said
 # on stderr and in the report).
+#
+# The websocket scenario (WebSocket tunnels through each proxy to an echo
+# origin, benches/ws_load.rs) is two cells; `websocket` names both:
+#   ws-h1   1,000 HTTP/1.1 tunnels (Upgrade) x 10 messages/s of 64 bytes,
+#           direct and every proxy
+#   ws-h2   the same 1,000 tunnels as RFC 8441 streams over 10 h2c
+#           connections, through the proxies whose h2c port advertises
+#           SETTINGS_ENABLE_CONNECT_PROTOCOL (the others are skipped, with
+#           their answer as the reason; direct is skipped: the echo origin
+#           speaks HTTP/1.1 only)
+# Each tunnel times the echo of each of its messages; after the sending,
+# all tunnels are held open and silent while the proxy's RSS is sampled.
+# nginx and HAProxy take benches/conf/nginx-ws.conf and haproxy-ws.cfg;
+# ssegate's rendered config gets SSEGATE_WS_KEYS (below). The report shows
+# p50 and p99 round-trip time, the proxy's CPU-s per million echoes (one
+# echo = one message through the proxy each way), its RSS per idle tunnel,
+# and ratios to nginx. A build of ssegate whose `ssegate check` refuses the
+# keys fails its cells at once, with the checker's words.
 #
 # --quick is a smoke test of a few seconds per cell: small counts, and only
 # direct, ssegate and the peers already installed (nothing is installed).
@@ -95,11 +113,13 @@ while [ $# -gt 0 ]; do
 done
 
 SHARED_SCENARIOS="shared-h1 shared-h2 shared-idle shared-scale"
-ALL_SCENARIOS="idle fanout h2mux latency $SHARED_SCENARIOS"
+WS_SCENARIOS="ws-h1 ws-h2"
+ALL_SCENARIOS="idle fanout h2mux latency $SHARED_SCENARIOS $WS_SCENARIOS"
 ALL_TARGETS="direct ssegate nginx caddy haproxy"
 SCENARIOS="${SCENARIOS:-$ALL_SCENARIOS}"; SCENARIOS="${SCENARIOS//,/ }"
-# "shared" names its four cells.
+# "shared" names its four cells, "websocket" its two.
 SCENARIOS=" $SCENARIOS "; SCENARIOS="${SCENARIOS// shared / $SHARED_SCENARIOS }"
+SCENARIOS="${SCENARIOS// websocket / $WS_SCENARIOS }"
 SCENARIOS="$(echo $SCENARIOS)"
 for s in $SCENARIOS; do
   case " $ALL_SCENARIOS " in *" $s "*) ;; *) die "unknown scenario: $s (known: $ALL_SCENARIOS)" ;; esac
@@ -204,6 +224,8 @@ if [ "$QUICK" = 1 ]; then
   SH2_STREAMS=200; SH2_CONNS=2; SH2_RATE=2; SH2_RAMP=1; SH2_DUR=5
   SIDLE_STREAMS=200; SIDLE_RAMP=1; SIDLE_DUR=5
   SCALE_STREAMS=2000; SCALE_CONNS=2; SCALE_RATE=1; SCALE_RAMP=1; SCALE_DUR=6
+  # Sending for WS_DUR s (ramp included), then WS_IDLE s silent.
+  WS_TUNNELS=100; WS_CONNS=2; WS_RAMP=1; WS_DUR=2; WS_IDLE=2
 else
   IDLE_STREAMS=10000; IDLE_RAMP=5; IDLE_DUR=20
   FAN_STREAMS=1000; FAN_RATE=20; FAN_DUR=20
@@ -216,7 +238,10 @@ else
   SH2_STREAMS=10000; SH2_CONNS=10; SH2_RATE=2; SH2_RAMP=2; SH2_DUR=20
   SIDLE_STREAMS=10000; SIDLE_RAMP=5; SIDLE_DUR=20
   SCALE_STREAMS=100000; SCALE_CONNS=100; SCALE_RATE=1; SCALE_RAMP=10; SCALE_DUR=40
+  WS_TUNNELS=1000; WS_CONNS=10; WS_RAMP=2; WS_DUR=20; WS_IDLE=5
 fi
+# Messages per second per tunnel, and their size (a 20-digit send time, then padding).
+WS_RATE=10; WS_PAYLOAD=64
 # shared-scale's full size, named in its skip reasons.
 SCALE_FULL=100000
 PAYLOAD=100
@@ -236,6 +261,7 @@ if [ -n "$DURATION_OVERRIDE" ]; then
   SH2_DUR=$(( DURATION_OVERRIDE > SH2_RAMP + 5 ? DURATION_OVERRIDE : SH2_RAMP + 5 ))
   SIDLE_DUR=$(( DURATION_OVERRIDE > SIDLE_RAMP + 5 ? DURATION_OVERRIDE : SIDLE_RAMP + 5 ))
   SCALE_DUR=$(( DURATION_OVERRIDE > SCALE_RAMP + 8 ? DURATION_OVERRIDE : SCALE_RAMP + 8 ))
+  WS_DUR=$(( DURATION_OVERRIDE > WS_RAMP + 2 ? DURATION_OVERRIDE : WS_RAMP + 2 ))
 fi
 
 # ssegate's route in the shared-* cells: these keys (their names are pinned)
@@ -249,6 +275,13 @@ SSEGATE_SHARE="${SSEGATE_SHARE:-1}"
 case "$SSEGATE_SHARE" in 0|1) ;; *) die "SSEGATE_SHARE is 0 or 1, got $SSEGATE_SHARE" ;; esac
 SHARE_NOTE="SSEGATE_SHARE=$SSEGATE_SHARE"
 
+# ssegate's config in the ws-* cells (the names are pinned): WebSockets pass
+# on every route by default; these keep a silent tunnel 10 minutes, as the
+# peers' ws configs do, and advertise RFC 8441 on h2.
+SSEGATE_WS_KEYS='[websocket]
+idle_timeout = "10m"
+h2 = true'
+
 # ---------------------------------------------------------------------------
 # build
 
@@ -261,6 +294,14 @@ BENCH_BIN="${BENCH_BIN:-$SSEGATE}"
   die "$BENCH_BIN has no 'bench' subcommand (the load generator lives on branch bench-harness)"
 "$BENCH_BIN" bench upstream --help >/dev/null 2>&1 ||
   die "$BENCH_BIN has no 'bench upstream' subcommand"
+# The websocket cells' echo origin and load client (benches/ws_load.rs),
+# built as a bench target so that its WebSocket crate stays a dev-dependency.
+WS_BIN=""
+if [[ " $SCENARIOS " == *" ws-"* ]]; then
+  say "building benches/ws_load.rs (release)"
+  WS_BIN="$(cd "$ROOT" && cargo bench --no-run --quiet --bench ws_load --message-format=json-render-diagnostics |
+    "${PY[@]}" bench-exe ws_load)" || die "cargo bench --no-run --bench ws_load failed"
+fi
 
 # ---------------------------------------------------------------------------
 # peers
@@ -418,25 +459,28 @@ fi
   "${VERSION[ssegate]}" "$RUN/peers.tsv" "$RUN/skips.tsv" "$ROUNDS" \
   "$SHARE_USED" "$SHARE_NOTE"
 
-# start_proxy TARGET: config, check, start pinned; sets PROXY_PID, H1_BASE, H2_BASE.
+# start_proxy TARGET [ws]: config, check, start pinned; sets PROXY_PID,
+# H1_BASE, H2_BASE. With ws, the WebSocket configs (nginx-ws.conf,
+# haproxy-ws.cfg, ssegate's with SSEGATE_WS_KEYS; Caddy's as is).
 start_proxy() {
-  local t="$1" p
+  local t="$1" ws="${2:-}" p
   read -r P1 P2 <<<"$("${PY[@]}" free-ports 2)"
   case "$t" in
     ssegate)
       render_ssegate "$CELL/ssegate.toml" "$CELL_SHARES"
+      [ -z "$ws" ] || printf '\n%s\n' "$SSEGATE_WS_KEYS" >>"$CELL/ssegate.toml"
       "$SSEGATE" check -c "$CELL/ssegate.toml" >"$CELL/check.log" 2>&1 ||
         { cat "$CELL/check.log" >&2; return 1; }
       spawn "$CELL/proxy.out" "$CELL/proxy.err" env RUST_LOG=warn "${PROXY_CPU[@]}" "$SSEGATE" run -c "$CELL/ssegate.toml"
       H1_BASE="http://127.0.0.1:$P1"; H2_BASE="$H1_BASE" ;;
     nginx)
-      render "$HERE/conf/nginx.conf" "$CELL/nginx.conf"
+      render "$HERE/conf/nginx${ws:+-ws}.conf" "$CELL/nginx.conf"
       nginx -t -q -p "$CELL" -c "$CELL/nginx.conf" >"$CELL/check.log" 2>&1 ||
         { cat "$CELL/check.log" >&2; return 1; }
       spawn "$CELL/proxy.out" "$CELL/proxy.err" "${PROXY_CPU[@]}" nginx -p "$CELL" -c "$CELL/nginx.conf"
       H1_BASE="http://127.0.0.1:$P1"; H2_BASE="http://127.0.0.1:$P2" ;;
     haproxy)
-      render "$HERE/conf/haproxy.cfg" "$CELL/haproxy.cfg"
+      render "$HERE/conf/haproxy${ws:+-ws}.cfg" "$CELL/haproxy.cfg"
       haproxy -c -q -f "$CELL/haproxy.cfg" >"$CELL/check.log" 2>&1 ||
         { cat "$CELL/check.log" >&2; return 1; }
       spawn "$CELL/proxy.out" "$CELL/proxy.err" "${PROXY_CPU[@]}" haproxy -db -f "$CELL/haproxy.cfg"
@@ -617,6 +661,94 @@ run_cell() {
   "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL" ${rnd:+"$rnd"}
 }
 
+# ws_load ARGS...: the WebSocket load client, pinned with the echo origin.
+ws_load() {
+  "${LOAD_CPU[@]}" "$WS_BIN" load "$@"
+}
+
+# run_ws_cell SCENARIO TARGET: one cell of the websocket scenario (ws-h1,
+# ws-h2): a fresh echo origin and proxy, a warm-up of 10 tunnels, then the
+# run, with the proxy's RSS sampled while every tunnel is open and silent.
+run_ws_cell() {
+  local scen="$1" t="$2" flags=() http2=false summary url why max_s rc=0
+  CELL="$RUN/$scen-$t"
+  mkdir -p "$CELL"
+  CELL_SHARES=0
+  summary="$(thousands "$WS_TUNNELS") HTTP/1.1 tunnels (Upgrade)"
+  if [ "$scen" = ws-h2 ]; then
+    http2=true; flags=(--h2 --connections "$WS_CONNS")
+    summary="$(thousands "$WS_TUNNELS") RFC 8441 tunnels over $WS_CONNS h2c connections"
+  fi
+  summary="$summary × $WS_RATE messages/s echoed, $WS_PAYLOAD-byte text, $WS_DUR s (ramp $WS_RAMP s included), then $WS_IDLE s open and silent"
+  printf '{"summary": "%s", "tunnels": %d, "rate": %d, "payload": %d, "duration_s": %d, "ramp_s": %d, "idle_s": %d, "http2": %s, "connections": %d}\n' \
+    "$summary" "$WS_TUNNELS" "$WS_RATE" "$WS_PAYLOAD" "$WS_DUR" "$WS_RAMP" "$WS_IDLE" "$http2" \
+    "$([ "$http2" = true ] && echo "$WS_CONNS" || echo "$WS_TUNNELS")" >"$CELL/params.json"
+  say "── $scen / $t: $summary"
+
+  # The echo origin: fresh for every cell, pinned with the load client.
+  spawn "$CELL/upstream.out" "$CELL/upstream.err" "${LOAD_CPU[@]}" "$WS_BIN" echo --listen 127.0.0.1:0
+  UP_PID="$SPAWNED"
+  if ! UP_ADDR="$("${PY[@]}" wait-listen "$CELL/upstream.out" 15)"; then
+    echo "echo origin did not start: $(tail -n 3 "$CELL/upstream.err")" >"$CELL/error"
+    stop "$UP_PID"; "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL"; return 0
+  fi
+  PROXY_PID=""
+  if [ "$t" = direct ]; then
+    H1_BASE="http://$UP_ADDR"; H2_BASE="$H1_BASE"
+  elif ! start_proxy "$t" ws; then
+    why="$t did not start (see $CELL)"
+    if [ "$t" = ssegate ] && ! "$SSEGATE" check -c "$CELL/ssegate.toml" >/dev/null 2>&1; then
+      why="ssegate check refuses the WebSocket config (a build without WebSocket pass-through?): $(head -n 1 "$CELL/check.log")"
+    fi
+    echo "$why" >"$CELL/error"
+    [ -z "$PROXY_PID" ] || stop "$PROXY_PID" KILL
+    stop "$UP_PID"; "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL"; return 0
+  fi
+  url="$H1_BASE"; [ "$http2" = false ] || url="$H2_BASE"
+  url="ws://${url#http://}/ws"
+
+  # Readiness and warm-up in one: 10 tunnels for 1 s, every echo back.
+  if ! timeout -s KILL 30 "${LOAD_CPU[@]}" "$WS_BIN" load --url "$url" --tunnels 10 --rate "$WS_RATE" \
+         --payload "$WS_PAYLOAD" --ramp 0.2 --duration 1 --quiet "${flags[@]}" \
+         >"$CELL/warmup.json" 2>"$CELL/warmup.err" ||
+     [ "$("${PY[@]}" field "$CELL/warmup.json" tunnels_failed)" != 0 ] ||
+     [ "$("${PY[@]}" field "$CELL/warmup.json" messages_received)" = 0 ]; then
+    why="$(tail -n 1 "$CELL/warmup.err")"
+    [ -n "$why" ] || why="$("${PY[@]}" field "$CELL/warmup.json" first_error)"
+    if [ "$http2" = true ] && [ "$t" != ssegate ] && [[ "$why" == *"does not advertise"* ]]; then
+      # A peer without RFC 8441 is skipped; ssegate advertises it by config.
+      echo "skip: $t $scen (its h2c port does not advertise SETTINGS_ENABLE_CONNECT_PROTOCOL: no RFC 8441)"
+      "${PY[@]}" skip "$RESULTS" "$t" "$scen" "its h2c port does not advertise SETTINGS_ENABLE_CONNECT_PROTOCOL: no RFC 8441 WebSockets"
+    else
+      echo "warm-up failed: ${why:-no output (see $CELL)}" >"$CELL/error"
+      "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL"
+    fi
+    [ -z "$PROXY_PID" ] || stop "$PROXY_PID" "$(stop_signal "$t")"
+    stop "$UP_PID"; return 0
+  fi
+  sleep 0.5
+
+  [ -z "$PROXY_PID" ] || "${LOAD_CPU[@]}" "${PY[@]}" tree "$PROXY_PID" >"$CELL/proxy_before.json" || true
+  "${LOAD_CPU[@]}" "${PY[@]}" tree "$UP_PID" >"$CELL/upstream_before.json" || true
+  # Bounded: the run, its idle phase, 2 s for the last echoes, 5 s to close, and slack.
+  max_s=$(( WS_DUR + WS_IDLE + 40 ))
+  spawn "$CELL/bench.json" "$CELL/bench.err" timeout -s INT -k 5 "$max_s" \
+    "${LOAD_CPU[@]}" "$WS_BIN" load --url "$url" --tunnels "$WS_TUNNELS" --rate "$WS_RATE" \
+    --payload "$WS_PAYLOAD" --ramp "$WS_RAMP" --duration "$WS_DUR" --idle "$WS_IDLE" "${flags[@]}"
+  local bench_pid="$SPAWNED"
+  # The proxy's tree once the client says every tunnel is open and silent.
+  [ -z "$PROXY_PID" ] || "${LOAD_CPU[@]}" "${PY[@]}" ws-idle-sample "$PROXY_PID" "$CELL/bench.err" \
+    $(( WS_DUR + 10 )) >"$CELL/proxy_idle.json" 2>"$CELL/idle-sample.err" || true
+  wait "$bench_pid" || rc=$?
+  forget "$bench_pid"
+  [ -z "$PROXY_PID" ] || "${LOAD_CPU[@]}" "${PY[@]}" tree "$PROXY_PID" >"$CELL/proxy_after.json" || true
+  "${LOAD_CPU[@]}" "${PY[@]}" tree "$UP_PID" >"$CELL/upstream_after.json" || true
+  [ "$rc" = 0 ] || echo "ws_load exited $rc: $(grep -v '^ *[0-9]* s  open' "$CELL/bench.err" | tail -n 2 | tr '\n' ' ')" >"$CELL/error"
+  [ -z "$PROXY_PID" ] || stop "$PROXY_PID" "$(stop_signal "$t")"
+  stop "$UP_PID"
+  "${PY[@]}" add-run "$RESULTS" "$scen" "$t" "$CELL"
+}
+
 # ---------------------------------------------------------------------------
 # run
 
@@ -630,6 +762,22 @@ for scen in $SCENARIOS; do
     continue
   fi
   for t in $TARGETS; do
+    case "$scen" in
+      ws-h2)
+        if [ "$t" = direct ]; then
+          why="the echo origin speaks HTTP/1.1 only; the proxies turn RFC 8441 into an HTTP/1.1 Upgrade to it"
+          echo "skip: $t $scen ($why)"
+          "${PY[@]}" skip "$RESULTS" "$t" "$scen" "$why"
+          continue
+        fi
+        if [ "${H2[$t]:-0}" != 1 ]; then
+          echo "skip: $t $scen (${H2_NOTE[$t]:-no h2 downstream})"
+          "${PY[@]}" skip "$RESULTS" "$t" "$scen" "${H2_NOTE[$t]:-no h2 downstream}"
+          continue
+        fi
+        run_ws_cell "$scen" "$t"; continue ;;
+      ws-h1) run_ws_cell "$scen" "$t"; continue ;;
+    esac
     if [ "$scen" = shared-scale ] && [ "$t" != ssegate ]; then
       why="ssegate only: $t cannot share, so it opens one upstream connection per subscriber, and $(thousands "$SCALE_FULL") (the full size) do not fit the open-files limit of $(thousands "$NOFILE")"
       [ "$t" != direct ] || why="ssegate only: the case measures a proxy holding $(thousands "$SCALE_FULL") subscribers (the full size) of one upstream stream"
