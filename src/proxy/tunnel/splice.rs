@@ -368,7 +368,11 @@ impl Tunnel {
                 break;
             }
         }
-        if !self.down.shut && client.poll_reset(cx).is_ready() {
+        // An HTTP/2 client's RST_STREAM fails the read pending on the client,
+        // or the wait for send capacity when that read is held back; only a
+        // client that has ended its side has neither, and is watched (the
+        // watch takes h2's lock, so not on every poll).
+        if self.up.eof && !self.down.shut && client.poll_reset(cx).is_ready() {
             return Poll::Ready(Err(TunnelEnd::ClientError));
         }
         Poll::Pending
