@@ -353,6 +353,13 @@ impl PoolHealth {
         self.server(addr).is_none_or(|s| s.is_up())
     }
 
+    /// Whether a server other than those in `except` is up.
+    pub fn any_up(&self, except: &[SocketAddr]) -> bool {
+        self.servers
+            .iter()
+            .any(|s| !except.contains(&s.addr) && s.is_up())
+    }
+
     /// One failed attempt on `addr`.
     pub fn failed(&self, addr: &SocketAddr) {
         if let Some(s) = self.server(addr) {

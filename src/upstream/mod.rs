@@ -200,16 +200,17 @@ impl Pool {
         let mut tried: Vec<SocketAddr> = Vec::with_capacity(self.servers);
         let mut last_error = None;
         while tried.len() < self.servers {
+            // Servers that are down only when no server that is up is left
+            // to try. Decided before selecting, so that one round-robin
+            // step is taken per attempt whatever the servers' states.
             // pingora's own health flag (the closure's second argument) is
             // always true here: our verdict (`health`) replaces it.
-            let pick = |up_only: bool| {
-                self.balancer.select_with(b"", self.servers * 2, |b, _| {
-                    b.addr
-                        .as_inet()
-                        .is_some_and(|a| !tried.contains(a) && (!up_only || self.health.is_up(a)))
-                })
-            };
-            let backend = pick(true).or_else(|| pick(false));
+            let up_only = self.health.any_up(&tried);
+            let backend = self.balancer.select_with(b"", self.servers * 2, |b, _| {
+                b.addr
+                    .as_inet()
+                    .is_some_and(|a| !tried.contains(a) && (!up_only || self.health.is_up(a)))
+            });
             let Some(addr) = backend.and_then(|b| b.addr.as_inet().copied()) else {
                 break;
             };
