@@ -9,7 +9,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,8 @@ const HANG: u16 = 0;
 struct Origin {
     addr: SocketAddr,
     health: Arc<AtomicU16>,
+    /// Requests other than health checks and event streams get no answer.
+    silent: Arc<AtomicBool>,
     /// Requests other than health checks, event streams included.
     requests: Arc<AtomicUsize>,
     /// Health checks answered (or, hanging, received).
@@ -46,6 +48,7 @@ impl Origin {
         let o = Origin {
             addr: listener.local_addr().unwrap(),
             health: Arc::new(AtomicU16::new(200)),
+            silent: Arc::default(),
             requests: Arc::new(AtomicUsize::new(0)),
             checks: Arc::new(AtomicUsize::new(0)),
             streams_closed: Arc::new(AtomicUsize::new(0)),
@@ -63,6 +66,7 @@ impl Origin {
     fn handles(&self) -> Handles {
         Handles {
             health: self.health.clone(),
+            silent: self.silent.clone(),
             requests: self.requests.clone(),
             checks: self.checks.clone(),
             streams_closed: self.streams_closed.clone(),
@@ -82,6 +86,7 @@ impl Origin {
 #[derive(Clone)]
 struct Handles {
     health: Arc<AtomicU16>,
+    silent: Arc<AtomicBool>,
     requests: Arc<AtomicUsize>,
     checks: Arc<AtomicUsize>,
     streams_closed: Arc<AtomicUsize>,
@@ -150,6 +155,10 @@ async fn serve(name: &'static str, mut s: TcpStream, h: Handles) {
             return;
         }
         h.requests.fetch_add(1, Ordering::SeqCst);
+        if h.silent.load(Ordering::SeqCst) {
+            let _ = s.read(&mut [0u8; 1]).await;
+            return;
+        }
         let reply = format!(
             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
             name.len()
@@ -162,9 +171,14 @@ async fn serve(name: &'static str, mut s: TcpStream, h: Handles) {
 
 /// A config of one upstream `app` over `servers` with `keys`, route `/`.
 fn config(servers: &[SocketAddr], keys: &str) -> ProxyConfig {
+    config_read(servers, keys, "2s")
+}
+
+/// Like `config`, with `timeouts.read` at `read`.
+fn config_read(servers: &[SocketAddr], keys: &str, read: &str) -> ProxyConfig {
     let servers: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
     let body = config_with(
-        "2s",
+        read,
         "",
         &format!(
             "[[upstream]]\nname = \"app\"\nservers = [{}]\n{keys}\n\n[[route]]\npath = \"/\"\nupstream = \"app\"\n",
@@ -376,6 +390,28 @@ async fn a_refusing_server_is_avoided_for_fail_timeout() {
     assert_eq!(errors(&s), 2.0, "tried once more, then avoided again");
     assert_eq!(transitions(&s, refusing, "down"), 2.0);
     assert_eq!(transitions(&s, refusing, "up"), 1.0);
+}
+
+/// A server that leaves a request unanswered costs that request a 504,
+/// made by us, which counts as a failed attempt: with max_fails 1 the
+/// server gets no further request.
+#[tokio::test]
+async fn a_504_of_ours_counts_against_the_server() {
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    b.silent.store(true, Ordering::SeqCst);
+    let proxy = Proxy::start(config_read(
+        &[a.addr, b.addr],
+        "max_fails = 1\nfail_timeout = \"10s\"",
+        "300ms",
+    ))
+    .await;
+    let mut statuses = requests(&proxy, 6).await;
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 504]);
+    assert_eq!((a.requests(), b.requests()), (5, 1));
+    let s = scrape(&proxy).await;
+    assert_eq!(up_of(&s, b.addr), 0.0);
+    assert_eq!(transitions(&s, b.addr, "down"), 1.0);
 }
 
 // ---------------------------------------------------------------------------
