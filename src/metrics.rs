@@ -19,6 +19,8 @@
 //!  every response written ──────────► Responses::record      (requests_total)
 //!  connect attempt failed ──────────► UpstreamMetrics::connect_failed
 //!  no response header in time (504) ► UpstreamMetrics::timed_out
+//!  a server goes down or comes back ► ServerMetrics::went   (server_up,
+//!                                      server_transitions_total)
 //!  stream header about to go out ───► RouteMetrics::stream_started → StreamTally
 //!      each chunk written + flushed ► RelayProbe::relayed   (relay delay, bytes)
 //!  stream ends ─────────────────────► StreamTally::finish   (ends, events,
@@ -78,6 +80,8 @@ pub struct Metrics {
     client_disconnects: IntCounterVec,
     connect_errors: IntCounterVec,
     upstream_timeouts: IntCounterVec,
+    server_up: IntGaugeVec,
+    server_transitions: IntCounterVec,
     streams_shed: IntCounterVec,
     client_write_timeouts: IntCounterVec,
     resume_attempts: IntCounterVec,
@@ -155,6 +159,11 @@ impl Metrics {
             "Requests answered 504 because the upstream sent no response header within timeouts.read.",
             &["upstream"],
         )?;
+        let server_transitions = counter(
+            "ssegate_upstream_server_transitions_total",
+            "Changes of an upstream server's state, by the state it went to: down (failed health checks, or max_fails failed attempts within fail_timeout) or up.",
+            &["upstream", "server", "to"],
+        )?;
         let streams_shed = counter(
             "ssegate_streams_shed_total",
             "Event streams turned away because a stream limit was reached, by the limit: global, route or client; or upstream: no upstream server could serve an EventSource, which was told to retry.",
@@ -231,6 +240,14 @@ impl Metrics {
         };
         registry.register(Box::new(connections.open.clone()))?;
         registry.register(Box::new(connections.rejected.clone()))?;
+        let server_up = IntGaugeVec::new(
+            Opts::new(
+                "ssegate_upstream_server_up",
+                "1 while an upstream server is up (new requests may go to it), 0 while it is down by its health checks or its failed attempts.",
+            ),
+            &["upstream", "server"],
+        )?;
+        registry.register(Box::new(server_up.clone()))?;
         let streams_open = IntGaugeVec::new(
             Opts::new("ssegate_streams_open", "Event streams open now."),
             &["route"],
@@ -266,6 +283,8 @@ impl Metrics {
             client_disconnects,
             connect_errors,
             upstream_timeouts,
+            server_up,
+            server_transitions,
             streams_shed,
             client_write_timeouts,
             resume_attempts,
@@ -374,6 +393,9 @@ impl Metrics {
             timeouts: self
                 .upstream_timeouts
                 .get_metric_with_label_values(&[name])?,
+            name: name.to_string(),
+            server_up: self.server_up.clone(),
+            server_transitions: self.server_transitions.clone(),
         })
     }
 
@@ -443,9 +465,33 @@ impl Responses {
 pub struct UpstreamMetrics {
     connect_errors: IntCounter,
     timeouts: IntCounter,
+    /// The upstream label, and the per-server families, whose children
+    /// [`UpstreamMetrics::server`] resolves when the pool is built.
+    name: String,
+    server_up: IntGaugeVec,
+    server_transitions: IntCounterVec,
 }
 
 impl UpstreamMetrics {
+    /// Resolves the children of one of the pool's servers (`server` as
+    /// configured, `ip:port`); the server starts up.
+    pub fn server(&self, server: &str) -> prometheus::Result<ServerMetrics> {
+        let labels = |to| [self.name.as_str(), server, to];
+        let m = ServerMetrics {
+            up: self
+                .server_up
+                .get_metric_with_label_values(&[self.name.as_str(), server])?,
+            to_up: self
+                .server_transitions
+                .get_metric_with_label_values(&labels("up"))?,
+            to_down: self
+                .server_transitions
+                .get_metric_with_label_values(&labels("down"))?,
+        };
+        m.up.set(1);
+        Ok(m)
+    }
+
     /// One connection attempt to one of the pool's servers failed.
     pub fn connect_failed(&self) {
         self.connect_errors.inc();
@@ -454,6 +500,28 @@ impl UpstreamMetrics {
     /// No response header within `timeouts.read`; the client got a 504.
     pub fn timed_out(&self) {
         self.timeouts.inc();
+    }
+}
+
+/// Pre-resolved children of one upstream server.
+pub struct ServerMetrics {
+    /// `ssegate_upstream_server_up`
+    up: IntGauge,
+    /// `ssegate_upstream_server_transitions_total{to="up"}`
+    to_up: IntCounter,
+    /// `ssegate_upstream_server_transitions_total{to="down"}`
+    to_down: IntCounter,
+}
+
+impl ServerMetrics {
+    /// The server went up (`true`) or down.
+    pub fn went(&self, up: bool) {
+        self.up.set(i64::from(up));
+        if up {
+            self.to_up.inc();
+        } else {
+            self.to_down.inc();
+        }
     }
 }
 
@@ -737,6 +805,20 @@ mod tests {
             t.contains("ssegate_upstream_connect_errors_total{upstream=\"app\"} 0"),
             "{t}"
         );
+
+        let server = up.server("127.0.0.1:3000").expect("server children");
+        let t = text(&m);
+        let up_line = "ssegate_upstream_server_up{server=\"127.0.0.1:3000\",upstream=\"app\"}";
+        assert!(t.contains(&format!("{up_line} 1")), "{t}");
+        server.went(false);
+        server.went(true);
+        server.went(false);
+        let t = text(&m);
+        assert!(t.contains(&format!("{up_line} 0")), "{t}");
+        for (to, n) in [("down", 2), ("up", 1)] {
+            let line = format!("ssegate_upstream_server_transitions_total{{server=\"127.0.0.1:3000\",to=\"{to}\",upstream=\"app\"}} {n}");
+            assert!(t.contains(&line), "lacks {line:?}:\n{t}");
+        }
 
         route.responses().record(StatusCode::OK);
         route.responses().record(StatusCode::OK);

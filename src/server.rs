@@ -10,6 +10,7 @@ use pingora_core::listeners::{ListenerConfig, TcpSocketOptions};
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
+use pingora_core::services::background::GenBackgroundService;
 use pingora_core::services::listening::Service;
 use pingora_core::services::ServiceHandle;
 
@@ -19,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::proxy::connections::Limited;
 use crate::proxy::{ProxyApp, Shared};
 pub use crate::start_error::StartError;
+use crate::upstream::health::ActiveChecks;
 use crate::upstream::tcp_keepalive;
 
 /// pingora's process options that stay reachable from our command line.
@@ -151,6 +153,13 @@ pub fn build_after(
         let app = Limited::new(app, shared.connection_limit(), first_bytes, read_timeout);
         let mut service = Service::new(format!("ssegate {}", listener.address), app);
         service.add_listener(listener_config(listener)?);
+        server.add_service(service).add_dependencies(&prerequisites);
+    }
+    // Active health checks: a pingora background service, not tokio tasks
+    // spawned where the pools are built, since no runtime exists yet (see
+    // `ActiveChecks`). They wait for the demo upstream like the listeners.
+    if let Some(checks) = ActiveChecks::new(shared.pools().iter().map(|p| &p.health)) {
+        let service = GenBackgroundService::new("ssegate health checks".into(), Arc::new(checks));
         server.add_service(service).add_dependencies(&prerequisites);
     }
     if let Some(admin) = admin {

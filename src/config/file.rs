@@ -127,6 +127,23 @@ pub struct UpstreamEntry {
     pub servers: Spanned<Vec<Spanned<String>>>,
     /// A string rather than an enum so an unknown protocol is one error among many.
     pub protocol: Option<Spanned<String>>,
+    /// `health_check = { path, interval, timeout, fall, rise }`: active checks.
+    pub health_check: Option<HealthCheckEntry>,
+    /// `i64` so a negative count reaches validation, as for `max_streams`.
+    pub max_fails: Option<Spanned<i64>>,
+    pub fail_timeout: Option<Spanned<DurationValue>>,
+}
+
+/// `health_check = { ... }` inside an upstream; every key optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckEntry {
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<DurationValue>>,
+    pub timeout: Option<Spanned<DurationValue>>,
+    /// `i64` so `0` and `-1` reach validation and get a real message.
+    pub fall: Option<Spanned<i64>>,
+    pub rise: Option<Spanned<i64>>,
 }
 
 /// One `[[route]]`.
@@ -267,6 +284,7 @@ mod tests {
             "[timeouts]\nbogus = 1",
             "[stream]\nbogus = 1",
             "[[upstream]]\nname = \"a\"\nservers = []\nbogus = 1",
+            "[[upstream]]\nname = \"a\"\nservers = []\nhealth_check = { path = \"/\", bogus = 1 }",
             "[[route]]\npath = \"/\"\nupstream = \"a\"\nbogus = 1",
             "[admin]\naddress = \"127.0.0.1:9090\"\nbogus = 1",
             "[limits]\nbogus = 1",

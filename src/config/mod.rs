@@ -29,7 +29,7 @@ mod validate;
 
 use std::path::Path;
 
-pub(crate) use duration::parse_duration;
+pub(crate) use duration::{format_duration, parse_duration};
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use summary::summary;

@@ -162,6 +162,32 @@ pub struct Upstream {
     pub servers: Vec<SocketAddr>,
     /// Protocol spoken to the servers.
     pub protocol: UpstreamProtocol,
+    /// `health_check`: active checks of every server. `None` (the key is
+    /// absent): none; servers are then judged by passive checks only.
+    pub health_check: Option<ActiveCheck>,
+    /// `max_fails`: failed attempts within `fail_timeout` that mark a
+    /// server down for `fail_timeout` (passive checks, as nginx's). Default
+    /// 1; 0 turns passive checks off.
+    pub max_fails: u32,
+    /// `fail_timeout`: the window failures are counted in, and how long a
+    /// server they marked down is avoided. Default 10 s.
+    pub fail_timeout: Duration,
+}
+
+/// An upstream's `health_check = { ... }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveCheck {
+    /// `path`: a GET of this target; a 2xx or 3xx response header within
+    /// `timeout` passes. `None`: a TCP connect is the check.
+    pub path: Option<String>,
+    /// Time between the starts of two checks of a server. Default 5 s.
+    pub interval: Duration,
+    /// A check that has not passed within this fails. Default 2 s, at most `interval`.
+    pub timeout: Duration,
+    /// Consecutive failed checks that mark a server down. Default 3.
+    pub fall: u32,
+    /// Consecutive passed checks that bring a down server back. Default 2.
+    pub rise: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,9 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use super::duration::format_duration;
-use super::model::{Config, HostMatch, Overflow, Resume, Route, Share, UpstreamProtocol};
+use super::model::{
+    ActiveCheck, Config, HostMatch, Overflow, Resume, Route, Share, Upstream, UpstreamProtocol,
+};
 
 /// Renders `config` as plain text, one item per line, without a trailing newline.
 /// It does not repeat the file name: the caller prints that with its verdict.
@@ -115,7 +117,13 @@ fn upstreams(out: &mut String, config: &Config) {
             UpstreamProtocol::H2c => "h2c",
         };
         let servers: Vec<String> = u.servers.iter().map(ToString::to_string).collect();
-        let _ = writeln!(out, "  {}  {protocol}  {}", u.name, servers.join(", "));
+        let _ = writeln!(
+            out,
+            "  {}  {protocol}  {}; {}",
+            u.name,
+            servers.join(", "),
+            health(u)
+        );
     }
 }
 
@@ -159,6 +167,34 @@ fn routes(out: &mut String, config: &Config) {
             let _ = writeln!(out, "    {}", shared(share));
         }
     }
+}
+
+/// An upstream's health checks, at the end of its line.
+fn health(u: &Upstream) -> String {
+    let active = match &u.health_check {
+        None => "off".to_string(),
+        Some(ActiveCheck {
+            path,
+            interval,
+            timeout,
+            fall,
+            rise,
+        }) => format!(
+            "{} every {}, timeout {}, fall {fall}, rise {rise}",
+            path.as_ref()
+                .map_or("TCP connect".to_string(), |p| format!("GET {p}")),
+            format_duration(*interval),
+            format_duration(*timeout),
+        ),
+    };
+    let passive = match u.max_fails {
+        0 => "off".to_string(),
+        n => format!(
+            "max_fails {n} within fail_timeout {}",
+            format_duration(u.fail_timeout)
+        ),
+    };
+    format!("active check {active}; passive check {passive}")
 }
 
 /// A route's WebSocket settings, at the end of the route's line.
@@ -215,6 +251,38 @@ fn on_off(value: Option<Duration>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_checks_at_the_end_of_the_upstreams_line() {
+        let mut u = Upstream {
+            name: "app".into(),
+            servers: vec![],
+            protocol: UpstreamProtocol::Http1,
+            health_check: None,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+        };
+        assert_eq!(
+            health(&u),
+            "active check off; passive check max_fails 1 within fail_timeout 10s"
+        );
+        let mut check = ActiveCheck {
+            path: Some("/healthz".into()),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            fall: 3,
+            rise: 2,
+        };
+        u.health_check = Some(check.clone());
+        u.max_fails = 0;
+        assert_eq!(
+            health(&u),
+            "active check GET /healthz every 5s, timeout 2s, fall 3, rise 2; passive check off"
+        );
+        check.path = None;
+        u.health_check = Some(check);
+        assert!(health(&u).starts_with("active check TCP connect every 5s"));
+    }
 
     #[test]
     fn sharing_settings_in_one_line() {

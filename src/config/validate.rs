@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::duration::{parse_duration, UNIT_HELP};
+use super::duration::{format_duration, parse_duration, UNIT_HELP};
 use super::error::{ConfigError, ConfigErrors};
 use super::file::{self, DurationValue, SizeValue};
 use super::model::{
-    Admin, Config, HostMatch, LimitSettings, Listener, Overflow, Resume, Route, Server, Share,
-    StreamSettings, Timeouts, Tls, Upstream, UpstreamProtocol, WebSocketSettings,
+    ActiveCheck, Admin, Config, HostMatch, LimitSettings, Listener, Overflow, Resume, Route,
+    Server, Share, StreamSettings, Timeouts, Tls, Upstream, UpstreamProtocol, WebSocketSettings,
 };
 
 // Defaults, as documented in `config::model` and `conf/ssegate.toml`.
@@ -53,6 +53,15 @@ const CLIENT_BUFFER_MAX: usize = 64 * 1024 * 1024;
 const RESUME_ATTEMPTS: u32 = 3;
 const RESUME_ATTEMPTS_MAX: i64 = 100;
 const RESUME_BACKOFF: Duration = Duration::from_secs(1);
+// Active checks default to HAProxy's fall and rise; passive to nginx's.
+const CHECK_INTERVAL: Duration = Duration::from_secs(5);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+const CHECK_FALL: u32 = 3;
+const CHECK_RISE: u32 = 2;
+const CHECK_COUNT_MAX: i64 = 1000;
+const MAX_FAILS: u32 = 1;
+const MAX_FAILS_MAX: i64 = 1000;
+const FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 // A sharing route's defaults are `Share::default()`; these are its bounds.
 const REPLAY_EVENTS_MAX: i64 = 1_000_000;
 const REPLAY_BYTES_MAX: usize = 1024 * 1024 * 1024;
@@ -546,6 +555,24 @@ impl Checker<'_> {
                 name: name.clone(),
                 servers: self.servers(&key, &entry.servers),
                 protocol: self.protocol(&key, entry.protocol.as_ref()),
+                health_check: entry
+                    .health_check
+                    .as_ref()
+                    .map(|h| self.health_check(&key, h)),
+                max_fails: self
+                    .count(
+                        &format!("{key}.max_fails"),
+                        entry.max_fails.as_ref(),
+                        0..=MAX_FAILS_MAX,
+                        "; 0 turns passive checks off",
+                    )
+                    .unwrap_or(MAX_FAILS),
+                fail_timeout: self.duration(
+                    &format!("{key}.fail_timeout"),
+                    entry.fail_timeout.as_ref(),
+                    FAIL_TIMEOUT,
+                    Accept::PositiveOnly,
+                ),
             });
         }
         upstreams
@@ -572,6 +599,85 @@ impl Checker<'_> {
             }
         }
         addresses
+    }
+
+    /// An upstream's `health_check = { ... }`: every key has a default,
+    /// and a check must end before the next one starts.
+    fn health_check(&mut self, upstream: &str, h: &file::HealthCheckEntry) -> ActiveCheck {
+        let key = format!("{upstream}.health_check");
+        let path = h
+            .path
+            .as_ref()
+            .and_then(|p| match check_health_path(p.get_ref()) {
+                Ok(()) => Some(p.get_ref().clone()),
+                Err(reason) => {
+                    let message = format!("{:?} {reason}", p.get_ref());
+                    self.error(Some(p.span()), &format!("{key}.path"), message);
+                    None
+                }
+            });
+        let interval = self.duration(
+            &format!("{key}.interval"),
+            h.interval.as_ref(),
+            CHECK_INTERVAL,
+            Accept::PositiveOnly,
+        );
+        let timeout = self.duration(
+            &format!("{key}.timeout"),
+            h.timeout.as_ref(),
+            CHECK_TIMEOUT,
+            Accept::PositiveOnly,
+        );
+        if timeout > interval {
+            // Point at what was written: the timeout, or else the interval
+            // that is shorter than the default timeout.
+            let (name, span) = match (&h.timeout, &h.interval) {
+                (Some(t), _) => ("timeout", Some(t.span())),
+                (None, Some(i)) => ("interval", Some(i.span())),
+                (None, None) => ("timeout", None),
+            };
+            let message = format!(
+                "timeout ({}) must not exceed interval ({}): a check ends before the next one starts",
+                format_duration(timeout),
+                format_duration(interval)
+            );
+            self.error(span, &format!("{key}.{name}"), message);
+        }
+        let count = |check: &mut Self, name: &str, value: Option<&Spanned<i64>>, default| {
+            check
+                .count(&format!("{key}.{name}"), value, 1..=CHECK_COUNT_MAX, "")
+                .unwrap_or(default)
+        };
+        ActiveCheck {
+            path,
+            interval,
+            timeout,
+            fall: count(self, "fall", h.fall.as_ref(), CHECK_FALL),
+            rise: count(self, "rise", h.rise.as_ref(), CHECK_RISE),
+        }
+    }
+
+    /// A whole number within `range`; `None` when absent or invalid (the
+    /// error is recorded). `hint` ends the message.
+    fn count(
+        &mut self,
+        key: &str,
+        value: Option<&Spanned<i64>>,
+        range: std::ops::RangeInclusive<i64>,
+        hint: &str,
+    ) -> Option<u32> {
+        let value = value?;
+        let n = *value.get_ref();
+        if range.contains(&n) {
+            return u32::try_from(n).ok();
+        }
+        let message = format!(
+            "must be a whole number from {} to {}, got {n}{hint}",
+            range.start(),
+            range.end()
+        );
+        self.error(Some(value.span()), key, message);
+        None
     }
 
     fn protocol(&mut self, upstream: &str, value: Option<&Spanned<String>>) -> UpstreamProtocol {
@@ -1271,6 +1377,15 @@ pub(crate) fn share_key_name(raw: &str) -> Result<String, String> {
 }
 
 /// `share_auth` must be an origin-form request target: a path, maybe a query.
+/// A health check's `path`: a request target on the upstream's servers,
+/// held to the same rules as `share_auth`'s.
+pub(crate) fn check_health_path(target: &str) -> Result<(), String> {
+    if !target.starts_with('/') {
+        return Err("must be a path starting with \"/\", e.g. \"/healthz\"".into());
+    }
+    check_share_auth(target)
+}
+
 pub(crate) fn check_share_auth(target: &str) -> Result<(), String> {
     if !target.starts_with('/') {
         return Err(
@@ -1329,6 +1444,102 @@ mod tests {
             "{head}: {:?} lacks {fragment:?}",
             errors[0].1
         );
+    }
+
+    /// An extra upstream `hc` with `keys`, for the health-check tests.
+    fn hc(keys: &str) -> String {
+        format!("[[upstream]]\nname = \"hc\"\nservers = [\"127.0.0.1:3200\"]\n{keys}")
+    }
+
+    #[test]
+    fn health_check_settings() {
+        let c = config("");
+        let app = &c.upstreams[0];
+        assert_eq!(app.health_check, None);
+        assert_eq!(
+            (app.max_fails, app.fail_timeout),
+            (1, Duration::from_secs(10))
+        );
+        // Every key of the table has a default.
+        let c = config(&hc("health_check = {}"));
+        assert_eq!(
+            c.upstreams[0].health_check,
+            Some(ActiveCheck {
+                path: None,
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(2),
+                fall: 3,
+                rise: 2,
+            })
+        );
+        let c = config(&hc(
+            "health_check = { path = \"/healthz?deep=1\", interval = \"100ms\", timeout = \"100ms\", fall = 1, rise = 5 }\n\
+             max_fails = 0\nfail_timeout = \"1m\"",
+        ));
+        let u = &c.upstreams[0];
+        assert_eq!(
+            u.health_check,
+            Some(ActiveCheck {
+                path: Some("/healthz?deep=1".into()),
+                interval: Duration::from_millis(100),
+                timeout: Duration::from_millis(100),
+                fall: 1,
+                rise: 5,
+            })
+        );
+        assert_eq!((u.max_fails, u.fail_timeout), (0, Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn health_check_errors() {
+        let key = |k: &str| format!("upstream[0].{k}");
+        for (keys, at, fragment) in [
+            (
+                "health_check = { path = \"healthz\" }",
+                "health_check.path",
+                "starting with \"/\"",
+            ),
+            (
+                "health_check = { path = \"/a b\" }",
+                "health_check.path",
+                "whitespace",
+            ),
+            (
+                "health_check = { interval = \"0s\" }",
+                "health_check.interval",
+                "greater than zero",
+            ),
+            (
+                "health_check = { timeout = 2 }",
+                "health_check.timeout",
+                "write \"2s\"",
+            ),
+            (
+                "health_check = { interval = \"1s\", timeout = \"3s\" }",
+                "health_check.timeout",
+                "timeout (3s) must not exceed interval (1s)",
+            ),
+            // The default timeout (2s) is longer than this interval.
+            (
+                "health_check = { interval = \"1s\" }",
+                "health_check.interval",
+                "timeout (2s)",
+            ),
+            (
+                "health_check = { fall = 0 }",
+                "health_check.fall",
+                "from 1 to 1000, got 0",
+            ),
+            (
+                "health_check = { rise = -1 }",
+                "health_check.rise",
+                "got -1",
+            ),
+            ("max_fails = -1", "max_fails", "0 turns passive checks off"),
+            ("fail_timeout = \"0s\"", "fail_timeout", "greater than zero"),
+        ] {
+            assert_one_error(&hc(keys), &key(at), fragment);
+        }
     }
 
     #[test]

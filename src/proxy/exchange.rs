@@ -8,6 +8,7 @@
 //!  write request header + stream request body ──(client fails)──► abort
 //!        │
 //!  read response header ──(read timeout)──► 504, (error) ──► 502
+//!        │   (both, and failed connects, count against the server: Pool::failed)
 //!        │   a pooled connection that fails before any response byte is
 //!        │   tried once more on a fresh one, if no request body was read
 //!        ▼
@@ -84,11 +85,12 @@ pub async fn exchange(
             Ok(()) => break up,
             Err(f) => f,
         };
-        let reused = up.reused;
+        let (reused, server) = (up.reused, up.server);
         pools.release(up, false).await;
         match failure {
             Failure::Client => return Err(Reply::Abort),
             Failure::Timeout => {
+                pool.failed(server);
                 pool.metrics.timed_out();
                 log::warn!("upstream {}: no response header in time", pool.name);
                 return Err(Reply::unserved(retry_later, 504, "upstream timed out\n"));
@@ -101,6 +103,7 @@ pub async fn exchange(
                 retried = true;
             }
             Failure::Upstream(e) => {
+                pool.failed(server);
                 log::warn!("upstream {}: request failed: {e}", pool.name);
                 return Err(Reply::unserved(retry_later, 502, "bad upstream response\n"));
             }

@@ -109,6 +109,11 @@ impl Shared {
         }))
     }
 
+    /// The upstream pools (for their health checks, run by `server`).
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+
     /// The connection limit every listener's connections count against.
     pub fn connection_limit(&self) -> Arc<connections::ConnectionLimit> {
         self.connections.clone()

@@ -98,6 +98,11 @@ impl Resumer<'_> {
                 Ok(up)
             }
             Err(reason) => {
+                // No header at all is the server failing (a reset, a
+                // timeout); a header that cannot continue the stream is not.
+                if up.session.response_header().is_none() {
+                    self.pool.failed(up.server);
+                }
                 let peer = up.peer.to_string();
                 self.pools.release(up, false).await;
                 Err(format!("{peer}: {reason}"))

@@ -1,6 +1,7 @@
 //! Upstream pools: server selection (round robin through
 //! pingora-load-balancing), the peer settings each connection uses, and
-//! connecting with a fall-through past servers that refuse.
+//! connecting with a fall-through past servers that refuse, and past
+//! servers that are down by their health checks (`health`).
 //!
 //! HTTP/1.1 upstreams are spoken by our own client (`h1`) over sockets from
 //! pingora's `TransportConnector`, which also keeps their keep-alive pool;
@@ -8,6 +9,7 @@
 //! gives the proxy one interface to both.
 
 pub mod h1;
+pub mod health;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use pingora_load_balancing::LoadBalancer;
 use crate::config::{Config, Timeouts, Upstream, UpstreamProtocol};
 use crate::metrics::UpstreamMetrics;
 use h1::H1Conn;
+use health::PoolHealth;
 
 /// TCP keepalive on upstream connections, so a silent but dead peer is noticed.
 pub fn tcp_keepalive() -> TcpKeepalive {
@@ -48,12 +51,16 @@ pub struct Pool {
     timeouts: Timeouts,
     servers: usize,
     pub metrics: UpstreamMetrics,
+    /// Each server's verdict, active and passive.
+    pub health: PoolHealth,
 }
 
 /// An upstream connection and where it goes.
 pub struct Connected {
     pub session: UpstreamSession,
     pub peer: HttpPeer,
+    /// The server `peer` goes to, as configured: what [`Pool::failed`] takes.
+    pub server: SocketAddr,
     pub reused: bool,
 }
 
@@ -148,6 +155,7 @@ impl Pool {
         let balancer = LoadBalancer::<RoundRobin>::try_from_iter(
             upstream.servers.iter().map(|s| s.to_string()),
         )?;
+        let health = PoolHealth::new(upstream, &metrics).map_err(std::io::Error::other)?;
         Ok(Pool {
             name: upstream.name.clone(),
             balancer,
@@ -155,6 +163,7 @@ impl Pool {
             timeouts: timeouts.clone(),
             servers: upstream.servers.len(),
             metrics,
+            health,
         })
     }
 
@@ -171,9 +180,11 @@ impl Pool {
         peer
     }
 
-    /// Connects to the next server in round-robin order. A server that
-    /// refuses or cannot be reached is skipped and the next one tried, each
-    /// server at most once per call. The error is that of the last attempt.
+    /// Connects to the next server in round-robin order that is up. A
+    /// server that refuses or cannot be reached is skipped and the next one
+    /// tried, each server at most once per call; servers that are down are
+    /// tried only when no server that is up is left to try (as nginx does
+    /// when all are down). The error is that of the last attempt.
     pub async fn connect(&self, connectors: &Connectors) -> Result<Connected> {
         self.connect_by(connectors, Connect::Pooled).await
     }
@@ -189,8 +200,16 @@ impl Pool {
         let mut tried: Vec<SocketAddr> = Vec::with_capacity(self.servers);
         let mut last_error = None;
         while tried.len() < self.servers {
+            // Servers that are down only when no server that is up is left
+            // to try. Decided before selecting, so that one round-robin
+            // step is taken per attempt whatever the servers' states.
+            // pingora's own health flag (the closure's second argument) is
+            // always true here: our verdict (`health`) replaces it.
+            let up_only = self.health.any_up(&tried);
             let backend = self.balancer.select_with(b"", self.servers * 2, |b, _| {
-                b.addr.as_inet().is_some_and(|a| !tried.contains(a))
+                b.addr
+                    .as_inet()
+                    .is_some_and(|a| !tried.contains(a) && (!up_only || self.health.is_up(a)))
             });
             let Some(addr) = backend.and_then(|b| b.addr.as_inet().copied()) else {
                 break;
@@ -204,11 +223,13 @@ impl Pool {
                     return Ok(Connected {
                         session,
                         peer,
+                        server: addr,
                         reused,
                     });
                 }
                 Err(e) => {
                     self.metrics.connect_failed();
+                    self.failed(addr);
                     log::warn!("upstream {}: connect to {addr} failed: {e}", self.name);
                     last_error = Some(e);
                 }
@@ -217,6 +238,13 @@ impl Pool {
         Err(last_error.unwrap_or_else(|| {
             Error::explain(ErrorType::ConnectNoRoute, "no upstream server to try")
         }))
+    }
+
+    /// One failed attempt on `server`, for its passive health check: a
+    /// refused or timed-out connect, a reset before the response header,
+    /// or a 502 or 504 of ours.
+    pub fn failed(&self, server: SocketAddr) {
+        self.health.failed(&server);
     }
 
     /// One connection to `peer`, pooled if one is idle. The connect futures
@@ -289,6 +317,11 @@ impl Pools {
             h2: Connector::new(Some(ConnectorOptions::new(1024))),
         });
         Ok(Pools { pools, connectors })
+    }
+
+    /// Every pool, in `Config::upstreams`' order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.pools.iter()
     }
 
     /// The pool of upstream `index` (`Config::upstreams`' order).

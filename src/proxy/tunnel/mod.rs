@@ -249,6 +249,7 @@ async fn handshake(
         Ok(()) => Ok(up),
         Err(e) => {
             up.session.shutdown().await;
+            pool.failed(up.server);
             if e.etype() == &pingora_error::ErrorType::ReadTimedout {
                 pool.metrics.timed_out();
                 log::warn!(
