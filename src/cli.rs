@@ -1,7 +1,9 @@
-//! The command line: `ssegate run`, `ssegate check`, `ssegate demo`, and
-//! `ssegate bench`, whose flags and help the bench owns ([`crate::bench::BenchArgs`]).
+//! The command line: `ssegate run`, `ssegate check`, `ssegate reload`,
+//! `ssegate demo`, and `ssegate bench`, whose flags and help the bench owns
+//! ([`crate::bench::BenchArgs`]).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -31,6 +33,24 @@ pub enum Command {
     /// Prints a summary and exits 0, or prints every error (file, line,
     /// column, key, reason) and exits 64.
     Check(ConfigArg),
+    /// Apply an edited configuration file without refusing a connection,
+    /// like `nginx -s reload`.
+    ///
+    /// 1. Validates FILE; if it is invalid, prints every error (file, line,
+    ///    column, key, reason), exits 64 and changes nothing.
+    /// 2. Starts `ssegate run -c FILE --upgrade --daemon`, which waits on
+    ///    `server.upgrade_sock` for the listening sockets.
+    /// 3. Sends SIGQUIT to the running process, whose pid is in
+    ///    `server.pid_file`: it hands its sockets over and drains its
+    ///    streams (clients reconnect with Last-Event-ID).
+    /// 4. Waits until the new process has written its pid there and every
+    ///    listener accepts, then prints `reloaded: pid OLD -> NEW (FILE)`.
+    ///
+    /// Any other failure exits 1 with the reason; a failure before step 3
+    /// leaves the running process untouched (a new process that started
+    /// is stopped). The new process logs where reload's stderr goes, unless
+    /// `server.error_log` is set.
+    Reload(ReloadArgs),
     /// Run a demo SSE upstream and the proxy in front of it, in one process.
     ///
     /// No configuration file needed: an embedded one routes everything on
@@ -59,6 +79,16 @@ pub struct RunArgs {
     /// `server.upgrade_sock`; then send SIGQUIT to the old process.
     #[arg(short = 'u', long)]
     pub upgrade: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Give up when the new process does not serve within this time (steps
+    /// 2 to 4). Durations as in the configuration file: 500ms, 30s, 1m.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::config::parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ssegate::cli::{Cli, Command};
-use ssegate::{bench, config, demo, server};
+use ssegate::{bench, config, demo, pid_file, reload, server};
 
 /// Exit code for an unusable configuration (EX_USAGE), as linkerd and others use.
 const EXIT_CONFIG: u8 = 64;
@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(args) => bench::main(args),
+        Command::Reload(args) => reload::main(args),
         Command::Check(args) => match config::load(&args.config) {
             Ok(cfg) => {
                 // A closed stdout (`ssegate check | head -1`) is not an error of the config.
@@ -43,8 +44,19 @@ fn main() -> ExitCode {
                 daemon: args.daemon,
                 upgrade: args.upgrade,
             };
+            let pid_path = cfg.server.pid_file.clone();
             match server::build(cfg, opts) {
-                Ok(s) => s.run_forever(),
+                Ok(s) => {
+                    // A daemon's pid file is pingora's; in the foreground
+                    // we write it, once the sockets are ours (with --upgrade,
+                    // build waited for them), so `ssegate reload` finds us.
+                    if !args.daemon {
+                        if let Err(e) = pid_file::write(&pid_path, std::process::id()) {
+                            log::warn!("cannot write {} (server.pid_file): {e}; `ssegate reload` will not find this process", pid_path.display());
+                        }
+                    }
+                    s.run_forever()
+                }
                 Err(e) => {
                     eprintln!("ssegate: {e}");
                     ExitCode::from(EXIT_CONFIG)

@@ -134,6 +134,14 @@ pub fn build_after(
     let read_timeout = config.timeouts.read;
     let metrics = Arc::new(Metrics::new()?);
     let shared = Shared::new(config, metrics.clone())?;
+    // Everything that can fail comes before bootstrap: with --upgrade,
+    // bootstrap takes the listening sockets from the running process, which
+    // then drains and exits, so a failure after it would leave nothing
+    // serving (`ssegate reload` counts on this).
+    let listener_configs = listeners
+        .iter()
+        .map(listener_config)
+        .collect::<Result<Vec<_>, _>>()?;
     let pingora_opt = Opt {
         upgrade: opts.upgrade,
         daemon: opts.daemon,
@@ -142,7 +150,7 @@ pub fn build_after(
     let mut server = Server::new_with_opt_and_conf(pingora_opt, conf);
     server.bootstrap();
     let prerequisites = first(&mut server);
-    for listener in &listeners {
+    for (listener, listener_config) in listeners.iter().zip(listener_configs) {
         let app = ProxyApp::new(
             shared.clone(),
             listener.tls.is_some(),
@@ -152,7 +160,7 @@ pub fn build_after(
         let first_bytes = listener.tls.is_none().then_some(read_timeout);
         let app = Limited::new(app, shared.connection_limit(), first_bytes, read_timeout);
         let mut service = Service::new(format!("ssegate {}", listener.address), app);
-        service.add_listener(listener_config(listener)?);
+        service.add_listener(listener_config);
         server.add_service(service).add_dependencies(&prerequisites);
     }
     // Active health checks: a pingora background service, not tokio tasks

@@ -866,6 +866,117 @@ async fn tls_http2_and_http1_through_the_proxy() {
 }
 
 // ---------------------------------------------------------------------------
+// --chart
+
+/// The width and height of a PNG, after checking its signature and that
+/// its first chunk is the header.
+fn png_size(bytes: &[u8]) -> (u32, u32) {
+    assert!(bytes.len() > 24, "{} bytes is no PNG", bytes.len());
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
+    assert_eq!(&bytes[12..16], b"IHDR", "the first chunk is IHDR");
+    let be = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
+#[tokio::test]
+async fn chart_draws_the_run_into_a_png_with_or_without_a_font() {
+    let origin = BenchUpstream::start("20").await;
+    let dir = TempDir::new("bench-chart");
+    let url = origin.url("/");
+    let with_text = dir.0.join("run.png");
+    let without = dir.0.join("plain.png");
+    let args = |png: &std::path::Path| {
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "bench",
+            "--streams",
+            "4",
+            "--duration",
+            "2s",
+            "--json",
+            "--url",
+        ])
+        .arg(&url)
+        .arg("--chart")
+        .arg(png)
+        .kill_on_drop(true);
+        cmd
+    };
+    let mut no_font = args(&without);
+    no_font.env("SSEGATE_CHART_FONT", dir.0.join("no-such-font.ttf"));
+    let (a, b) = within(
+        "both runs",
+        futures_util::future::join(args(&with_text).output(), no_font.output()),
+    )
+    .await;
+    for (out, png) in [(a.unwrap(), &with_text), (b.unwrap(), &without)] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+        let report: Value = serde_json::from_slice(&out.stdout).expect("stdout is the JSON only");
+        assert_eq!(report["streams_opened"], 4, "{report}");
+        assert!(
+            stderr.contains(&format!("chart written to {}", png.display())),
+            "{stderr}"
+        );
+        assert_eq!(
+            stderr.contains("the chart has no text"),
+            png == &without,
+            "{stderr}"
+        );
+        let bytes = std::fs::read(png).expect("the chart file");
+        assert_eq!(png_size(&bytes), (1600, 1000));
+    }
+}
+
+#[tokio::test]
+async fn chart_into_a_missing_folder_or_not_png_is_refused_before_the_run() {
+    // Nothing listens on the URL's port: a run would fail with "connect".
+    let url = format!("http://127.0.0.1:{}/", free_port());
+    let dir = TempDir::new("bench-chart-bad");
+    let missing = dir.0.join("no-such-folder").join("run.png");
+    for (chart, reason) in [
+        (
+            missing.clone(),
+            format!(
+                "the folder {} does not exist",
+                missing.parent().unwrap().display()
+            ),
+        ),
+        (
+            dir.0.join("run.svg"),
+            "the file name must end in .png".to_string(),
+        ),
+    ] {
+        let out = within(
+            "bench to refuse its flags",
+            Command::new(bin())
+                .args([
+                    "bench",
+                    "--streams",
+                    "1",
+                    "--duration",
+                    "5s",
+                    "--url",
+                    &url,
+                    "--chart",
+                ])
+                .arg(&chart)
+                .output(),
+        )
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{stderr}");
+        assert!(out.stdout.is_empty(), "no run, no report");
+        assert!(
+            stderr.contains(&format!("--chart {}: {reason}", chart.display())),
+            "{stderr}"
+        );
+        assert!(!chart.exists());
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The command line
 
 #[tokio::test]
@@ -889,6 +1000,8 @@ async fn help_explains_every_flag() {
         "-H",
         "--json",
         "--reconnect",
+        "--chart",
+        "FILE.png",
         "Last-Event-ID",
         "ts_us",
         "upstream",

@@ -282,8 +282,8 @@ upstream = "missing"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_of_every_subcommand_lists_its_flags() {
-    let cases: [(&[&str], &[&str], &[&str]); 4] = [
-        (&["--help"], &["run", "check", "demo"], &[]),
+    let cases: [(&[&str], &[&str], &[&str]); 5] = [
+        (&["--help"], &["run", "check", "reload", "demo"], &[]),
         (
             &["run", "--help"],
             &["-c, --config", "-d, --daemon", "-u, --upgrade"],
@@ -293,6 +293,16 @@ async fn help_of_every_subcommand_lists_its_flags() {
             &["check", "--help"],
             &["-c, --config"],
             &["--daemon", "--upgrade", "--listen"],
+        ),
+        (
+            &["reload", "--help"],
+            &[
+                "-c, --config",
+                "--timeout",
+                "server.pid_file",
+                "reloaded: pid OLD -> NEW (FILE)",
+            ],
+            &["--listen", "--tick-ms"],
         ),
         (
             &["demo", "--help"],

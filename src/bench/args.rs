@@ -5,6 +5,7 @@
 //! `bench` subcommand; checks that need more than one flag are
 //! [`super::plan`]'s.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -44,7 +45,9 @@ use crate::config::parse_duration;
 ///
 /// Output: a progress line on stderr each second (overwritten with \r on
 /// a terminal), then a table on stdout, or with --json exactly one JSON
-/// object. Exit code 0, or 1 when no stream opened at all.
+/// object. With --chart FILE.png, also a picture of the same run. Exit
+/// code 0, or 1 when no stream opened at all or the chart could not be
+/// written.
 ///
 /// Example, with PORT from the upstream's `listening on` line:
 ///
@@ -144,6 +147,13 @@ pub struct BenchClientArgs {
     /// a stream whose very first opening fails is not retried.
     #[arg(long)]
     pub reconnect: bool,
+    /// Also draw the run into this PNG (1600 x 1000): latency p50, p99 and
+    /// p99.9 per second, the latency histogram of the whole run, and the
+    /// open streams over time. Its folder must exist. Text needs a
+    /// TrueType font: $SSEGATE_CHART_FONT, else DejaVu Sans
+    /// (fonts-dejavu-core); without one the chart has no text.
+    #[arg(long, value_name = "FILE.png")]
+    pub chart: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -34,9 +34,11 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use super::args::BenchClientArgs;
+use super::chart::{self, ChartData};
 use super::plan::Plan;
 use super::report::{self, RunResult};
 use super::stats::{ErrorKind, Snapshot, Stats, StreamMeter};
+use super::timeline::Timeline;
 use super::{client_h1, client_h2, sys, tls, EXIT_USAGE};
 
 /// Longest wait for a stream to open: connect, TLS and response head.
@@ -123,6 +125,8 @@ pub struct Ctx {
     pub h2: client_h2::Pool,
     /// The server's HTTP/2 stream limit was found too low (warn once).
     pub h2_limit_warned: AtomicBool,
+    /// The run second by second, recorded by the progress task (`--chart`).
+    timeline: Mutex<Timeline>,
     /// Streams started by the spawner so far.
     spawned: AtomicUsize,
     settled: AtomicUsize,
@@ -133,6 +137,14 @@ impl Ctx {
     /// When stream `index` may start.
     fn start_of(&self, index: usize) -> Instant {
         self.start + self.plan.start_offset(index)
+    }
+
+    /// Adds the second that ends `at` to the timeline.
+    fn record_timeline(&self, at: Instant, snapshot: &Snapshot) {
+        self.timeline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(at.saturating_duration_since(self.start), snapshot);
     }
 
     /// Resolves when every stream has settled.
@@ -247,7 +259,7 @@ pub fn main(args: BenchClientArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (snapshot, elapsed) = runtime.block_on(run(&plan));
+    let (snapshot, elapsed, timeline) = runtime.block_on(run(&plan));
     // Anything still running (HTTP/2 connection tasks) is dropped, not awaited.
     runtime.shutdown_background();
     let result = RunResult {
@@ -256,7 +268,58 @@ pub fn main(args: BenchClientArgs) -> ExitCode {
         cpu_s: sys::cpu_seconds().unwrap_or(0.0),
         peak_rss_bytes: sys::peak_rss_bytes(),
     };
-    print_report(&plan, &result)
+    let code = print_report(&plan, &result);
+    match &plan.chart {
+        Some(path) => match draw_chart(path, &plan, &result, &timeline) {
+            Ok(()) => code,
+            Err(e) => {
+                eprintln!("ssegate bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        None => code,
+    }
+}
+
+/// `--chart`: the run in a PNG at `path`; stderr says where (stdout may be
+/// the one JSON object).
+fn draw_chart(
+    path: &std::path::Path,
+    plan: &Plan,
+    result: &RunResult,
+    timeline: &Timeline,
+) -> Result<(), String> {
+    let text = match chart::load_font() {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("ssegate bench: {e}; the chart has no text");
+            false
+        }
+    };
+    let protocol = match (plan.http2, plan.target.tls) {
+        (false, false) => "HTTP/1.1".to_string(),
+        (false, true) => "HTTP/1.1 over TLS".to_string(),
+        (true, _) => format!("HTTP/2 over {} connection(s)", plan.connections),
+    };
+    let data = ChartData {
+        title: format!("ssegate bench {} {}", plan.method, plan.url),
+        subtitle: format!(
+            "{} streams, {protocol}, ramp {:.1} s, measured over {:.1} s; {} events, {} opened, {} failed{}",
+            plan.streams,
+            plan.ramp.as_secs_f64(),
+            result.elapsed.as_secs_f64(),
+            result.snapshot.counters.events,
+            result.snapshot.opened,
+            result.snapshot.failed,
+            if plan.reconnect { ", --reconnect" } else { "" },
+        ),
+        duration_s: result.elapsed.as_secs_f64(),
+        samples: timeline.samples(),
+        latency: &result.snapshot.latency,
+    };
+    chart::draw(path, &data, text)?;
+    eprintln!("ssegate bench: chart written to {}", path.display());
+    Ok(())
 }
 
 /// Prints the table or the JSON and picks the exit code.
@@ -281,11 +344,17 @@ fn print_report(plan: &Plan, result: &RunResult) -> ExitCode {
 
 /// Runs the whole measurement; returns what was measured and how long the
 /// window really was (shorter than `--duration` if every stream ended).
-async fn run(plan: &Plan) -> (Snapshot, Duration) {
+async fn run(plan: &Plan) -> (Snapshot, Duration, Timeline) {
     let start = Instant::now();
     let ctx = match setup(plan, start).await {
         Ok(ctx) => Arc::new(ctx),
-        Err(e) => return (failed_everywhere(plan, &e), start.elapsed()),
+        Err(e) => {
+            return (
+                failed_everywhere(plan, &e),
+                start.elapsed(),
+                Timeline::new(),
+            )
+        }
     };
     let spawner = tokio::spawn(spawn_streams(ctx.clone()));
     let progress = tokio::spawn(show_progress(ctx.clone()));
@@ -304,7 +373,15 @@ async fn run(plan: &Plan) -> (Snapshot, Duration) {
     end_progress_line();
     let mut snapshot = Snapshot::new();
     ctx.stats.snapshot(&mut snapshot);
-    (snapshot, end.saturating_duration_since(start))
+    // The last interval ends with the window; the streams open then were
+    // settled (and counted gone) after it, so they count as open here.
+    let open_now = snapshot.open_now;
+    snapshot.open_now = i64::try_from(snapshot.open_at_end).unwrap_or(i64::MAX);
+    ctx.record_timeline(end, &snapshot);
+    snapshot.open_now = open_now;
+    let timeline =
+        std::mem::take(&mut *ctx.timeline.lock().unwrap_or_else(PoisonError::into_inner));
+    (snapshot, end.saturating_duration_since(start), timeline)
 }
 
 /// A snapshot where all streams failed for the same reason, for a run that
@@ -354,6 +431,7 @@ async fn setup(plan: &Plan, start: Instant) -> Result<Ctx, StreamError> {
         h1_request: client_h1::request(plan),
         h2: client_h2::Pool::new(if plan.http2 { plan.connections } else { 0 }),
         h2_limit_warned: AtomicBool::new(false),
+        timeline: Mutex::new(Timeline::new()),
         spawned: AtomicUsize::new(0),
         settled: AtomicUsize::new(0),
         all_settled: Notify::new(),
@@ -532,6 +610,11 @@ async fn show_progress(ctx: Arc<Ctx>) {
         ticks.tick().await;
         ctx.stats.snapshot(&mut snapshot);
         let now = Instant::now();
+        // The run's end is recorded by `run`, with the streams open then
+        // (by now, a tick at the deadline may find them being settled).
+        if now < ctx.deadline {
+            ctx.record_timeline(now, &snapshot);
+        }
         let events = snapshot.counters.events;
         let rate = (events - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-3);
         last = (now, events);

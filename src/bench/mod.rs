@@ -23,11 +23,14 @@
 //! | `http1` | HTTP/1.1 heads (parsed by httparse), body framing over [`crate::chunked`] |
 //! | `stats` | per-stream meter, sharded counters, HDR histograms, percentiles |
 //! | `report` | the table, the progress line and the `--json` object |
+//! | `timeline` | the run second by second: open streams, latency percentiles |
+//! | `chart` | `--chart`: the timeline and the latency histogram in a PNG |
 //! | `tls` | rustls client configs, `--insecure` |
 //! | `sys` | open-files limit, CPU seconds, peak RSS |
 //! | `upstream` | the benchmark origin |
 
 mod args;
+mod chart;
 mod client;
 mod client_h1;
 mod client_h2;
@@ -36,6 +39,7 @@ pub mod plan;
 mod report;
 pub mod stats;
 mod sys;
+mod timeline;
 mod tls;
 pub mod upstream;
 

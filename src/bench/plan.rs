@@ -3,6 +3,7 @@
 //! (parsed by clap, see `args`) checked against each other. Everything here
 //! works on strings, so it is tested without sockets.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -113,6 +114,8 @@ pub struct Plan {
     pub json: bool,
     /// Reconnect ended streams as `EventSource` does (`--reconnect`).
     pub reconnect: bool,
+    /// Where to draw the run (`--chart`).
+    pub chart: Option<PathBuf>,
 }
 
 impl Plan {
@@ -143,6 +146,7 @@ impl Plan {
                 args.ramp, duration
             ));
         }
+        let chart = args.chart.as_deref().map(chart_path).transpose()?;
         let body = args.data.as_deref().map(read_body).transpose()?;
         let method = match &args.method {
             Some(m) => Method::from_bytes(m.as_bytes())
@@ -170,6 +174,7 @@ impl Plan {
             headers,
             json: args.json,
             reconnect: args.reconnect,
+            chart,
         })
     }
 
@@ -189,6 +194,29 @@ impl Plan {
             .find(|(k, _)| k.eq_ignore_ascii_case("host"))
             .map_or(self.target.authority.as_str(), |(_, v)| v.as_str())
     }
+}
+
+/// Checks `--chart FILE.png` before the run, so that a typo does not cost a
+/// whole run: a `.png` name in a folder that exists.
+fn chart_path(path: &Path) -> Result<PathBuf, String> {
+    let shown = path.display();
+    if !path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+    {
+        return Err(format!("--chart {shown}: the file name must end in .png"));
+    }
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Err(format!(
+            "--chart {shown}: the folder {} does not exist",
+            folder.display()
+        ));
+    }
+    Ok(path.to_path_buf())
 }
 
 /// `-d BODY`, or `-d @FILE` for a file's contents, as curl reads it.
@@ -270,6 +298,11 @@ mod tests {
         assert!(args(&["--reconnect", "--http2"])
             .unwrap_err()
             .contains("HTTP/1.1 only"));
+        assert!(args(&["--chart", "x.svg"]).unwrap_err().contains(".png"));
+        let err = args(&["--chart", "/no/such/folder/x.png"]).unwrap_err();
+        assert!(err.contains("/no/such/folder does not exist"), "{err}");
+        let plan = args(&["--chart", "run.PNG"]).unwrap();
+        assert_eq!(plan.chart, Some(PathBuf::from("run.PNG")));
         assert_eq!(
             args(&["--http2", "--connections", "2"])
                 .unwrap()
