@@ -10,6 +10,7 @@ use pingora_core::listeners::{ListenerConfig, TcpSocketOptions};
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use pingora_core::services::ServiceHandle;
 
@@ -19,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::proxy::connections::Limited;
 use crate::proxy::{ProxyApp, Shared};
 pub use crate::start_error::StartError;
+use crate::status::{Sampler, Status};
 use crate::upstream::tcp_keepalive;
 
 /// pingora's process options that stay reachable from our command line.
@@ -131,6 +133,9 @@ pub fn build_after(
     let admin = config.admin.clone();
     let read_timeout = config.timeouts.read;
     let metrics = Arc::new(Metrics::new()?);
+    let status = admin
+        .is_some()
+        .then(|| Status::new(&config, metrics.clone()));
     let shared = Shared::new(config, metrics.clone())?;
     let pingora_opt = Opt {
         upgrade: opts.upgrade,
@@ -153,15 +158,17 @@ pub fn build_after(
         service.add_listener(listener_config(listener)?);
         server.add_service(service).add_dependencies(&prerequisites);
     }
-    if let Some(admin) = admin {
+    if let (Some(admin), Some(status)) = (admin, status) {
         // Binds exactly the configured address; plain HTTP/1.1, no TLS.
         let address = admin.address.to_string();
         add_service(
             &mut server,
             &format!("ssegate admin {address}"),
             &address,
-            AdminApp::new(metrics),
+            AdminApp::new(metrics, status.clone()),
         );
+        // The status page's sampler runs only where the page can be seen.
+        server.add_service(background_service("ssegate status", Sampler(status)));
     }
     Ok(server)
 }
