@@ -166,7 +166,10 @@ async fn status_page_in_chromium_follows_the_open_streams() {
     assert_eq!(result["routes"], 1, "{result}");
     assert_eq!(result["charts"], 2, "two sparklines a route: {result}");
     assert_eq!(result["upstreams"], 1, "{result}");
-    assert_eq!(result["listeners"], 2, "the proxy's and the admin's: {result}");
+    assert_eq!(
+        result["listeners"], 2,
+        "the proxy's and the admin's: {result}"
+    );
     assert_screenshot(&shot);
 }
 
@@ -262,7 +265,10 @@ async fn demo_page_in_chromium_through_ssegate_demo() {
     prerequisites().await;
     let mut demo = Demo::start().await;
     let url = demo.browser_url().await;
-    assert!(url.starts_with("http://127.0.0.1:") && url.ends_with('/'), "{url}");
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with('/'),
+        "{url}"
+    );
 
     let shot = screenshot("demo");
     // HTTP/1.1: the browser's six connections a host bound the 50.

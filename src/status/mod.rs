@@ -485,8 +485,11 @@ fn to_json(snapshot: &Snapshot) -> Bytes {
     }
 }
 
+/// One series: its labels (name, value) and its value.
+type Series = (Vec<(String, String)>, f64);
+
 /// Counter and gauge values of one gather, by family name.
-struct Index(HashMap<String, Vec<(Vec<(String, String)>, f64)>>);
+struct Index(HashMap<String, Vec<Series>>);
 
 impl Index {
     fn new(families: Vec<MetricFamily>) -> Index {
@@ -520,7 +523,7 @@ impl Index {
         &'a self,
         name: &str,
         want: &'a [(&'a str, &'a str)],
-    ) -> impl Iterator<Item = &'a (Vec<(String, String)>, f64)> + 'a {
+    ) -> impl Iterator<Item = &'a Series> + 'a {
         self.0
             .get(name)
             .into_iter()
