@@ -18,6 +18,10 @@ export function fail(message, extra = {}) {
   process.exit(1);
 }
 
+// A throw anywhere in a driver still ends in one JSON line.
+process.on("unhandledRejection", e => fail(`driver: ${e && e.message ? e.message.split("\n")[0] : e}`));
+process.on("uncaughtException", e => fail(`driver: ${e.message.split("\n")[0]}`));
+
 // Opens `url` in a fresh headless browser; `errors` collects every console
 // error, uncaught exception and failed request of the page.
 export async function open(url, { ignoreHTTPSErrors = false } = {}) {
@@ -59,7 +63,7 @@ export async function until(page, what, fn, arg) {
 }
 
 export function text(page, selector) {
-  return page.locator(selector).first().textContent();
+  return page.locator(selector).first().textContent({ timeout: WAIT_MS });
 }
 
 // Takes the screenshot, checks the console, closes the browser and prints
