@@ -119,6 +119,9 @@ impl AdminApp {
                 Bytes::from_static(STATUS_PAGE.as_bytes()),
             ),
             "/status.json" => (200, "application/json", self.status.latest().full.clone()),
+            // HEAD: what a GET would start with, without holding a place.
+            STATUS_EVENTS if method == Method::HEAD => (200, "text/event-stream", Bytes::new()),
+            // A GET comes here only when every place is taken.
             STATUS_EVENTS => (
                 503,
                 "text/plain",
