@@ -5,6 +5,9 @@
 //!   `Last-Event-ID` by resuming after it.
 //! - `GET /idle`: headers, then silence, to watch the proxy's heartbeats.
 //! - `POST /chat`: streams a reply token by token, as LLM APIs do.
+//! - `GET /`: to a browser (`Accept: text/html`) the demo page
+//!   (`demo.html`), which shows the three at work; to anything else a
+//!   plain-text index.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,6 +40,9 @@ const INDEX: &str = "ssegate demo upstream\n\
 GET  /ticks  a named event every second, numeric ids, Last-Event-ID honoured\n\
 GET  /idle   headers then silence (watch the proxy's heartbeats)\n\
 POST /chat   a reply streamed token by token\n";
+
+/// The demo page: one HTML file, its CSS and script inline.
+const PAGE: &str = include_str!("demo.html");
 
 const REPLY: &str = "Server-Sent Events pass through ssegate one chunk at a time, \
 so every token reaches you the moment the upstream writes it.";
@@ -75,6 +81,13 @@ fn event_stream_header(h2: bool) -> pingora_error::Result<ResponseHeader> {
         resp.insert_header("transfer-encoding", "chunked")?;
     }
     Ok(resp)
+}
+
+/// Whether the request's `Accept` names `text/html`.
+fn wants_html(s: &ServerSession) -> bool {
+    s.get_header("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"))
 }
 
 fn unix_millis() -> u128 {
@@ -139,11 +152,18 @@ impl DemoUpstream {
                 s.finish_body().await
             }
             (_, "/") => {
-                let mut resp = ResponseHeader::build(200, Some(2))?;
-                resp.insert_header("content-type", "text/plain; charset=utf-8")?;
-                resp.insert_header("content-length", INDEX.len().to_string())?;
+                // Browsers ask for HTML first; curl gets the text it always got.
+                let (content_type, body) = if wants_html(s) {
+                    ("text/html; charset=utf-8", PAGE)
+                } else {
+                    ("text/plain; charset=utf-8", INDEX)
+                };
+                let mut resp = ResponseHeader::build(200, Some(3))?;
+                resp.insert_header("content-type", content_type)?;
+                resp.insert_header("content-length", body.len().to_string())?;
+                resp.insert_header("vary", "accept")?;
                 s.write_response_header(Box::new(resp)).await?;
-                s.write_response_body(Bytes::from_static(INDEX.as_bytes()), true)
+                s.write_response_body(Bytes::from_static(body.as_bytes()), true)
                     .await?;
                 s.finish_body().await
             }

@@ -20,5 +20,6 @@ pub mod server;
 pub mod share;
 pub mod sse;
 pub mod start_error;
+pub mod status;
 pub mod upstream;
 pub mod websocket;

@@ -95,6 +95,7 @@ fn main() -> ExitCode {
                 "ssegate demo: proxy on {base}, demo upstream on http://{}",
                 args.upstream_listen
             );
+            println!("  open in a browser: {base}/");
             println!("  ticking stream:  curl -N {base}/ticks");
             println!("  idle stream:     curl -N {base}/idle        (a heartbeat every 5 s)");
             println!("  resume:          curl -N -H 'Last-Event-ID: 41' {base}/ticks");

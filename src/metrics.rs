@@ -22,9 +22,11 @@
 //!  a server goes down or comes back ► ServerMetrics::went   (server_up,
 //!                                      server_transitions_total)
 //!  stream header about to go out ───► RouteMetrics::stream_started → StreamTally
-//!      each chunk written + flushed ► RelayProbe::relayed   (relay delay, bytes)
-//!  stream ends ─────────────────────► StreamTally::finish   (ends, events,
-//!                                      heartbeats, duration, access-log line)
+//!      each chunk written + flushed ► RelayProbe::relayed   (relay delay, bytes,
+//!                                                             events)
+//!      each heartbeat written ──────► RelayProbe::heartbeat
+//!  stream ends ─────────────────────► StreamTally::finish   (ends, duration,
+//!                                      access-log line)
 //!  StreamTally dropped (any exit) ──► streams_open - 1
 //!  stream turned away by a limit ───► RouteMetrics::shed      (streams_shed_total)
 //! ```
@@ -131,7 +133,7 @@ impl Metrics {
         )?;
         let stream_events = counter(
             "ssegate_stream_events_total",
-            "Upstream events relayed on event streams, added when a stream ends.",
+            "Upstream events relayed on event streams, added per chunk written.",
             &["route"],
         )?;
         let stream_bytes = counter(
@@ -141,7 +143,7 @@ impl Metrics {
         )?;
         let heartbeats = counter(
             "ssegate_heartbeats_total",
-            "Heartbeat comments injected into event streams, added when a stream ends.",
+            "Heartbeat comments injected into event streams, added as they are written.",
             &["route"],
         )?;
         let client_disconnects = counter(
@@ -330,8 +332,6 @@ impl Metrics {
             streams_open: self.streams_open.get_metric_with_label_values(&one)?,
             duration: self.stream_duration.get_metric_with_label_values(&one)?,
             ends: ends.into_boxed_slice(),
-            events: self.stream_events.get_metric_with_label_values(&one)?,
-            heartbeats: self.heartbeats.get_metric_with_label_values(&one)?,
             client_disconnects: self.client_disconnects.get_metric_with_label_values(&one)?,
             client_write_timeouts: self
                 .client_write_timeouts
@@ -348,6 +348,8 @@ impl Metrics {
             relay: RelayProbe {
                 delay: self.relay_delay.clone(),
                 bytes: self.stream_bytes.get_metric_with_label_values(&one)?,
+                events: self.stream_events.get_metric_with_label_values(&one)?,
+                heartbeats: self.heartbeats.get_metric_with_label_values(&one)?,
             },
             share: ShareMetrics {
                 streams_open: self
@@ -407,6 +409,12 @@ impl Metrics {
     /// The response counters of requests no route matched.
     pub fn unrouted(&self) -> &Responses {
         &self.unrouted
+    }
+
+    /// Every family and its current values, for readers other than the
+    /// text format (the status page, `src/status/`).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
     }
 
     /// Everything in the Prometheus text exposition format (version 0.0.4).
@@ -533,8 +541,6 @@ pub struct RouteMetrics {
     duration: Histogram,
     /// Indexed like [`STREAM_ENDS`].
     ends: Box<[IntCounter]>,
-    events: IntCounter,
-    heartbeats: IntCounter,
     client_disconnects: IntCounter,
     client_write_timeouts: IntCounter,
     resume: ResumeMetrics,
@@ -685,6 +691,8 @@ impl ResumeMetrics {
 pub struct RelayProbe {
     delay: Histogram,
     bytes: IntCounter,
+    events: IntCounter,
+    heartbeats: IntCounter,
 }
 
 impl RelayProbe {
@@ -695,15 +703,27 @@ impl RelayProbe {
         Ok(RelayProbe {
             delay: Histogram::with_opts(HistogramOpts::new("unregistered", "-"))?,
             bytes: IntCounter::new("unregistered", "-")?,
+            events: IntCounter::new("unregistered", "-")?,
+            heartbeats: IntCounter::new("unregistered", "-")?,
         })
     }
 
-    /// A chunk of `len` upstream bytes is on the client's socket (written and
-    /// flushed), `since_read` after the upstream read that produced it completed.
+    /// A chunk of `len` upstream bytes, completing `events` events, is on
+    /// the client's socket (written and flushed), `since_read` after the
+    /// upstream read that produced it completed.
     #[inline]
-    pub fn relayed(&self, len: usize, since_read: Duration) {
+    pub fn relayed(&self, len: usize, since_read: Duration, events: u64) {
         self.delay.observe(since_read.as_secs_f64());
         self.bytes.inc_by(len as u64);
+        if events > 0 {
+            self.events.inc_by(events);
+        }
+    }
+
+    /// A heartbeat comment is on the client's socket.
+    #[inline]
+    pub fn heartbeat(&self) {
+        self.heartbeats.inc();
     }
 }
 
@@ -748,8 +768,6 @@ impl StreamTally {
             r.client_write_timeouts.inc();
         }
         r.duration.observe(elapsed.as_secs_f64());
-        r.events.inc_by(stats.events);
-        r.heartbeats.inc_by(stats.heartbeats);
         let line = AccessLine {
             route: &r.label,
             upstream,
@@ -826,7 +844,8 @@ mod tests {
         up.connect_failed();
         up.timed_out();
         up.timed_out();
-        route.relay().relayed(10, Duration::from_micros(7));
+        route.relay().relayed(10, Duration::from_micros(7), 2);
+        route.relay().heartbeat();
         route.shed(Limit::Client);
         route.shed(Limit::Client);
         route.shed(Limit::Global);
@@ -837,6 +856,8 @@ mod tests {
             "ssegate_upstream_connect_errors_total{upstream=\"app\"} 1",
             "ssegate_upstream_timeouts_total{upstream=\"app\"} 2",
             "ssegate_stream_bytes_total{route=\"/e/\"} 10",
+            "ssegate_stream_events_total{route=\"/e/\"} 2",
+            "ssegate_heartbeats_total{route=\"/e/\"} 1",
             "ssegate_relay_delay_seconds_bucket{le=\"0.000005\"} 0",
             "ssegate_relay_delay_seconds_bucket{le=\"0.00001\"} 1",
             "ssegate_relay_delay_seconds_count 1",
@@ -887,8 +908,6 @@ mod tests {
         for line in [
             "ssegate_stream_ends_total{reason=\"client_gone\",route=\"/s/\"} 1",
             "ssegate_client_disconnects_total{route=\"/s/\"} 1",
-            "ssegate_stream_events_total{route=\"/s/\"} 3",
-            "ssegate_heartbeats_total{route=\"/s/\"} 2",
             "ssegate_stream_duration_seconds_count{route=\"/s/\"} 1",
         ] {
             assert!(t.contains(line), "lacks {line:?}:\n{t}");

@@ -11,6 +11,7 @@ use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::GenBackgroundService;
+use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use pingora_core::services::ServiceHandle;
 
@@ -21,6 +22,7 @@ use crate::proxy::connections::Limited;
 use crate::proxy::{ProxyApp, Shared};
 pub use crate::start_error::StartError;
 use crate::upstream::health::ActiveChecks;
+use crate::status::{Sampler, Status};
 use crate::upstream::tcp_keepalive;
 
 /// pingora's process options that stay reachable from our command line.
@@ -133,6 +135,9 @@ pub fn build_after(
     let admin = config.admin.clone();
     let read_timeout = config.timeouts.read;
     let metrics = Arc::new(Metrics::new()?);
+    let status = admin
+        .is_some()
+        .then(|| Status::new(&config, metrics.clone()));
     let shared = Shared::new(config, metrics.clone())?;
     // Everything that can fail comes before bootstrap: with --upgrade,
     // bootstrap takes the listening sockets from the running process, which
@@ -170,15 +175,17 @@ pub fn build_after(
         let service = GenBackgroundService::new("ssegate health checks".into(), Arc::new(checks));
         server.add_service(service).add_dependencies(&prerequisites);
     }
-    if let Some(admin) = admin {
+    if let (Some(admin), Some(status)) = (admin, status) {
         // Binds exactly the configured address; plain HTTP/1.1, no TLS.
         let address = admin.address.to_string();
         add_service(
             &mut server,
             &format!("ssegate admin {address}"),
             &address,
-            AdminApp::new(metrics),
+            AdminApp::new(metrics, status.clone()),
         );
+        // The status page's sampler runs only where the page can be seen.
+        server.add_service(background_service("ssegate status", Sampler(status)));
     }
     Ok(server)
 }

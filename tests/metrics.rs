@@ -476,7 +476,8 @@ async fn admin_listener_serves_metrics_and_healthz_only() {
     ] {
         assert!(body.contains(family), "lacks {family:?}:\n{body}");
     }
-    for path in ["/", "/metrics/", "/health", "/metricsx"] {
+    // `/` is the status page (tests/status.rs).
+    for path in ["/metrics/", "/health", "/metricsx", "/status"] {
         assert_eq!(admin_get(admin, path).await.0, 404, "{path}");
     }
     // Only GET (and HEAD) are served.

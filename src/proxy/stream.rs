@@ -94,12 +94,17 @@ enum Step {
 
 /// What follows a client write that succeeded.
 enum Then {
-    Continue,
-    /// An upstream chunk of `len` bytes, read at `read_at`, was relayed.
+    /// An upstream chunk of `len` bytes, read at `read_at`, holding the
+    /// end of `events` events, was relayed. `u32`s, so that the relay's
+    /// future, which holds this across the write, is no larger than when
+    /// it carried `len` alone (`relay_tests`: its size).
     Relayed {
-        len: usize,
+        len: u32,
         read_at: Instant,
+        events: u32,
     },
+    /// A heartbeat comment was written.
+    Heartbeat,
     End(StreamEnd),
 }
 
@@ -163,17 +168,32 @@ impl Relayed<'_> {
         }
         let read_at = Instant::now();
         self.deadlines.on_upstream_bytes(read_at);
-        match whole {
-            Some(events) => self.stats.events += events,
-            None if !self.compressed => self
-                .framer
-                .get_or_insert_with(|| Box::new(Framer::new()))
-                .feed(&chunk),
-            None => {}
-        }
+        // Events are counted per chunk (not only at the end) so that the
+        // metrics, and the status page's events/s, move while streams live.
+        let events = match whole {
+            Some(events) => {
+                self.stats.events += events;
+                events
+            }
+            None if !self.compressed => {
+                let framer = self.framer.get_or_insert_with(|| Box::new(Framer::new()));
+                let before = framer.events();
+                framer.feed(&chunk);
+                framer.events() - before
+            }
+            None => 0,
+        };
         let len = chunk.len();
         self.stats.bytes += len as u64;
-        Step::Write(chunk, Then::Relayed { len, read_at })
+        Step::Write(
+            chunk,
+            Then::Relayed {
+                // A chunk is one read: far below 4 GiB, and so its events.
+                len: u32::try_from(len).unwrap_or(u32::MAX),
+                read_at,
+                events: u32::try_from(events).unwrap_or(u32::MAX),
+            },
+        )
     }
 
     /// The heartbeat deadline came at `now`. Mid-event silence: injecting
@@ -185,7 +205,7 @@ impl Relayed<'_> {
             return Step::Continue;
         }
         self.stats.heartbeats += 1;
-        Step::Write(self.policy.heartbeat_text.clone(), Then::Continue)
+        Step::Write(self.policy.heartbeat_text.clone(), Then::Heartbeat)
     }
 
     /// What to do about one turn's `turn`.
@@ -372,8 +392,12 @@ pub async fn relay<R: Rng + Send>(
                     break write_end(e);
                 }
                 match then {
-                    Then::Continue => {}
-                    Then::Relayed { len, read_at } => probe.relayed(len, read_at.elapsed()),
+                    Then::Relayed {
+                        len,
+                        read_at,
+                        events,
+                    } => probe.relayed(len as usize, read_at.elapsed(), u64::from(events)),
+                    Then::Heartbeat => probe.heartbeat(),
                     Then::End(end) => break end,
                 }
             }
