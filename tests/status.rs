@@ -92,10 +92,8 @@ async fn status_json_counts_open_streams_and_follows_a_close() {
     assert_eq!(idle["admin"], admin.to_string());
     let server = &idle["upstreams"][0]["servers"][0];
     assert_eq!(server["address"], upstream.addr.to_string());
-    assert!(
-        server["up"].is_null(),
-        "no health checks: unknown, {server}"
-    );
+    // Every server has a health state (passive checks are on by default).
+    assert_eq!(server["up"], true, "{server}");
     assert!(idle["process"]["rss_bytes"].as_u64().unwrap_or(0) > 1 << 20);
     assert!(idle["process"]["open_fds"].as_u64().unwrap_or(0) >= 3);
     assert_eq!(idle["process"]["pid"], proxy.child.id());
