@@ -10,8 +10,8 @@ use pingora_core::listeners::{ListenerConfig, TcpSocketOptions};
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
-use pingora_core::services::background::GenBackgroundService;
 use pingora_core::services::background::background_service;
+use pingora_core::services::background::GenBackgroundService;
 use pingora_core::services::listening::Service;
 use pingora_core::services::ServiceHandle;
 
@@ -21,8 +21,8 @@ use crate::metrics::Metrics;
 use crate::proxy::connections::Limited;
 use crate::proxy::{ProxyApp, Shared};
 pub use crate::start_error::StartError;
-use crate::upstream::health::ActiveChecks;
 use crate::status::{Sampler, Status};
+use crate::upstream::health::ActiveChecks;
 use crate::upstream::tcp_keepalive;
 
 /// pingora's process options that stay reachable from our command line.

@@ -551,10 +551,25 @@ impl Checker<'_> {
             } else {
                 seen.insert(name, i);
             }
+            let protocol = self.protocol(&key, entry.protocol.as_ref());
+            // The HTTP check speaks HTTP/1.1, which an h2c (prior knowledge)
+            // server does not: there, only the TCP connect check is offered.
+            let h2c_path = entry
+                .health_check
+                .as_ref()
+                .and_then(|h| h.path.as_ref())
+                .filter(|_| protocol == UpstreamProtocol::H2c);
+            if let Some(path) = h2c_path {
+                self.error(
+                    Some(path.span()),
+                    &format!("{key}.health_check.path"),
+                    "an HTTP check speaks HTTP/1.1, which this h2c upstream does not: leave `path` out for a TCP connect check",
+                );
+            }
             upstreams.push(Upstream {
                 name: name.clone(),
                 servers: self.servers(&key, &entry.servers),
-                protocol: self.protocol(&key, entry.protocol.as_ref()),
+                protocol,
                 health_check: entry
                     .health_check
                     .as_ref()
@@ -1488,6 +1503,21 @@ mod tests {
             })
         );
         assert_eq!((u.max_fails, u.fail_timeout), (0, Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn an_h2c_upstream_gets_only_a_tcp_check() {
+        assert_one_error(
+            "[[upstream]]\nname = \"h2\"\nservers = [\"127.0.0.1:3200\"]\nprotocol = \"h2c\"\n\
+             health_check = { path = \"/healthz\" }",
+            "upstream[0].health_check.path",
+            "h2c",
+        );
+        let c = config(
+            "[[upstream]]\nname = \"h2\"\nservers = [\"127.0.0.1:3200\"]\nprotocol = \"h2c\"\n\
+             health_check = { interval = \"5s\" }",
+        );
+        assert!(c.upstreams[0].health_check.is_some());
     }
 
     #[test]
