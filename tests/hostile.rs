@@ -633,6 +633,96 @@ async fn hostile_websocket_requests() {
     run_table_with("ws", ws_cases(), NO_WS_ROUTE).await;
 }
 
+/// An HTTP/1.1 client that goes away while the upstream has not answered:
+/// the upstream request is given up (its connection closed) within a
+/// second, as for an HTTP/2 reset, not at `timeouts.read` (60 s here). A
+/// client that sends more bytes while it waits is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h1_client_leaving_before_the_response_frees_the_upstream() {
+    let mut upstream = common::Upstream::start().await;
+    let sections = format!(
+        "[[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n[[route]]\npath = \"/\"\nupstream = \"app\"\n",
+        upstream.addr
+    );
+    let proxy = Proxy::start(ProxyConfig::new(config_with("60s", "", &sections))).await;
+    for (name, request, leave) in [
+        (
+            "GET, then close",
+            "GET /wait HTTP/1.1\r\nhost: a\r\n\r\n",
+            Leave::Close,
+        ),
+        (
+            "POST with its body, then close",
+            "POST /wait HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello",
+            Leave::Close,
+        ),
+        (
+            "GET, then shut the write side",
+            "GET /wait HTTP/1.1\r\nhost: a\r\n\r\n",
+            Leave::HalfClose,
+        ),
+        (
+            "GET, then reset",
+            "GET /wait HTTP/1.1\r\nhost: a\r\n\r\n",
+            Leave::Reset,
+        ),
+    ] {
+        let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+        client.write_all(request.as_bytes()).await.expect("request");
+        let mut up = upstream.next().await;
+        match leave {
+            Leave::Close => drop(client),
+            Leave::HalfClose => client.shutdown().await.expect("shutdown"),
+            Leave::Reset => {
+                client.set_zero_linger().expect("linger");
+                drop(client);
+            }
+        }
+        let freed = tokio::time::timeout(Duration::from_secs(1), up.closed()).await;
+        assert!(
+            freed.is_ok(),
+            "{name}: upstream connection still open after 1 s"
+        );
+        println!("h1 early leave: {name}: upstream closed within 1 s");
+    }
+
+    // Staying, with a second request behind the first: answered as before.
+    let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+    client
+        .write_all(b"GET /wait HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .expect("request");
+    let mut up = upstream.next().await;
+    client
+        .write_all(b"GET /next HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .expect("second request");
+    up.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        .await;
+    let mut got = Vec::new();
+    within("the response to a client that stayed", async {
+        while find(&got, b"\r\n\r\nok").is_none() {
+            let mut buf = [0u8; 1024];
+            let n = client.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before the response: {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+#[derive(Clone, Copy)]
+enum Leave {
+    Close,
+    HalfClose,
+    Reset,
+}
+
 // ---------------------------------------------------------------------------
 // The runner
 

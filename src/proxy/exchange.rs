@@ -7,7 +7,8 @@
 //!        │
 //!  write request header + stream request body ──(client fails)──► abort
 //!        │
-//!  read response header ──(read timeout)──► 504, (error) ──► 502
+//!  read response header ──(read timeout)──► 504, (error) ──► 502,
+//!        │   (client gone: HTTP/2 reset, HTTP/1 close) ──► abort
 //!        │   a pooled connection that fails before any response byte is
 //!        │   tried once more on a fresh one, if no request body was read
 //!        ▼
@@ -151,16 +152,41 @@ async fn send_and_read(
             }
         })
     };
-    // An HTTP/2 client that resets its stream (RST_STREAM) while the
-    // upstream thinks gives the upstream request up at once: h2 frees the
-    // stream's concurrency slot on reset, so without this a client could
-    // reset and reopen streams to hold any number of upstream requests.
-    match client.watch_h2_stream_close() {
-        Some(reset) => tokio::select! {
-            r = header => r,
-            _ = reset => Err(Failure::Client),
-        },
-        None => header.await,
+    tokio::select! {
+        r = header => r,
+        () = client_gone(client) => Err(Failure::Client),
+    }
+}
+
+/// Resolves when the client goes away while the upstream thinks, so that
+/// the upstream request is given up at once rather than at the read timeout.
+///
+/// An HTTP/2 client's RST_STREAM: h2 frees the stream's concurrency slot on
+/// reset, so without this a client could reset and reopen streams to hold
+/// any number of upstream requests. An HTTP/1.1 client's close (FIN or
+/// reset; its request body, if any, is all read by now): pingora's idle
+/// read reports it. That read takes one byte of whatever the client sends
+/// meanwhile (a pipelined request), which is then lost; the client is still
+/// answered, and its connection closed after the response.
+async fn client_gone(client: &mut ServerSession) {
+    if let Some(reset) = client.watch_h2_stream_close() {
+        let _ = reset.await;
+        return;
+    }
+    if !matches!(client, ServerSession::H1(_)) {
+        return std::future::pending().await;
+    }
+    match client.read_body_or_idle(true).await {
+        Err(e)
+            if matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError
+            ) => {}
+        // Bytes after the request: the client is still there.
+        _ => {
+            client.set_keepalive(None);
+            std::future::pending().await
+        }
     }
 }
 
