@@ -20,3 +20,4 @@ pub mod sse;
 pub mod start_error;
 pub mod upstream;
 pub mod websocket;
+pub mod write;
