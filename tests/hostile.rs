@@ -84,7 +84,9 @@ enum Expect {
     /// h2: streams 1, 3, … (`MAX_STREAMS` of them) answered 200, and the
     /// next one refused with REFUSED_STREAM.
     Refused,
-    /// Closed (EOF or reset) without a byte of response.
+    /// Closed (EOF or reset) without a byte of response. No row expects it
+    /// since a broken chunked body gets its 400; kept for the next that does.
+    #[allow(dead_code)]
     Closed,
     /// h2: no GOAWAY, and never more than this many held upstream requests
     /// open at once (each reset stream's upstream request is given up).
@@ -295,8 +297,22 @@ fn h1_cases() -> Vec<Case> {
         Case {
             name: "chunk size overflowing 64 bits",
             input: h1("POST /case/chunkbig HTTP/1.1\r\nhost: app.test\r\ntransfer-encoding: chunked\r\n\r\n10000000000000001\r\nx\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: app.test\r\n\r\n"),
-            expect: Expect::Closed,
+            expect: Expect::StatusThenClose(400),
             upstream: Seen::AtMost(1, "/case/chunkbig"),
+            gap: None,
+        },
+        Case {
+            name: "chunk size not hex, mid-body",
+            input: h1("POST /case/chunkbad HTTP/1.1\r\nhost: app.test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nx\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: app.test\r\n\r\n"),
+            expect: Expect::StatusThenClose(400),
+            upstream: Seen::AtMost(1, "/case/chunkbad"),
+            gap: None,
+        },
+        Case {
+            name: "chunk data not followed by CRLF",
+            input: h1("POST /case/chunknocrlf HTTP/1.1\r\nhost: app.test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloXX3\r\nabc\r\n0\r\n\r\n"),
+            expect: Expect::StatusThenClose(400),
+            upstream: Seen::AtMost(1, "/case/chunknocrlf"),
             gap: None,
         },
         Case {

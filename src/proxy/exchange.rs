@@ -5,7 +5,8 @@
 //! ```text
 //!  connect (round robin, skip refusing servers) ──(all fail)──► 502
 //!        │
-//!  write request header + stream request body ──(client fails)──► abort
+//!  write request header + stream request body ──(client fails)──► abort,
+//!        │                                      (bad chunk) ──► 400, close
 //!        │
 //!  read response header ──(read timeout)──► 504, (error) ──► 502,
 //!        │   (client gone: HTTP/2 reset, HTTP/1 close) ──► abort
@@ -89,6 +90,9 @@ pub async fn exchange(
         pools.release(up, false).await;
         match failure {
             Failure::Client => return Err(Reply::Abort),
+            // Nothing has gone back yet, so the client can be told; the
+            // body is unfinished, so its connection is closed after it.
+            Failure::BadBody => return Err(Reply::Status(400, "bad request body\n")),
             Failure::Timeout => {
                 pool.metrics.timed_out();
                 log::warn!("upstream {}: no response header in time", pool.name);
@@ -122,6 +126,8 @@ pub async fn exchange(
 enum Failure {
     /// The client failed while its request body was being read.
     Client,
+    /// The client's request body broke its framing (a bad chunk).
+    BadBody,
     /// No response header within the read timeout.
     Timeout,
     /// The upstream refused, reset, closed or answered garbage.
@@ -137,10 +143,10 @@ async fn send_and_read(
 ) -> std::result::Result<(), Failure> {
     if let Err(e) = send_request(client, up, req, has_body).await {
         let client_side = e.esource() == &pingora_error::ErrorSource::Downstream;
-        return Err(if client_side {
-            Failure::Client
-        } else {
-            Failure::Upstream(e)
+        return Err(match client_side {
+            true if is_bad_framing(&e) => Failure::BadBody,
+            true => Failure::Client,
+            false => Failure::Upstream(e),
         });
     }
     let header = async {
@@ -188,6 +194,15 @@ async fn client_gone(client: &mut ServerSession) {
             std::future::pending().await
         }
     }
+}
+
+/// Is this a request body that broke HTTP/1.1 chunked framing? pingora's
+/// body reader names these error types, but does not export them.
+fn is_bad_framing(e: &pingora_error::Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::Custom("InvalidChunk" | "InvalidTrailerEnd")
+    )
 }
 
 /// Writes the request header and streams the request body to the upstream.
