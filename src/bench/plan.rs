@@ -130,13 +130,6 @@ impl Plan {
         if duration.is_zero() {
             return Err("--duration must be more than 0".into());
         }
-        if args.reconnect && args.http2 {
-            return Err(
-                "--reconnect works over HTTP/1.1 only: an HTTP/2 connection of the run is not \
-                 reopened once it is gone"
-                    .into(),
-            );
-        }
         if args.ramp > duration {
             return Err(format!(
                 "--ramp ({:?}) must not be longer than --duration ({:?}): the ramp is part of the run",
@@ -267,9 +260,7 @@ mod tests {
         assert!(args(&["--ramp", "11s"]).unwrap_err().contains("--ramp"));
         assert!(args(&["--connections", "2"]).is_err(), "needs --http2");
         assert!(args(&["--reconnect"]).unwrap().reconnect);
-        assert!(args(&["--reconnect", "--http2"])
-            .unwrap_err()
-            .contains("HTTP/1.1 only"));
+        assert!(args(&["--reconnect", "--http2"]).unwrap().reconnect);
         assert_eq!(
             args(&["--http2", "--connections", "2"])
                 .unwrap()
