@@ -23,3 +23,4 @@ pub mod start_error;
 pub mod status;
 pub mod upstream;
 pub mod websocket;
+pub mod write;

@@ -725,6 +725,84 @@ upstream = \"nope\"
     );
 }
 
+/// Unknown keys are mistakes like any other: a typo no longer hides the
+/// rest of the file (this one, with 9 mistakes, once showed 1, then 8).
+#[test]
+fn unknown_keys_are_reported_among_all_other_errors() {
+    let text = "\
+[server]
+thred = 2
+[[listener]]
+address = \"nowhere\"
+[stream]
+heartbeat = 15
+idle_timout = \"1h\"
+[[upstream]]
+name = \"app\"
+servers = []
+protocol = \"h3\"
+[[route]]
+path = \"x\"
+upstream = \"nope\"
+stip_prefix = true
+";
+    let errors = parse_errors(text, Path::new("."));
+    let got: Vec<(Option<usize>, Option<usize>, &str)> = errors
+        .iter()
+        .map(|e| (e.line, e.column, e.key.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some(2), Some(1), "server.thred"),
+            (Some(4), Some(11), "listener[0].address"),
+            (Some(6), Some(13), "stream.heartbeat"),
+            (Some(7), Some(1), "stream.idle_timout"),
+            (Some(10), Some(11), "upstream[0].servers"),
+            (Some(11), Some(12), "upstream[0].protocol"),
+            (Some(13), Some(8), "route[0].path"),
+            (Some(14), Some(12), "route[0].upstream"),
+            (Some(15), Some(1), "route[0].stip_prefix"),
+        ]
+    );
+    let shown = ConfigErrors(errors).to_string();
+    assert_eq!(shown.lines().count(), 9, "{shown}");
+    assert!(
+        shown.starts_with(
+            "test.toml:2:1: `server.thred`: unknown field `thred`, expected one of `threads`, "
+        ),
+        "{shown}"
+    );
+}
+
+#[test]
+fn unknown_key_suggests_the_nearest_known_one() {
+    assert_error(
+        &doc("[stream]\nheartbeat = \"5s\"\nidle_timout = \"1h\"\n"),
+        3,
+        1,
+        "stream.idle_timout",
+        "unknown field `idle_timout`, expected one of `heartbeat`, ",
+    );
+    let errors = parse_errors(&doc("[stream]\nidle_timout = \"1h\"\n"), Path::new("."));
+    assert!(
+        errors[0]
+            .message
+            .ends_with("; did you mean `idle_timeout`?"),
+        "{}",
+        errors[0]
+    );
+    // Nothing close: no guess.
+    let errors = parse_errors(
+        &doc("[admin]\naddress = \"127.0.0.1:9090\"\nport = 9090\n"),
+        Path::new("."),
+    );
+    assert_eq!(
+        errors[0].message,
+        "unknown field `port`, expected `address`"
+    );
+}
+
 // ---- shipped files ---------------------------------------------------------
 
 #[test]

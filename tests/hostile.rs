@@ -84,7 +84,9 @@ enum Expect {
     /// h2: streams 1, 3, … (`MAX_STREAMS` of them) answered 200, and the
     /// next one refused with REFUSED_STREAM.
     Refused,
-    /// Closed (EOF or reset) without a byte of response.
+    /// Closed (EOF or reset) without a byte of response. No row expects it
+    /// since a broken chunked body gets its 400; kept for the next that does.
+    #[allow(dead_code)]
     Closed,
     /// h2: no GOAWAY, and never more than this many held upstream requests
     /// open at once (each reset stream's upstream request is given up).
@@ -295,8 +297,22 @@ fn h1_cases() -> Vec<Case> {
         Case {
             name: "chunk size overflowing 64 bits",
             input: h1("POST /case/chunkbig HTTP/1.1\r\nhost: app.test\r\ntransfer-encoding: chunked\r\n\r\n10000000000000001\r\nx\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: app.test\r\n\r\n"),
-            expect: Expect::Closed,
+            expect: Expect::StatusThenClose(400),
             upstream: Seen::AtMost(1, "/case/chunkbig"),
+            gap: None,
+        },
+        Case {
+            name: "chunk size not hex, mid-body",
+            input: h1("POST /case/chunkbad HTTP/1.1\r\nhost: app.test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nx\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: app.test\r\n\r\n"),
+            expect: Expect::StatusThenClose(400),
+            upstream: Seen::AtMost(1, "/case/chunkbad"),
+            gap: None,
+        },
+        Case {
+            name: "chunk data not followed by CRLF",
+            input: h1("POST /case/chunknocrlf HTTP/1.1\r\nhost: app.test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloXX3\r\nabc\r\n0\r\n\r\n"),
+            expect: Expect::StatusThenClose(400),
+            upstream: Seen::AtMost(1, "/case/chunknocrlf"),
             gap: None,
         },
         Case {
@@ -631,6 +647,238 @@ async fn hostile_http2_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_websocket_requests() {
     run_table_with("ws", ws_cases(), NO_WS_ROUTE).await;
+}
+
+/// An HTTP/1.1 client that goes away while the upstream has not answered:
+/// the upstream request is given up (its connection closed) within a
+/// second, as for an HTTP/2 reset, not at `timeouts.read` (60 s here). A
+/// client that sends more bytes while it waits is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h1_client_leaving_before_the_response_frees_the_upstream() {
+    let mut upstream = common::Upstream::start().await;
+    let sections = format!(
+        "[[upstream]]\nname = \"app\"\nservers = [\"{}\"]\n\n[[route]]\npath = \"/\"\nupstream = \"app\"\n",
+        upstream.addr
+    );
+    let proxy = Proxy::start(ProxyConfig::new(config_with("60s", "", &sections))).await;
+    for (name, request, leave) in [
+        (
+            "GET, then close",
+            "GET /wait HTTP/1.1\r\nhost: a\r\n\r\n",
+            Leave::Close,
+        ),
+        (
+            "POST with its body, then close",
+            "POST /wait HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello",
+            Leave::Close,
+        ),
+        (
+            "GET, then shut the write side",
+            "GET /wait HTTP/1.1\r\nhost: a\r\n\r\n",
+            Leave::HalfClose,
+        ),
+        (
+            "GET, then reset",
+            "GET /wait HTTP/1.1\r\nhost: a\r\n\r\n",
+            Leave::Reset,
+        ),
+    ] {
+        let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+        client.write_all(request.as_bytes()).await.expect("request");
+        let mut up = upstream.next().await;
+        match leave {
+            Leave::Close => drop(client),
+            Leave::HalfClose => client.shutdown().await.expect("shutdown"),
+            Leave::Reset => {
+                client.set_zero_linger().expect("linger");
+                drop(client);
+            }
+        }
+        let freed = tokio::time::timeout(Duration::from_secs(1), up.closed()).await;
+        assert!(
+            freed.is_ok(),
+            "{name}: upstream connection still open after 1 s"
+        );
+        println!("h1 early leave: {name}: upstream closed within 1 s");
+    }
+
+    // Staying, with a second request behind the first: answered as before.
+    let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+    client
+        .write_all(b"GET /wait HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .expect("request");
+    let mut up = upstream.next().await;
+    client
+        .write_all(b"GET /next HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .expect("second request");
+    up.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        .await;
+    let mut got = Vec::new();
+    within("the response to a client that stayed", async {
+        while find(&got, b"\r\n\r\nok").is_none() {
+            let mut buf = [0u8; 1024];
+            let n = client.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before the response: {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+/// An HTTP/2 request body of unknown length (no `content-length`) reaches
+/// an h2c upstream as it reaches an HTTP/1.1 one, whatever ends it and
+/// whenever: ssegate announced it with `Transfer-Encoding: chunked`, which
+/// h2 refuses to send, so it was a 502 and RST_STREAM(NO_ERROR) once the
+/// header had gone out, where trailers with a pseudo-header after a field
+/// (as h2spec `http2/8.1.2.1/3`) must get RST_STREAM(PROTOCOL_ERROR).
+///
+/// A known gap: h2 0.4 takes a pseudo-header at the head of trailers and
+/// drops it (`Headers::into_fields`) before pingora or ssegate can see it,
+/// with either upstream; that request goes on without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_bodies_of_unknown_length_reach_an_h2c_upstream() {
+    let mut failures = Vec::new();
+    for (upstream, protocol) in [
+        (h2c_origin().await, "h2c"),
+        (Origin::start().await.addr, "http1"),
+    ] {
+        let sections = format!(
+            "[[upstream]]\nname = \"app\"\nservers = [\"{upstream}\"]\nprotocol = \"{protocol}\"\n\n[[route]]\npath = \"/\"\nupstream = \"app\"\n"
+        );
+        let proxy = Proxy::start(ProxyConfig::new(config_with("5s", "", &sections))).await;
+        let mut pseudo_first = literal(b":method", b"POST");
+        pseudo_first.extend(literal(b"x-t", b"1"));
+        let mut pseudo_after = literal(b"x-t", b"1");
+        pseudo_after.extend(literal(b":method", b"POST"));
+        let ok = (vec![200], Vec::new());
+        let malformed = (Vec::new(), vec![(1, PROTOCOL_ERROR)]);
+        for (end, frames, expect) in [
+            // h2 rejects a pseudo-header after a regular field: malformed.
+            (
+                "trailers with a pseudo-header after a field",
+                frame(0x1, 0x5, 1, &pseudo_after),
+                &malformed,
+            ),
+            (
+                "trailers with a pseudo-header first",
+                frame(0x1, 0x5, 1, &pseudo_first),
+                &ok,
+            ),
+            ("trailers", frame(0x1, 0x5, 1, &literal(b"x-t", b"1")), &ok),
+            ("DATA with END_STREAM", frame(0x0, 0x1, 1, b"hello"), &ok),
+        ] {
+            for delay in [0, 1, 50] {
+                let got = within(
+                    "the stream's outcome",
+                    post_then(proxy.addr, Duration::from_millis(delay), &frames),
+                )
+                .await;
+                println!("h2 body of unknown length, {protocol} upstream, {end} after {delay} ms: {got:?}");
+                if got != *expect {
+                    failures.push(format!(
+                        "{protocol} upstream, {end} {delay} ms after the header: (statuses, resets) {got:?}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "unexpected outcomes:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// Sends a POST's header (no `content-length`, no END_STREAM) on stream 1,
+/// then after `delay` the frames that end it; returns the statuses and
+/// resets seen on stream 1.
+async fn post_then(addr: SocketAddr, delay: Duration, end: &[u8]) -> (Vec<u16>, Vec<(u32, u32)>) {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, b""));
+    out.extend(frame(0x1, 0x4, 1, &request_block("POST", "/t", HOST)));
+    tcp.write_all(&out).await.expect("header");
+    if !delay.is_zero() {
+        // The delay is the input under test (the header forwarded first), not a wait for an event.
+        tokio::time::sleep(delay).await;
+    }
+    tcp.write_all(end).await.expect("end of the request");
+    let (mut statuses, mut resets) = (Vec::new(), Vec::new());
+    let mut buf = BytesMut::new();
+    loop {
+        while buf.len() >= 9 {
+            let len = ((buf[0] as usize) << 16) | ((buf[1] as usize) << 8) | buf[2] as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            buf.advance(9);
+            let payload = buf.split_to(len);
+            match kind {
+                0x1 if id == 1 => statuses.extend(status_in(&payload)),
+                0x3 if id == 1 && payload.len() >= 4 => {
+                    resets.push((
+                        id,
+                        u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]),
+                    ));
+                    return (statuses, resets);
+                }
+                // The end of a response (END_STREAM on HEADERS or DATA), or GOAWAY.
+                0x0 | 0x1 if id == 1 && flags & 0x1 != 0 => return (statuses, resets),
+                0x7 => return (statuses, resets),
+                _ => {}
+            }
+        }
+        if tcp.read_buf(&mut buf).await.map_or(true, |n| n == 0) {
+            return (statuses, resets);
+        }
+    }
+}
+
+/// An h2c origin (the `h2` crate's server) that reads each request's body
+/// and trailers to the end, then answers `200` with no body.
+async fn h2c_origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        while let Some(Ok(data)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(data.len());
+                        }
+                        let _ = body.trailers().await;
+                        let resp = http::Response::builder()
+                            .status(200)
+                            .body(())
+                            .expect("response");
+                        let _ = respond.send_response(resp, true);
+                    });
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[derive(Clone, Copy)]
+enum Leave {
+    Close,
+    HalfClose,
+    Reset,
 }
 
 // ---------------------------------------------------------------------------

@@ -137,14 +137,16 @@ pub struct BenchClientArgs {
     /// Print exactly one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// Reconnect like a browser's EventSource (HTTP/1.1 only): when an open
-    /// stream ends before the run does (cleanly, by a reset or an error),
+    /// Reconnect like a browser's EventSource: when an open stream ends
+    /// before the run does (cleanly, by a reset or an error),
     /// wait the last `retry:` the stream sent (1 s if none), then request
     /// the same URL again with `Last-Event-ID: <last id received>`. Gaps and
     /// duplicates are counted across the reconnections of each stream. A
     /// failed reconnection attempt (refused, not a 200 event stream, no
     /// response in 10 s) is retried after the same wait until the run ends;
-    /// a stream whose very first opening fails is not retried.
+    /// a stream whose very first opening fails is not retried. With
+    /// --http2 the stream is opened again on its connection, which is
+    /// opened again if it is gone.
     #[arg(long)]
     pub reconnect: bool,
     /// Also draw the run into this PNG (1600 x 1000): latency p50, p99 and

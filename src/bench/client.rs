@@ -474,22 +474,35 @@ async fn stream_task(ctx: Arc<Ctx>, index: usize) {
 /// nor, once open, anything of its opening ([`client_h2::stream`]).
 async fn h2_stream_task(ctx: Arc<Ctx>, index: usize) {
     let mut meter = StreamMeter::new(index, Instant::now());
-    let io = client_h2::stream(&ctx, index, &mut meter);
+    let io = async {
+        if ctx.plan.reconnect {
+            // Boxed: the reconnecting loop also holds the HTTP/1.1 future.
+            Box::pin(reconnecting(&ctx, index, &mut meter)).await
+        } else {
+            client_h2::stream(&ctx, index, None, &mut meter).await
+        }
+    };
     let result = tokio::time::timeout_at(ctx.deadline.into(), io).await.ok();
     ctx.settle(&meter, result);
 }
 
 /// One stream with `--reconnect`, as `EventSource` does it: whenever its
-/// connection ends, cleanly or not, wait the last `retry:` received
+/// connection (over HTTP/2: its stream) ends, cleanly or not, wait the last `retry:` received
 /// ([`DEFAULT_RETRY`] if none) and open it again with `Last-Event-ID`; an
 /// attempt that does not open is retried after the same wait. Runs until the
 /// deadline drops it; returns only if the very first opening fails, which
 /// [`settle`] counts as usual. Each connection's end is accounted here.
 async fn reconnecting(ctx: &Ctx, index: usize, meter: &mut StreamMeter) -> Result<(), StreamError> {
     loop {
-        let resuming = client_h1::resuming_request(&ctx.plan, meter.last_event_id());
-        let request = resuming.as_deref().unwrap_or(&ctx.h1_request);
-        let result = client_h1::stream(ctx, index, request, meter).await;
+        let result = if ctx.plan.http2 {
+            // A new stream on the stream's HTTP/2 connection (opened again if gone).
+            let last_event_id = meter.last_event_id().map(<[u8]>::to_vec);
+            client_h2::stream(ctx, index, last_event_id.as_deref(), meter).await
+        } else {
+            let resuming = client_h1::resuming_request(&ctx.plan, meter.last_event_id());
+            let request = resuming.as_deref().unwrap_or(&ctx.h1_request);
+            client_h1::stream(ctx, index, request, meter).await
+        };
         let now = Instant::now();
         if meter.is_open() {
             meter.closed(&ctx.stats, now);
@@ -725,7 +738,7 @@ mod tests {
         let size = std::mem::size_of_val(&task);
         assert!(size <= 1024, "an HTTP/2 stream task is {size} bytes");
         let mut meter = StreamMeter::new(0, Instant::now());
-        let stream = client_h2::stream(&ctx, 0, &mut meter);
+        let stream = client_h2::stream(&ctx, 0, None, &mut meter);
         let size = std::mem::size_of_val(&stream);
         assert!(size <= 256, "an HTTP/2 stream's I/O future is {size} bytes");
     }

@@ -1,7 +1,9 @@
 //! `ssegate bench` streams over HTTP/2: `--connections` shared connections
 //! (h2c with prior knowledge for http://, TLS with ALPN h2 for https://),
 //! each opened by the first stream that needs it; stream i rides on
-//! connection i mod K.
+//! connection i mod K. With `--reconnect`, a connection found gone (a
+//! proxy that restarted, say) is opened again by the first stream that
+//! reconnects on it, and the streams after it share the new one.
 //!
 //! The `h2` client is tuned for thousands of event streams per connection:
 //! large windows so no stream waits on flow control, and a data-frame budget
@@ -17,7 +19,7 @@ use h2::client::SendRequest;
 use h2::RecvStream;
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 use tokio::time::timeout_at;
 
 use super::client::{check_response, connect_tcp, Ctx, StreamError, OPEN_TIMEOUT};
@@ -39,28 +41,60 @@ const BUDGET_PER_FRAME: usize = 256;
 
 type Connection = Result<SendRequest<Bytes>, StreamError>;
 
-/// The HTTP/2 connections of a run, opened lazily.
+/// The HTTP/2 connections of a run, opened lazily. Each slot holds its
+/// connection (or the error opening it gave) with a generation, so that
+/// of the streams that find one gone, only the first replaces it.
 pub struct Pool {
-    slots: Box<[OnceCell<Connection>]>,
+    slots: Box<[Mutex<Slot>]>,
+}
+
+#[derive(Default)]
+struct Slot {
+    generation: u64,
+    connection: Option<Connection>,
 }
 
 impl Pool {
     pub fn new(connections: usize) -> Self {
         Pool {
-            slots: (0..connections).map(|_| OnceCell::new()).collect(),
+            slots: (0..connections).map(|_| Mutex::default()).collect(),
         }
     }
 
-    /// The connection for stream `index`, opening it if this is the first.
-    async fn for_stream(&self, ctx: &Ctx, index: usize) -> Connection {
-        let slot = index % self.slots.len().max(1);
+    fn slot_of(&self, index: usize) -> usize {
+        index % self.slots.len().max(1)
+    }
+
+    /// The connection for stream `index` and its generation, opening it if
+    /// this is the first stream to need it.
+    async fn for_stream(&self, ctx: &Ctx, index: usize) -> (u64, Connection) {
+        let slot = self.slot_of(index);
         let Some(cell) = self.slots.get(slot) else {
-            return Err(StreamError::new(ErrorKind::Other, "no HTTP/2 connection"));
+            let none = StreamError::new(ErrorKind::Other, "no HTTP/2 connection");
+            return (0, Err(none));
         };
-        // Boxed: only the first stream of each connection runs the handshake.
-        cell.get_or_init(|| Box::pin(connect(ctx, slot)))
-            .await
+        let mut cell = cell.lock().await;
+        if cell.connection.is_none() {
+            // Boxed: only the first stream of each connection runs the handshake.
+            cell.connection = Some(Box::pin(connect(ctx, slot)).await);
+        }
+        let connection = cell
+            .connection
             .clone()
+            .unwrap_or_else(|| Err(StreamError::new(ErrorKind::Other, "no HTTP/2 connection")));
+        (cell.generation, connection)
+    }
+
+    /// Forgets stream `index`'s connection, if it is still `generation`,
+    /// so that the next stream to need it opens a new one.
+    async fn forget(&self, index: usize, generation: u64) {
+        if let Some(cell) = self.slots.get(self.slot_of(index)) {
+            let mut cell = cell.lock().await;
+            if cell.generation == generation {
+                cell.generation += 1;
+                cell.connection = None;
+            }
+        }
     }
 }
 
@@ -70,8 +104,16 @@ impl Pool {
 /// request, the wait for the response head) runs boxed and is freed once
 /// the stream is open: an open stream's task holds only its body handle and
 /// the wait for the next DATA frame, a few hundred bytes with its meter.
-pub async fn stream(ctx: &Ctx, index: usize, meter: &mut StreamMeter) -> Result<(), StreamError> {
-    let mut body = Box::pin(open(ctx, index)).await?;
+///
+/// `last_event_id`: a reconnecting stream's (`--reconnect`), sent as
+/// `Last-Event-ID`.
+pub async fn stream(
+    ctx: &Ctx,
+    index: usize,
+    last_event_id: Option<&[u8]>,
+    meter: &mut StreamMeter,
+) -> Result<(), StreamError> {
+    let mut body = Box::pin(open(ctx, index, last_event_id)).await?;
     meter.opened(&ctx.stats, Instant::now());
     while let Some(data) = body.data().await {
         let data = data.map_err(h2_error)?;
@@ -84,14 +126,17 @@ pub async fn stream(ctx: &Ctx, index: usize, meter: &mut StreamMeter) -> Result<
 
 /// Sends stream `index`'s request and waits for a `200 text/event-stream`
 /// head; returns the body.
-async fn open(ctx: &Ctx, index: usize) -> Result<RecvStream, StreamError> {
+async fn open(
+    ctx: &Ctx,
+    index: usize,
+    last_event_id: Option<&[u8]>,
+) -> Result<RecvStream, StreamError> {
     let open_by = (Instant::now() + OPEN_TIMEOUT).into();
     let opening = async {
-        let send = ctx.h2.for_stream(ctx, index).await?;
-        let mut send = send.ready().await.map_err(h2_error)?;
+        let mut send = ready(ctx, index).await?;
         let end_of_request = ctx.plan.body.is_none();
         let (response, mut request_body) = send
-            .send_request(request(&ctx.plan)?, end_of_request)
+            .send_request(request(&ctx.plan, last_event_id)?, end_of_request)
             .map_err(h2_error)?;
         if let Some(body) = &ctx.plan.body {
             request_body
@@ -113,8 +158,36 @@ async fn open(ctx: &Ctx, index: usize) -> Result<RecvStream, StreamError> {
     Ok(response.into_body())
 }
 
+/// Stream `index`'s connection, ready for a new stream. With `--reconnect`
+/// a connection that is gone (or could not be opened) is forgotten and
+/// opened again, once per attempt; without, every stream on it fails, as
+/// its first opening would.
+async fn ready(ctx: &Ctx, index: usize) -> Result<SendRequest<Bytes>, StreamError> {
+    let mut second_try = false;
+    loop {
+        let (generation, connection) = ctx.h2.for_stream(ctx, index).await;
+        let ready = match connection {
+            Ok(send) => send.ready().await.map_err(h2_error),
+            Err(e) => Err(e),
+        };
+        match ready {
+            Ok(send) => return Ok(send),
+            Err(e) if !ctx.plan.reconnect || second_try => return Err(e),
+            Err(_) => {
+                ctx.h2.forget(index, generation).await;
+                second_try = true;
+            }
+        }
+    }
+}
+
 /// The request every stream sends; a `Host` header becomes the authority.
-fn request(plan: &Plan) -> Result<http::Request<()>, StreamError> {
+/// A reconnecting stream's `last_event_id` replaces any `Last-Event-ID`
+/// given with -H; an empty one is not sent (browsers do not either).
+fn request(plan: &Plan, last_event_id: Option<&[u8]>) -> Result<http::Request<()>, StreamError> {
+    let last_event_id = last_event_id
+        .filter(|id| !id.is_empty())
+        .and_then(|id| http::HeaderValue::from_bytes(id).ok());
     let has = |name: &str| {
         plan.headers
             .iter()
@@ -135,12 +208,16 @@ fn request(plan: &Plan) -> Result<http::Request<()>, StreamError> {
     if let Some(body) = plan.body.as_ref().filter(|_| !has("content-length")) {
         builder = builder.header(CONTENT_LENGTH, body.len());
     }
-    for (name, value) in plan
-        .headers
-        .iter()
-        .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
-    {
+    // -H's `Host` becomes the authority; its `Last-Event-ID` gives way to a resumed one.
+    let replaced = |k: &str| {
+        k.eq_ignore_ascii_case("host")
+            || (last_event_id.is_some() && k.eq_ignore_ascii_case("last-event-id"))
+    };
+    for (name, value) in plan.headers.iter().filter(|(k, _)| !replaced(k)) {
         builder = builder.header(name.as_str(), value.as_str());
+    }
+    if let Some(id) = last_event_id {
+        builder = builder.header("last-event-id", id);
     }
     builder
         .body(())

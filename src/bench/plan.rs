@@ -133,13 +133,6 @@ impl Plan {
         if duration.is_zero() {
             return Err("--duration must be more than 0".into());
         }
-        if args.reconnect && args.http2 {
-            return Err(
-                "--reconnect works over HTTP/1.1 only: an HTTP/2 connection of the run is not \
-                 reopened once it is gone"
-                    .into(),
-            );
-        }
         if args.ramp > duration {
             return Err(format!(
                 "--ramp ({:?}) must not be longer than --duration ({:?}): the ramp is part of the run",
@@ -295,9 +288,7 @@ mod tests {
         assert!(args(&["--ramp", "11s"]).unwrap_err().contains("--ramp"));
         assert!(args(&["--connections", "2"]).is_err(), "needs --http2");
         assert!(args(&["--reconnect"]).unwrap().reconnect);
-        assert!(args(&["--reconnect", "--http2"])
-            .unwrap_err()
-            .contains("HTTP/1.1 only"));
+        assert!(args(&["--reconnect", "--http2"]).unwrap().reconnect);
         assert!(args(&["--chart", "x.svg"]).unwrap_err().contains(".png"));
         let err = args(&["--chart", "/no/such/folder/x.png"]).unwrap_err();
         assert!(err.contains("/no/such/folder does not exist"), "{err}");

@@ -4,8 +4,8 @@
 //!
 //! ```text
 //!   text ──toml──▶ file::File ──validate (TryFrom)──▶ model::Config
-//!                  (shape only,                        (what the proxy
-//!                   unknown keys rejected)              reads)
+//!                  (shape only;                        (what the proxy
+//!                   unknown keys found by `unknown`)    reads)
 //! ```
 //!
 //! [`parse`] works on a string and touches the disk only to check TLS
@@ -17,7 +17,8 @@
 //!
 //! Modules: `file` (serde schema), `model` (runtime types), `validate`
 //! (the conversion and all checks), `duration` (`"1h30m"` syntax), `error`
-//! (error positions and key paths), `summary` (`ssegate check`).
+//! (error positions and key paths), `summary` (`ssegate check`), `unknown`
+//! (unknown keys, with the nearest known one).
 
 pub mod file;
 pub mod model;
@@ -25,6 +26,7 @@ pub mod model;
 mod duration;
 mod error;
 mod summary;
+mod unknown;
 mod validate;
 
 use std::path::Path;
@@ -38,15 +40,28 @@ pub use validate::{Document, HOP_BY_HOP};
 /// Parses and validates configuration `text`. `source` names it in errors;
 /// relative certificate and key paths are resolved against `base_dir`.
 pub fn parse(text: &str, source: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
-    // A syntax or shape error leaves nothing reliable to validate, so it is reported alone.
-    let schema: file::File =
-        error::from_toml_str(text).map_err(|e| ConfigError::from_toml(&e, text, source))?;
-    Config::try_from(Document {
-        schema,
-        text,
-        source,
-        base_dir,
-    })
+    // Unknown keys are found apart from the schema, so a typo is one error
+    // among all the others instead of stopping the parse (none if not TOML).
+    let unknown = unknown::unknown_keys(text, source);
+    // A syntax or shape error leaves nothing reliable to validate, so it is
+    // reported alone, but for the unknown keys.
+    let result = match error::from_toml_str::<file::File>(text) {
+        Err(e) => Err(ConfigErrors(vec![ConfigError::from_toml(&e, text, source)])),
+        Ok(schema) => Config::try_from(Document {
+            schema,
+            text,
+            source,
+            base_dir,
+        }),
+    };
+    if unknown.is_empty() {
+        return result;
+    }
+    let mut errors = unknown;
+    errors.extend(result.err().map(|e| e.0).unwrap_or_default());
+    // File order, as validation sorts its own; errors without a place go last.
+    errors.sort_by_key(|e| (e.line.is_none(), e.line, e.column));
+    Err(ConfigErrors(errors))
 }
 
 /// Reads and parses the file at `path`; paths in it are relative to its folder.

@@ -17,9 +17,6 @@
 //! waits, the stream does not read its upstream: TCP backpressure.
 
 use std::future::{poll_fn, Future};
-use std::io::IoSlice;
-use std::pin::pin;
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +26,7 @@ use pingora_core::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::chunked::{ChunkHead, CHUNK_END, LAST_CHUNK};
+use crate::write::{timed, write_all_flush};
 
 /// Where a stream's bytes go: the four operations the stream phase needs
 /// of its client. [`Downstream`] is the real one; tests use one in memory.
@@ -61,14 +59,8 @@ impl Sink for Downstream {
     }
 }
 
-/// Why a write to the client did not complete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteFailure {
-    /// The connection failed or the client is gone.
-    Failed,
-    /// The client accepted no byte for the write timeout.
-    Stalled,
-}
+/// Why a write to the client did not complete (the shared write's answer).
+pub use crate::write::WriteFailure;
 
 /// The client of one event stream.
 pub enum Downstream {
@@ -174,47 +166,18 @@ impl H1Client {
         (!self.sent_extra).then_some(self.stream)
     }
 
-    /// Writes all of `parts`, in order, and flushes them; fails as
-    /// `Stalled` only when one step accepts no byte for the write timeout,
-    /// so a slow client that keeps making progress is served. The parts go
-    /// out as one vectored write (one `send` through pingora's small write
-    /// buffer, or one `writev` past it), so a chunk's size line, data and
-    /// CRLF need not be copied into one frame first.
-    async fn write_parts<const N: usize>(&mut self, parts: [&[u8]; N]) -> Result<(), WriteFailure> {
-        let t = self.write_timeout;
-        let mut slices = parts.map(IoSlice::new);
-        let mut rest = &mut slices[..];
-        // Drops leading empty parts, so that a write of 0 bytes means failure.
-        IoSlice::advance_slices(&mut rest, 0);
-        while !rest.is_empty() {
-            match timed(t, self.stream.write_vectored(rest)).await? {
-                0 => return Err(WriteFailure::Failed),
-                written => IoSlice::advance_slices(&mut rest, written),
-            }
-        }
-        // pingora's stream keeps a small write buffer (one segment); the
-        // flush empties it.
-        timed(t, self.stream.flush()).await
+    /// Writes all of `parts`, in order, and flushes them, with the client
+    /// write timeout for any step that makes no progress
+    /// ([`write_all_flush`]); one vectored write, so a chunk's size line,
+    /// data and CRLF need not be copied into one frame first.
+    /// Not an `async fn`: a layer of future of its own would add its
+    /// arguments to every event stream's future.
+    fn write_parts<'a, const N: usize>(
+        &'a mut self,
+        parts: [&'a [u8]; N],
+    ) -> impl Future<Output = Result<(), WriteFailure>> + 'a {
+        write_all_flush(&mut self.stream, parts, self.write_timeout)
     }
-}
-
-/// Runs one step of a client write. The step is polled once without a
-/// timer, since it nearly always completes at once; only a step that has
-/// to wait gets the write timeout (`Stalled` when it runs out).
-async fn timed<T, E>(
-    t: Duration,
-    step: impl Future<Output = Result<T, E>>,
-) -> Result<T, WriteFailure> {
-    let mut step = pin!(step);
-    let first = poll_fn(|cx| Poll::Ready(step.as_mut().poll(cx))).await;
-    let result = match first {
-        Poll::Ready(r) => r,
-        Poll::Pending => match tokio::time::timeout(t, step).await {
-            Ok(r) => r,
-            Err(_) => return Err(WriteFailure::Stalled),
-        },
-    };
-    result.map_err(|_| WriteFailure::Failed)
 }
 
 impl Downstream {

@@ -5,10 +5,12 @@
 //! ```text
 //!  connect (round robin, skip refusing servers) ──(all fail)──► 502
 //!        │
-//!  write request header + stream request body ──(client fails)──► abort
+//!  write request header + stream request body ──(client fails)──► abort,
+//!        │                                      (bad chunk) ──► 400, close
 //!        │
-//!  read response header ──(read timeout)──► 504, (error) ──► 502
-//!        │   (both, and failed connects, count against the server: Pool::failed)
+//!  read response header ──(read timeout)──► 504, (error) ──► 502,
+//!        │   (client gone: HTTP/2 reset, HTTP/1 close) ──► abort
+//!        │   (504, 502 and failed connects count against the server: Pool::failed)
 //!        │   a pooled connection that fails before any response byte is
 //!        │   tried once more on a fresh one, if no request body was read
 //!        ▼
@@ -89,6 +91,9 @@ pub async fn exchange(
         pools.release(up, false).await;
         match failure {
             Failure::Client => return Err(Reply::Abort),
+            // Nothing has gone back yet, so the client can be told; the
+            // body is unfinished, so its connection is closed after it.
+            Failure::BadBody => return Err(Reply::Status(400, "bad request body\n")),
             Failure::Timeout => {
                 pool.failed(server);
                 pool.metrics.timed_out();
@@ -124,6 +129,8 @@ pub async fn exchange(
 enum Failure {
     /// The client failed while its request body was being read.
     Client,
+    /// The client's request body broke its framing (a bad chunk).
+    BadBody,
     /// No response header within the read timeout.
     Timeout,
     /// The upstream refused, reset, closed or answered garbage.
@@ -139,10 +146,10 @@ async fn send_and_read(
 ) -> std::result::Result<(), Failure> {
     if let Err(e) = send_request(client, up, req, has_body).await {
         let client_side = e.esource() == &pingora_error::ErrorSource::Downstream;
-        return Err(if client_side {
-            Failure::Client
-        } else {
-            Failure::Upstream(e)
+        return Err(match client_side {
+            true if is_bad_framing(&e) => Failure::BadBody,
+            true => Failure::Client,
+            false => Failure::Upstream(e),
         });
     }
     let header = async {
@@ -154,17 +161,51 @@ async fn send_and_read(
             }
         })
     };
-    // An HTTP/2 client that resets its stream (RST_STREAM) while the
-    // upstream thinks gives the upstream request up at once: h2 frees the
-    // stream's concurrency slot on reset, so without this a client could
-    // reset and reopen streams to hold any number of upstream requests.
-    match client.watch_h2_stream_close() {
-        Some(reset) => tokio::select! {
-            r = header => r,
-            _ = reset => Err(Failure::Client),
-        },
-        None => header.await,
+    tokio::select! {
+        r = header => r,
+        () = client_gone(client) => Err(Failure::Client),
     }
+}
+
+/// Resolves when the client goes away while the upstream thinks, so that
+/// the upstream request is given up at once rather than at the read timeout.
+///
+/// An HTTP/2 client's RST_STREAM: h2 frees the stream's concurrency slot on
+/// reset, so without this a client could reset and reopen streams to hold
+/// any number of upstream requests. An HTTP/1.1 client's close (FIN or
+/// reset; its request body, if any, is all read by now): pingora's idle
+/// read reports it. That read takes one byte of whatever the client sends
+/// meanwhile (a pipelined request), which is then lost; the client is still
+/// answered, and its connection closed after the response.
+async fn client_gone(client: &mut ServerSession) {
+    if let Some(reset) = client.watch_h2_stream_close() {
+        let _ = reset.await;
+        return;
+    }
+    if !matches!(client, ServerSession::H1(_)) {
+        return std::future::pending().await;
+    }
+    match client.read_body_or_idle(true).await {
+        Err(e)
+            if matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError
+            ) => {}
+        // Bytes after the request: the client is still there.
+        _ => {
+            client.set_keepalive(None);
+            std::future::pending().await
+        }
+    }
+}
+
+/// Is this a request body that broke HTTP/1.1 chunked framing? pingora's
+/// body reader names these error types, but does not export them.
+fn is_bad_framing(e: &pingora_error::Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::Custom("InvalidChunk" | "InvalidTrailerEnd")
+    )
 }
 
 /// Writes the request header and streams the request body to the upstream.

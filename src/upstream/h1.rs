@@ -27,7 +27,8 @@ use pingora_error::{Error, ErrorType, OrErr, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
-use crate::chunked::{encode_chunk, ChunkedDecoder, LAST_CHUNK};
+use crate::chunked::{ChunkHead, ChunkedDecoder, CHUNK_END, LAST_CHUNK};
+use crate::write::{write_all_flush, WriteFailure};
 
 /// Largest response header section accepted.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -183,18 +184,16 @@ impl H1Conn {
         self.write_timeout = t;
     }
 
-    async fn write_all(&mut self, data: &[u8]) -> Result<()> {
-        let io = async {
-            self.stream.write_all(data).await?;
-            self.stream.flush().await
-        };
-        let res = match self.write_timeout {
-            Some(t) => tokio::time::timeout(t, io)
-                .await
-                .map_err(|_| up_err(ErrorType::WriteTimedout, "writing to upstream"))?,
-            None => io.await,
-        };
-        res.or_err(ErrorType::WriteError, "writing to upstream")
+    /// Writes and flushes `parts`; the write timeout bounds each step that
+    /// makes no progress (the shared write of `crate::write`).
+    async fn write_all<const N: usize>(&mut self, parts: [&[u8]; N]) -> Result<()> {
+        let timeout = self.write_timeout.unwrap_or(Duration::MAX);
+        write_all_flush(&mut self.stream, parts, timeout)
+            .await
+            .map_err(|f| match f {
+                WriteFailure::Stalled => up_err(ErrorType::WriteTimedout, "writing to upstream"),
+                WriteFailure::Failed => up_err(ErrorType::WriteError, "writing to upstream"),
+            })
     }
 
     pub async fn write_request_header(&mut self, req: &RequestHeader) -> Result<()> {
@@ -206,7 +205,7 @@ impl H1Conn {
         self.request_close = has_token(req.headers.get_all(header::CONNECTION), "close");
         let wire = http_req_header_to_wire(req)
             .ok_or_else(|| up_err(ErrorType::InvalidHTTPHeader, "request not writable"))?;
-        self.write_all(&wire).await
+        self.write_all([&wire]).await
     }
 
     /// Sends a piece of the request body, framed as the header announced.
@@ -215,16 +214,17 @@ impl H1Conn {
             return Ok(());
         }
         if self.chunked_request {
-            self.write_all(&encode_chunk(data)).await
+            let head = ChunkHead::new(data.len());
+            self.write_all([head.as_bytes(), data, CHUNK_END]).await
         } else {
-            self.write_all(data).await
+            self.write_all([data]).await
         }
     }
 
     /// Ends the request body (the last chunk, when chunked).
     pub async fn finish_request_body(&mut self) -> Result<()> {
         if self.chunked_request {
-            self.write_all(LAST_CHUNK).await
+            self.write_all([LAST_CHUNK]).await
         } else {
             Ok(())
         }

@@ -64,6 +64,16 @@ pub struct Connected {
     pub reused: bool,
 }
 
+/// The request as an h2c upstream takes it. The proxy announces a body of
+/// unknown length with `Transfer-Encoding: chunked`, which HTTP/1.1 needs
+/// and HTTP/2 forbids (RFC 9113 §8.2.2: DATA frames and END_STREAM delimit
+/// it): h2 refuses such a request as malformed, which made every body of
+/// unknown length from an HTTP/2 client (one ending in trailers, say) a 502.
+fn h2_request(mut req: Box<RequestHeader>) -> Box<RequestHeader> {
+    req.remove_header(&http::header::TRANSFER_ENCODING);
+    req
+}
+
 /// One exchange on an upstream connection, HTTP/1.1 or h2c.
 pub enum UpstreamSession {
     H1(Box<H1Conn>),
@@ -81,7 +91,7 @@ impl UpstreamSession {
     pub async fn write_request_header(&mut self, req: Box<RequestHeader>) -> Result<()> {
         match self {
             UpstreamSession::H1(c) => c.write_request_header(&req).await,
-            UpstreamSession::H2(s) => s.write_request_header(req).await,
+            UpstreamSession::H2(s) => s.write_request_header(h2_request(req)).await,
         }
     }
 
