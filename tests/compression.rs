@@ -8,6 +8,9 @@
 //! counts; heartbeats are off unless the test is about them.
 
 mod common;
+// Shared with tests/sse_framer.rs, which has no use for the rest of common/.
+#[path = "common/decode.rs"]
+mod decode;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -16,6 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::scrape::{series, Scrape};
 use common::*;
+use decode::decode_prefix;
 use rand::Rng;
 
 const SSE: &str = "text/event-stream";
@@ -86,56 +90,6 @@ impl Received {
         }
         out
     }
-}
-
-/// Decodes a prefix of a coded stream, as far as it goes.
-fn decode_prefix(coding: Option<&str>, data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    match coding {
-        None => out.extend_from_slice(data),
-        Some("gzip") => {
-            let mut d = flate2::Decompress::new_gzip(15);
-            let mut buf = vec![0u8; 1 << 16];
-            let mut pos = 0;
-            loop {
-                let (i, o) = (d.total_in(), d.total_out());
-                let status = d
-                    .decompress(&data[pos..], &mut buf, flate2::FlushDecompress::Sync)
-                    .expect("gzip data");
-                pos += (d.total_in() - i) as usize;
-                let n = (d.total_out() - o) as usize;
-                out.extend_from_slice(&buf[..n]);
-                if status == flate2::Status::StreamEnd || (n == 0 && pos == data.len()) {
-                    break;
-                }
-            }
-        }
-        Some("br") => {
-            let mut r = brotli::Decompressor::new(data, 4096);
-            let mut buf = [0u8; 4096];
-            // A prefix ends in the middle of the stream: read what it gives.
-            while let Ok(n @ 1..) = r.read(&mut buf) {
-                out.extend_from_slice(&buf[..n]);
-            }
-        }
-        Some("zstd") => {
-            use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
-            let mut d = Decoder::new().expect("zstd decoder");
-            let mut src = InBuffer::around(data);
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let mut dst = OutBuffer::around(&mut buf[..]);
-                d.run(&mut src, &mut dst).expect("zstd data");
-                let n = dst.pos();
-                out.extend_from_slice(&buf[..n]);
-                if n == 0 && src.pos == data.len() {
-                    break;
-                }
-            }
-        }
-        Some(other) => panic!("unexpected coding {other}"),
-    }
-    out
 }
 
 /// Reads chunks until the decoded body contains `needle`.
@@ -447,7 +401,7 @@ async fn decoded_bytes_are_the_upstreams_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_and_shutdown_retry_are_compressed() {
     let mut up = Upstream::start().await;
-    let mut proxy = start(
+    let proxy = start(
         &up,
         "heartbeat = \"200ms\"\nshutdown_retry = \"3s\"\nshutdown_retry_jitter = \"0s\"",
         "",
@@ -611,7 +565,8 @@ async fn the_cap_and_the_metrics() {
     assert_eq!(metric_until(&proxy, &open, |v| v == 0.0).await, 0.0);
     // (The upstream connection was read to its end: it carries the next request.)
     let mut c = H1Client::connect(proxy.addr).await;
-    c.get("/s", &[("accept", SSE), ("accept-encoding", "gzip")]).await;
+    c.get("/s", &[("accept", SSE), ("accept-encoding", "gzip")])
+        .await;
     a_up.next_request().await;
     a_up.head_chunked(SSE, &[]).await;
     let head = c.response_head().await;
