@@ -126,14 +126,18 @@ impl StreamEncoder {
             Inner::Zstd(e) => {
                 let mut out = Vec::with_capacity(input.len() / 2 + 64);
                 let mut src = InBuffer::around(input);
+                // `around_pos`: each call appends after what is there
+                // (`around` would write over it from the start).
                 while src.pos < input.len() {
                     reserve(&mut out);
-                    e.run(&mut src, &mut OutBuffer::around(&mut out))?;
+                    let at = out.len();
+                    e.run(&mut src, &mut OutBuffer::around_pos(&mut out, at))?;
                 }
                 // ZSTD_e_flush until it reports nothing left to flush.
                 loop {
                     reserve(&mut out);
-                    if e.flush(&mut OutBuffer::around(&mut out))? == 0 {
+                    let at = out.len();
+                    if e.flush(&mut OutBuffer::around_pos(&mut out, at))? == 0 {
                         break;
                     }
                 }
@@ -153,7 +157,8 @@ impl StreamEncoder {
                 let mut out = Vec::with_capacity(64);
                 loop {
                     reserve(&mut out);
-                    if e.finish(&mut OutBuffer::around(&mut out), true)? == 0 {
+                    let at = out.len();
+                    if e.finish(&mut OutBuffer::around_pos(&mut out, at), true)? == 0 {
                         break;
                     }
                 }
@@ -334,6 +339,45 @@ mod tests {
                 wire.len(),
                 sent.len()
             );
+        }
+    }
+
+    /// Writes large enough that the encoders emit blocks before the flush
+    /// (zstd's output must be appended to, not written over), and events
+    /// each coded on their own.
+    #[test]
+    fn large_writes_round_trip() {
+        let mut x: u32 = 1;
+        let noise: Vec<u8> = (0..300_000)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                if i % 3 == 0 {
+                    (x % 251) as u8
+                } else {
+                    b'a' + (x % 7) as u8
+                }
+            })
+            .collect();
+        for coding in Coding::ALL {
+            let mut e = StreamEncoder::new(coding).unwrap();
+            let mut wire = Vec::new();
+            for piece in [
+                &noise[..200_000],
+                &noise[200_000..200_100],
+                &noise[200_100..],
+            ] {
+                wire.extend_from_slice(&e.encode(piece).unwrap());
+            }
+            assert_eq!(decode(coding, &wire), noise, "{coding:?}");
+            for i in 0..20 {
+                let ev = format!("id: {i}\nevent: quote\ndata: {{\"seq\":{i},\"price\":{}.5,\"currency\":\"USD\",\"ts\":{}}}\n\n", i * 3, 1_767_000_000_000u64 + i * 137);
+                let mut e = StreamEncoder::new(coding).unwrap();
+                let mut one = e.encode(ev.as_bytes()).unwrap().to_vec();
+                one.extend_from_slice(&e.finish().unwrap());
+                assert_eq!(decode(coding, &one), ev.as_bytes(), "{coding:?} event {i}");
+            }
         }
     }
 
