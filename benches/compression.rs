@@ -36,6 +36,15 @@
 //!
 //! Every pass checks its output decodes back (`ratio`) or is non-empty, so
 //! a broken encoder cannot post a good figure.
+//!
+//! Results (2 shared cores, load average 4–5; BENCHMARKS.md has all):
+//! ratio 4.03× zstd, 3.37× br, 4.50× gzip (each event alone: 0.97–1.15×);
+//! CPU per event 1.6 µs zstd, 9.3 µs br, 3.3 µs gzip; resident memory per
+//! stream 310 KiB zstd, 289 KiB br, 172 KiB gzip; with 100 subscribers
+//! 3.7 / 12.4 / 8.0 µs per delivered event with an encoder each, against
+//! 3.1 µs for the client write. What it means: the stream-long context is
+//! the whole gain, windows cut to these sizes keep 1,000 streams near
+//! 300 MiB, and a compressed fan-out costs a few times the writes' CPU.
 
 use std::hint::black_box;
 use std::io::{Read, Write};

@@ -47,7 +47,7 @@ const DRAIN_WINDOW: Duration = Duration::from_secs(5);
 const WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 const CLIENT_BUFFER: usize = 256 * 1024;
-/// Compressed event streams at once: at the measured 150–500 KiB of
+/// Compressed event streams at once: at the measured 175–315 KiB of
 /// encoder state each (BENCHMARKS.md, "Compression"), a bounded share of
 /// memory however many streams are open.
 const COMPRESSION_MAX_STREAMS: usize = 1000;

@@ -27,8 +27,11 @@
 //! Shared streams: each subscriber's relay has its own client, so each
 //! subscriber gets its own encoder over its own copy. One encoder shared
 //! by subscribers that joined at the same point would save CPU, but they
-//! drift apart at the first heartbeat, replay or slow write; the cost of
-//! the simple way is measured in `benches/compression.rs` (BENCHMARKS.md).
+//! drift apart at the first heartbeat, replay or slow write. Measured
+//! (`benches/compression.rs`, 100 subscribers): 3.7 µs (zstd), 8 µs (gzip)
+//! or 12 µs (br) of CPU per delivered event with an encoder each, against
+//! under 0.1 µs with one shared and 3 µs for the client write itself;
+//! `compression_max_streams` bounds that cost.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
