@@ -29,6 +29,7 @@
 //!                                      access-log line)
 //!  StreamTally dropped (any exit) ──► streams_open - 1
 //!  stream turned away by a limit ───► RouteMetrics::shed      (streams_shed_total)
+//!  compressed stream, each write ───► CompressionMetrics      (bytes in, out)
 //! ```
 
 use std::fmt;
@@ -100,6 +101,8 @@ pub struct Metrics {
     websockets_open: IntGaugeVec,
     websocket_bytes: IntCounterVec,
     websocket_ends: IntCounterVec,
+    compressed_bytes: IntCounterVec,
+    compressed_streams_open: IntGaugeVec,
 }
 
 /// Client connections, process-wide.
@@ -216,6 +219,11 @@ impl Metrics {
             "WebSocket tunnels ended, by how: client_closed, upstream_closed (who closed first), idle_timeout, shutdown, client_error, upstream_error.",
             &["route", "reason"],
         )?;
+        let compressed_bytes = counter(
+            "ssegate_stream_compressed_bytes_total",
+            "Bytes of event streams compressed for their clients (route compression), added per write: stage in (the stream's bytes, heartbeats and retry hints included) and out (what went to the client, coded).",
+            &["route", "stage"],
+        )?;
         let gauge = |name: &str, help: &str| {
             let family = IntGaugeVec::new(Opts::new(name, help), &["route"])?;
             registry.register(Box::new(family.clone()))?;
@@ -230,6 +238,10 @@ impl Metrics {
             "Client streams reading a shared stream now.",
         )?;
         let websockets_open = gauge("ssegate_websockets_open", "WebSocket tunnels open now.")?;
+        let compressed_streams_open = gauge(
+            "ssegate_compressed_streams_open",
+            "Event streams being compressed now (at most stream.compression_max_streams across routes).",
+        )?;
         let connections = ConnectionMetrics {
             open: IntGauge::new(
                 "ssegate_connections_open",
@@ -303,6 +315,8 @@ impl Metrics {
             websockets_open,
             websocket_bytes,
             websocket_ends,
+            compressed_bytes,
+            compressed_streams_open,
         })
     }
 
@@ -368,6 +382,17 @@ impl Metrics {
                     .overflows
                     .get_metric_with_label_values(&[label, "skip"])?,
                 skipped: self.skipped.get_metric_with_label_values(&one)?,
+            },
+            compression: CompressionMetrics {
+                bytes_in: self
+                    .compressed_bytes
+                    .get_metric_with_label_values(&[label, "in"])?,
+                bytes_out: self
+                    .compressed_bytes
+                    .get_metric_with_label_values(&[label, "out"])?,
+                open: self
+                    .compressed_streams_open
+                    .get_metric_with_label_values(&one)?,
             },
             tunnel: TunnelMetrics {
                 open: self.websockets_open.get_metric_with_label_values(&one)?,
@@ -549,6 +574,18 @@ pub struct RouteMetrics {
     shed: Box<[IntCounter]>,
     share: ShareMetrics,
     tunnel: TunnelMetrics,
+    compression: CompressionMetrics,
+}
+
+/// A route's compression metrics (route `compression`).
+#[derive(Clone)]
+pub struct CompressionMetrics {
+    /// `ssegate_stream_compressed_bytes_total{stage="in"}`
+    pub bytes_in: IntCounter,
+    /// `ssegate_stream_compressed_bytes_total{stage="out"}`
+    pub bytes_out: IntCounter,
+    /// `ssegate_compressed_streams_open`
+    pub open: IntGauge,
 }
 
 /// A route's WebSocket tunnel metrics.
@@ -626,6 +663,11 @@ impl RouteMetrics {
     /// Response counters of this route.
     pub fn responses(&self) -> &Responses {
         &self.responses
+    }
+
+    /// The compression metrics of this route.
+    pub fn compression(&self) -> &CompressionMetrics {
+        &self.compression
     }
 
     /// The resume counters of this route.

@@ -16,7 +16,12 @@
 
 use proptest::prelude::*;
 use proptest::sample::Index;
+use ssegate::compress::{Coding, StreamEncoder};
 use ssegate::sse::{Framer, MAX_EVENT_TYPE_LEN, MAX_ID_LEN};
+
+// What a client of a compressed stream does before its parser runs.
+#[path = "common/decode.rs"]
+mod decode;
 
 const HEARTBEAT: &[u8] = b":\n\n";
 
@@ -192,6 +197,49 @@ proptest! {
         }
         restored.extend_from_slice(&output[from..]);
         prop_assert_eq!(restored, input);
+    }
+
+    /// Property 3 through compression (route `compression`): every chunk
+    /// and every heartbeat is one write, encoded and flushed as the proxy
+    /// does; after each write the client decodes exactly what was written
+    /// so far, and at the end what it decodes fires the input's events.
+    #[test]
+    fn heartbeats_at_boundaries_change_nothing_through_compression(input in stream(), cuts in cuts()) {
+        let chunks = chunk(&input, &cuts);
+        let (output, _) = inject(&chunks);
+        // The relay's writes: each chunk, and each heartbeat after it (or
+        // before the first) where the framer stands at an event boundary.
+        let mut framer = Framer::new();
+        let mut writes: Vec<&[u8]> = Vec::new();
+        if framer.at_event_boundary() {
+            writes.push(HEARTBEAT);
+        }
+        for c in &chunks {
+            framer.feed(c);
+            writes.push(c);
+            if framer.at_event_boundary() {
+                writes.push(HEARTBEAT);
+            }
+        }
+        prop_assert_eq!(writes.concat(), output.clone());
+        for coding in Coding::ALL {
+            let name = coding.name();
+            let mut encoder = StreamEncoder::new(coding).unwrap();
+            let mut wire = Vec::new();
+            let mut to = 0;
+            for w in &writes {
+                wire.extend_from_slice(&encoder.encode(w).unwrap());
+                to += w.len();
+                prop_assert_eq!(&decode::decode_prefix(Some(name), &wire)[..], &output[..to], "{}", name);
+            }
+            wire.extend_from_slice(&encoder.finish().unwrap());
+            let decoded = decode::decode_prefix(Some(name), &wire);
+            prop_assert_eq!(&decoded, &output);
+            let (before, after) = (reference(&input), reference(&decoded));
+            prop_assert_eq!(&after.events, &before.events);
+            prop_assert_eq!(&after.last_id, &before.last_id);
+            prop_assert_eq!(after.retry, before.retry);
+        }
     }
 
     #[test]

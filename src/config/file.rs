@@ -91,6 +91,8 @@ pub struct StreamSection {
     pub drain_window: Option<Spanned<DurationValue>>,
     pub client_write_timeout: Option<Spanned<DurationValue>>,
     pub client_buffer: Option<Spanned<SizeValue>>,
+    /// `i64` so a negative count reaches validation.
+    pub compression_max_streams: Option<Spanned<i64>>,
 }
 
 /// `[limits]`: open-stream limits and the backoff given to shed clients.
@@ -168,6 +170,8 @@ pub struct RouteEntry {
     /// Spanned so that `websocket = true` towards an h2c upstream can be named.
     pub websocket: Option<Spanned<bool>>,
     pub websocket_idle_timeout: Option<Spanned<DurationValue>>,
+    /// Spanned per name, so an unknown or repeated coding can be pointed at.
+    pub compression: Option<Vec<Spanned<String>>>,
 }
 
 /// `[admin]`: the listener for `/metrics` and `/healthz`.

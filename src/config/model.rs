@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::compress::Coding;
+
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -134,6 +136,10 @@ pub struct StreamSettings {
     /// (its socket send buffer plus the chunk in hand); past it the
     /// upstream is not read. Default 256 KiB.
     pub client_buffer: usize,
+    /// Event streams compressed at once across the process (route
+    /// `compression`); past it, streams go out uncompressed. Default 1000;
+    /// 0 compresses none.
+    pub compression_max_streams: usize,
 }
 
 /// `[limits]`: how many event streams may be open at once, and the backoff
@@ -227,6 +233,9 @@ pub struct Route {
     pub websocket: bool,
     /// `websocket_idle_timeout`: overrides `[websocket] idle_timeout`.
     pub websocket_idle_timeout: Option<Option<Duration>>,
+    /// `compression`: the content codings offered to the route's event
+    /// streams, most preferred first. Empty (the default): none.
+    pub compression: Vec<Coding>,
 }
 
 /// A sharing route's settings (`share = true` and the `share_*`,
@@ -311,6 +320,7 @@ impl Route {
             share: None,
             websocket: true,
             websocket_idle_timeout: None,
+            compression: Vec::new(),
         }
     }
 }

@@ -29,7 +29,7 @@ pub fn summary(config: &Config) -> String {
     let s = &config.stream;
     let _ = writeln!(
         out,
-        "stream defaults: heartbeat {} ({:?}), idle timeout {}, cache-control {:?}, shutdown retry {} + up to {} jitter, drain window {}, client write timeout {}, client buffer {} bytes",
+        "stream defaults: heartbeat {} ({:?}), idle timeout {}, cache-control {:?}, shutdown retry {} + up to {} jitter, drain window {}, client write timeout {}, client buffer {} bytes, compressed streams at most {}",
         on_off(s.heartbeat),
         s.heartbeat_text,
         on_off(s.idle_timeout),
@@ -39,6 +39,7 @@ pub fn summary(config: &Config) -> String {
         format_duration(s.drain_window),
         format_duration(s.client_write_timeout),
         s.client_buffer,
+        s.compression_max_streams,
     );
     let _ = writeln!(
         out,
@@ -143,7 +144,7 @@ fn routes(out: &mut String, config: &Config) {
         let idle = r.idle_timeout.unwrap_or(config.stream.idle_timeout);
         let _ = writeln!(
             out,
-            "  {host} {} -> {upstream}{}, heartbeat {}, idle timeout {}, max streams {}, resume {}, {}",
+            "  {host} {} -> {upstream}{}, heartbeat {}, idle timeout {}, max streams {}, resume {}, {}{}",
             r.path,
             if r.strip_prefix {
                 " (strip prefix)"
@@ -161,6 +162,7 @@ fn routes(out: &mut String, config: &Config) {
                     format_duration(r.resume_backoff)
                 ),
             },
+            compression(r),
             websocket(config, r),
         );
         if let Some(share) = &r.share {
@@ -195,6 +197,16 @@ fn health(u: &Upstream) -> String {
         ),
     };
     format!("active check {active}; passive check {passive}")
+}
+
+/// A route's compression list, before its WebSocket settings; nothing
+/// when it is off, so that such a route's line reads as before.
+fn compression(r: &Route) -> String {
+    if r.compression.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = r.compression.iter().map(|c| c.name()).collect();
+    format!("compression {}, ", names.join(" "))
 }
 
 /// A route's WebSocket settings, at the end of the route's line.

@@ -19,8 +19,9 @@ use super::duration::{format_duration, parse_duration, UNIT_HELP};
 use super::error::{ConfigError, ConfigErrors};
 use super::file::{self, DurationValue, SizeValue};
 use super::model::{
-    ActiveCheck, Admin, Config, HostMatch, LimitSettings, Listener, Overflow, Resume, Route,
-    Server, Share, StreamSettings, Timeouts, Tls, Upstream, UpstreamProtocol, WebSocketSettings,
+    ActiveCheck, Admin, Coding, Config, HostMatch, LimitSettings, Listener, Overflow, Resume,
+    Route, Server, Share, StreamSettings, Timeouts, Tls, Upstream, UpstreamProtocol,
+    WebSocketSettings,
 };
 
 // Defaults, as documented in `config::model` and `conf/ssegate.toml`.
@@ -47,6 +48,10 @@ const DRAIN_WINDOW: Duration = Duration::from_secs(5);
 const WEBSOCKET_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 const CLIENT_BUFFER: usize = 256 * 1024;
+/// Compressed event streams at once: at the measured 175–315 KiB of
+/// encoder state each (BENCHMARKS.md, "Compression"), a bounded share of
+/// memory however many streams are open.
+const COMPRESSION_MAX_STREAMS: usize = 1000;
 /// At least one upstream read (16 KiB) plus its chunk framing must fit.
 const CLIENT_BUFFER_MIN: usize = 32 * 1024;
 const CLIENT_BUFFER_MAX: usize = 64 * 1024 * 1024;
@@ -423,6 +428,8 @@ impl Checker<'_> {
                 CLIENT_BUFFER,
                 CLIENT_BUFFER_MIN..=CLIENT_BUFFER_MAX,
             ),
+            compression_max_streams: self
+                .compression_max_streams(s.compression_max_streams.as_ref()),
             heartbeat: self.switch("stream.heartbeat", s.heartbeat.as_ref(), Some(HEARTBEAT)),
             heartbeat_text: self.text_value(
                 "stream.heartbeat_text",
@@ -483,6 +490,57 @@ impl Checker<'_> {
                 Accept::ZeroToo,
             ),
         }
+    }
+
+    /// `stream.compression_max_streams`: a count, 0 allowed (compress none).
+    fn compression_max_streams(&mut self, value: Option<&Spanned<i64>>) -> usize {
+        let Some(value) = value else {
+            return COMPRESSION_MAX_STREAMS;
+        };
+        let n = *value.get_ref();
+        usize::try_from(n).unwrap_or_else(|_| {
+            let message = format!(
+                "must be a whole number of streams, 0 or more, got {n}; 0 compresses no stream"
+            );
+            self.error(
+                Some(value.span()),
+                "stream.compression_max_streams",
+                message,
+            );
+            COMPRESSION_MAX_STREAMS
+        })
+    }
+
+    /// A route's `compression`: coding names, each once, in preference order.
+    fn compression(&mut self, key: &str, value: Option<&Vec<Spanned<String>>>) -> Vec<Coding> {
+        let mut codings: Vec<(Coding, usize)> = Vec::new();
+        for (j, raw) in value.into_iter().flatten().enumerate() {
+            let item = format!("{key}.compression[{j}]");
+            let name = raw.get_ref();
+            match Coding::from_name(name) {
+                Some(c) => {
+                    if let Some((_, first)) = codings.iter().find(|(k, _)| *k == c) {
+                        let message =
+                            format!("duplicate coding {name:?} (already compression[{first}])");
+                        self.error(Some(raw.span()), &item, message);
+                    } else {
+                        codings.push((c, j));
+                    }
+                }
+                None => {
+                    let known: Vec<String> = Coding::ALL
+                        .iter()
+                        .map(|c| format!("{:?}", c.name()))
+                        .collect();
+                    let message = format!(
+                        "unknown coding {name:?}; expected {} (lowercase), most preferred first",
+                        known.join(", ")
+                    );
+                    self.error(Some(raw.span()), &item, message);
+                }
+            }
+        }
+        codings.into_iter().map(|(c, _)| c).collect()
     }
 
     /// A `max_streams`-style limit: absent is unlimited, else at least 1.
@@ -803,6 +861,7 @@ impl Checker<'_> {
                 "websocket_idle_timeout",
                 entry.websocket_idle_timeout.as_ref(),
             ),
+            compression: self.compression(key, entry.compression.as_ref()),
         }
     }
 
@@ -1790,6 +1849,57 @@ mod tests {
 
     fn share_of(keys: &str) -> Option<Share> {
         config(&feeds(keys)).routes[0].share.clone()
+    }
+
+    #[test]
+    fn compression_keys() {
+        let c = config("");
+        assert!(c.routes[0].compression.is_empty());
+        assert_eq!(c.stream.compression_max_streams, 1000);
+        let c = config(&format!(
+            "[stream]\ncompression_max_streams = 0\n{}",
+            feeds("compression = [\"zstd\", \"br\", \"gzip\"]")
+        ));
+        assert_eq!(c.stream.compression_max_streams, 0);
+        assert_eq!(
+            c.routes[0].compression,
+            [Coding::Zstd, Coding::Br, Coding::Gzip]
+        );
+        assert_eq!(
+            config(&feeds("compression = [\"gzip\"]")).routes[0].compression,
+            [Coding::Gzip]
+        );
+        let errors = errors(&feeds(
+            "compression = [\"gzip\", \"deflate\", \"\", \"GZIP\", \"gzip\"]",
+        ));
+        let keys: Vec<&str> = errors.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "route[0].compression[1]",
+                "route[0].compression[2]",
+                "route[0].compression[3]",
+                "route[0].compression[4]"
+            ]
+        );
+        assert!(
+            errors[0]
+                .1
+                .contains("unknown coding \"deflate\"; expected \"zstd\", \"br\", \"gzip\""),
+            "{errors:?}"
+        );
+        assert!(errors[1].1.contains("unknown coding \"\""), "{errors:?}");
+        assert!(
+            errors[3]
+                .1
+                .contains("duplicate coding \"gzip\" (already compression[0])"),
+            "{errors:?}"
+        );
+        assert_one_error(
+            "[stream]\ncompression_max_streams = -1",
+            "stream.compression_max_streams",
+            "0 or more, got -1",
+        );
     }
 
     #[test]

@@ -22,8 +22,9 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
 
+use super::compressed::{Coder, Compressed};
 use super::connections;
-use super::downstream::{Downstream, H1Client, H2Client};
+use super::downstream::{Downstream, H1Client, H2Client, Sink};
 use super::exchange::Exchanged;
 use super::headers;
 use super::limits::StreamPermit;
@@ -71,7 +72,12 @@ pub struct StreamJob {
     connection: Option<connections::ConnectionGuard>,
     /// An HTTP/2 stream's mark on its connection's activity.
     activity: Option<connections::ActivityGuard>,
+    /// The stream's encoder, when it is compressed (compressed.rs).
+    coder: Option<Box<Coder>>,
 }
+
+/// The client of a stream's task: compressed or not, one type.
+type Client = Compressed<Downstream>;
 
 /// Admits the event stream in `x` and sends its response header.
 pub(super) async fn start(
@@ -153,8 +159,14 @@ pub(super) async fn begin(
     let shared = &app.shared;
     let client_version = session.req_header().version;
     let cache_control = &shared.config.stream.cache_control;
-    let resp = match headers::stream_response(head, client_version, cache_control) {
-        Ok(r) => r,
+    let built = headers::stream_response(head, client_version, cache_control).and_then(|mut r| {
+        let coder = route
+            .compression
+            .start(session.req_header(), head, &mut r)?;
+        Ok((r, coder))
+    });
+    let (resp, coder) = match built {
+        Ok(built) => built,
         Err(e) => {
             release(shared, feed, false).await;
             log::warn!("cannot build stream response: {e}");
@@ -181,6 +193,7 @@ pub(super) async fn begin(
         client: session.client_addr().and_then(|a| a.as_inet()).copied(),
         connection: None,
         activity: None,
+        coder,
     }))
 }
 
@@ -227,6 +240,7 @@ pub(super) fn spawn(
             }
         },
     };
+    let client = Compressed::new(client, job.coder.take());
     let (app, shutdown) = (app.clone(), shutdown.clone());
     // A task's future is as large as its largest state: a shared stream's
     // subscriber (most of an idle fan-out's memory) gets a task of its own
@@ -241,7 +255,7 @@ pub(super) fn spawn(
 /// [`run`] for a shared stream's subscriber.
 async fn run_subscriber(
     app: Arc<ProxyApp>,
-    mut client: Downstream,
+    mut client: Client,
     mut job: Box<StreamJob>,
     shutdown: ShutdownWatch,
 ) {
@@ -268,7 +282,7 @@ async fn run_subscriber(
 /// of its own.
 async fn run(
     app: Arc<ProxyApp>,
-    mut client: Downstream,
+    mut client: Client,
     mut job: Box<StreamJob>,
     shutdown: ShutdownWatch,
 ) {
@@ -325,7 +339,7 @@ async fn run(
 /// client connection or returns it to the keep-alive loop.
 async fn finish(
     app: Arc<ProxyApp>,
-    mut client: Downstream,
+    mut client: Client,
     job: Box<StreamJob>,
     end: StreamEnd,
     st: StreamStats,
@@ -352,7 +366,7 @@ async fn finish(
     }
     // A finished HTTP/1 stream leaves a connection that can carry the
     // client's next request: back to the keep-alive loop with it.
-    if let Downstream::H1(c) = client {
+    if let Downstream::H1(c) = client.into_inner() {
         if let Some(stream) = c.into_reusable() {
             if !*shutdown.borrow() {
                 connections::holding(connection, app.serve_next(stream, &shutdown)).await;

@@ -26,7 +26,8 @@
 //!        │                         header out, then a task of its own that
 //!        │                         runs the relay (stream.rs) from a Source
 //!        │                         (one upstream, or resume.rs's resuming
-//!        │                         one) to a Sink (the client: downstream.rs)
+//!        │                         one) to a Sink (the client: downstream.rs,
+//!        │                         coded by compressed.rs when negotiated)
 //!        ordinary
 //!        ▼
 //!  ordinary.rs: body relayed, read timeout per read
@@ -37,6 +38,7 @@
 //! A phase that gives up returns a [`reply::Reply`] (an error status, or the
 //! shed answer), which `handle` sends.
 
+pub mod compressed;
 pub mod connections;
 pub mod downstream;
 pub mod event_stream;

@@ -7,6 +7,7 @@
 //!  its upstream pool ┤
 //!  stream policy ────┼─► RouteEntry ─► Router<Arc<RouteEntry>> (router.rs)
 //!  max_streams gate ─┤
+//!  compression ──────┤
 //!  metric handles ───┘
 //! ```
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::compressed::{RouteCompression, Slots};
 use super::limits::RouteLimit;
 use super::share::Shares;
 use super::stream::StreamPolicy;
@@ -38,6 +40,8 @@ pub struct RouteEntry {
     pub metrics: RouteMetrics,
     /// Its shared streams, when it shares (`share = true`).
     pub shares: Option<Arc<Shares>>,
+    /// Its `compression`, and the process-wide cap on compressed streams.
+    pub compression: RouteCompression,
     /// Set once a compressed event stream has been logged for this route.
     compressed_logged: AtomicBool,
 }
@@ -68,6 +72,7 @@ pub fn routes(
         .server
         .grace_period
         .saturating_sub(Duration::from_millis(250));
+    let slots = Arc::new(Slots::new(s.compression_max_streams));
     let mut entries = Vec::with_capacity(config.routes.len());
     for r in &config.routes {
         let pool = pools.get(r.upstream).cloned().ok_or_else(|| {
@@ -95,6 +100,11 @@ pub fn routes(
                 drain_window: s.drain_window,
             },
             limit: RouteLimit::new(r.max_streams),
+            compression: RouteCompression {
+                codings: r.compression.clone(),
+                slots: slots.clone(),
+                metrics: route_metrics.compression().clone(),
+            },
             metrics: route_metrics,
             shares,
             compressed_logged: AtomicBool::new(false),
