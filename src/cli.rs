@@ -96,6 +96,11 @@ pub struct DemoArgs {
     /// Where the proxy listens (HTTP/1.1 and h2c).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// Where the proxy listens with TLS (ALPN h2 and http/1.1), with the
+    /// repository's self-signed certificate for localhost and 127.0.0.1;
+    /// "off" for none.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub tls_listen: String,
     /// Where the demo upstream listens.
     #[arg(long, default_value = "127.0.0.1:8081")]
     pub upstream_listen: String,

@@ -9,6 +9,7 @@
 //!   (`demo.html`), which shows the three at work; to anything else a
 //!   plain-text index.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,8 +48,25 @@ const PAGE: &str = include_str!("demo.html");
 const REPLY: &str = "Server-Sent Events pass through ssegate one chunk at a time, \
 so every token reaches you the moment the upstream writes it.";
 
-/// The embedded configuration for `ssegate demo`; `{listen}` and `{upstream}` are filled in.
-pub fn config_text(listen: &str, upstream: &str) -> String {
+/// The self-signed certificate of `conf/certs` (localhost, 127.0.0.1), for
+/// the demo's TLS listener: a browser opens the page there over HTTP/2.
+/// Its key is public; it is for trying ssegate on one's own machine only.
+pub const DEMO_CERT: &str = include_str!("../conf/certs/cert.pem");
+/// The key of [`DEMO_CERT`].
+pub const DEMO_KEY: &str = include_str!("../conf/certs/key.pem");
+
+/// The embedded configuration for `ssegate demo`; `{listen}` and `{upstream}`
+/// are filled in, and a TLS listener on `tls` with the certificate and key
+/// files `tls` names, when given.
+pub fn config_text(listen: &str, tls: Option<(&str, &Path, &Path)>, upstream: &str) -> String {
+    let tls_listener = match tls {
+        Some((address, cert, key)) => format!(
+            "\n[[listener]]\naddress = \"{address}\"\ntls = {{ cert = {:?}, key = {:?} }}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+        None => String::new(),
+    };
     format!(
         r#"# ssegate demo configuration (embedded)
 [server]
@@ -58,7 +76,7 @@ shutdown_timeout = "1s"
 
 [[listener]]
 address = "{listen}"
-
+{tls_listener}
 [stream]
 heartbeat = "5s"
 

@@ -64,7 +64,23 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo(args) => {
-            let text = demo::config_text(&args.listen, &args.upstream_listen);
+            // The TLS listener's certificate goes to files, as a config names it.
+            let tls = match args.tls_listen.as_str() {
+                "off" => None,
+                address => match demo_cert_files() {
+                    Ok((cert, key)) => Some((address.to_string(), cert, key)),
+                    Err(e) => {
+                        eprintln!("ssegate: cannot write the demo's certificate: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            let text = demo::config_text(
+                &args.listen,
+                tls.as_ref()
+                    .map(|(a, c, k)| (a.as_str(), c.as_path(), k.as_path())),
+                &args.upstream_listen,
+            );
             let cfg = match config::parse(&text, "<demo>", std::path::Path::new(".")) {
                 Ok(cfg) => cfg,
                 Err(errors) => {
@@ -96,6 +112,11 @@ fn main() -> ExitCode {
                 args.upstream_listen
             );
             println!("  open in a browser: {base}/");
+            if let Some((address, _, _)) = &tls {
+                println!(
+                    "  over HTTP/2:       https://{address}/   (self-signed certificate for localhost: accept the browser's warning; curl -k)"
+                );
+            }
             println!("  ticking stream:  curl -N {base}/ticks");
             println!("  idle stream:     curl -N {base}/idle        (a heartbeat every 5 s)");
             println!("  resume:          curl -N -H 'Last-Event-ID: 41' {base}/ticks");
@@ -105,4 +126,15 @@ fn main() -> ExitCode {
             s.run_forever()
         }
     }
+}
+
+/// Writes the demo's certificate and key (`demo::DEMO_CERT`) into a folder
+/// of this process under the temporary directory.
+fn demo_cert_files() -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("ssegate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, demo::DEMO_CERT)?;
+    std::fs::write(&key, demo::DEMO_KEY)?;
+    Ok((cert, key))
 }

@@ -176,7 +176,6 @@ async fn status_page_in_chromium_follows_the_open_streams() {
 /// `ssegate demo` on free ports, its stdout read line by line.
 struct Demo {
     _child: Child,
-    upstream: SocketAddr,
     stdout: tokio::io::Lines<BufReader<ChildStdout>>,
 }
 
@@ -184,9 +183,17 @@ impl Demo {
     async fn start() -> Demo {
         for _attempt in 0..5 {
             let listen = format!("127.0.0.1:{}", free_port());
+            let tls = format!("127.0.0.1:{}", free_port());
             let upstream: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let mut child = Command::new(bin())
-                .args(["demo", "--listen", &listen, "--upstream-listen"])
+                .args([
+                    "demo",
+                    "--listen",
+                    &listen,
+                    "--tls-listen",
+                    &tls,
+                    "--upstream-listen",
+                ])
                 .arg(upstream.to_string())
                 .args(["--tick-ms", "300"])
                 .env("RUST_LOG", "warn")
@@ -202,6 +209,7 @@ impl Demo {
                         return false;
                     }
                     if tokio::net::TcpStream::connect(&listen).await.is_ok()
+                        && tokio::net::TcpStream::connect(&tls).await.is_ok()
                         && tokio::net::TcpStream::connect(upstream).await.is_ok()
                     {
                         return true;
@@ -213,12 +221,30 @@ impl Demo {
             if up {
                 return Demo {
                     _child: child,
-                    upstream,
                     stdout,
                 };
             }
         }
         panic!("ssegate demo did not start");
+    }
+
+    /// The HTTP/2 URL the demo's banner gives (its TLS listener).
+    async fn h2_url(&mut self) -> String {
+        within("the demo's HTTP/2 line", async {
+            loop {
+                let line = self
+                    .stdout
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("demo stdout closed");
+                if let Some(rest) = line.trim().strip_prefix("over HTTP/2:") {
+                    let url = rest.split_whitespace().next().unwrap_or_default();
+                    return url.to_string();
+                }
+            }
+        })
+        .await
     }
 
     /// The URL the demo tells a person to open in a browser.
@@ -286,14 +312,10 @@ async fn demo_page_in_chromium_through_ssegate_demo() {
 async fn demo_page_on_a_tls_listener_opens_50_event_sources_over_http2() {
     let _one = BROWSER.lock().await;
     prerequisites().await;
-    let demo = Demo::start().await;
-    let dir = TempDir::new("browser-tls");
-    let cert = make_cert(&dir);
-    // The demo's routes behind a TLS listener, heartbeats each second.
-    let mut cfg = ProxyConfig::new(basic_config(demo.upstream, "heartbeat = \"1s\""));
-    cfg.tls = Some((cert.cert_path.clone(), cert.key_path.clone()));
-    let proxy = Proxy::start(cfg).await;
-    let url = format!("https://{}/", proxy.tls_addr.expect("tls listener"));
+    // The demo's own TLS listener, as its banner tells a person to open it.
+    let mut demo = Demo::start().await;
+    let url = demo.h2_url().await;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
 
     let shot = screenshot("demo-h2");
     let result = Driver::start("demo.mjs", &[&url, shot.to_str().unwrap(), "50"])

@@ -341,6 +341,7 @@ async fn help_of_every_subcommand_lists_its_flags() {
 struct Demo {
     child: Child,
     listen: SocketAddr,
+    tls: SocketAddr,
     upstream: SocketAddr,
     stdout: mpsc::UnboundedReceiver<String>,
     seen: Vec<String>,
@@ -372,12 +373,21 @@ impl Demo {
                 break p;
             }
         };
+        let p3 = loop {
+            let p = free_port();
+            if p != p1 && p != p2 {
+                break p;
+            }
+        };
         let listen: SocketAddr = format!("127.0.0.1:{p1}").parse().unwrap();
         let upstream: SocketAddr = format!("127.0.0.1:{p2}").parse().unwrap();
+        let tls: SocketAddr = format!("127.0.0.1:{p3}").parse().unwrap();
         let mut child = Command::new(bin())
             .arg("demo")
             .arg("--listen")
             .arg(listen.to_string())
+            .arg("--tls-listen")
+            .arg(tls.to_string())
             .arg("--upstream-listen")
             .arg(upstream.to_string())
             .arg("--tick-ms")
@@ -402,6 +412,7 @@ impl Demo {
         let mut demo = Demo {
             child,
             listen,
+            tls,
             upstream,
             stdout: rx,
             seen: Vec::new(),
@@ -413,6 +424,7 @@ impl Demo {
                 }
                 if TcpStream::connect(listen).await.is_ok()
                     && TcpStream::connect(upstream).await.is_ok()
+                    && TcpStream::connect(tls).await.is_ok()
                 {
                     return true;
                 }
@@ -546,6 +558,19 @@ async fn demo_serves_what_its_banner_promises() {
         curl.contains(&format!("curl -N {base}/ticks")),
         "curl line {curl:?}"
     );
+
+    // The TLS listener, with the repository's certificate: the page over
+    // HTTP/2, and the ticks.
+    let h2 = demo.stdout_line("over HTTP/2").await;
+    assert!(h2.contains(&format!("https://{}/", demo.tls)), "{h2:?}");
+    let cert = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/certs/cert.pem"))
+        .unwrap();
+    let mut h2 = h2_tls_connect(demo.tls, &cert).await;
+    let (parts, mut stream) = h2_get(&mut h2, "127.0.0.1", "/ticks").await;
+    assert_eq!(parts.status, 200);
+    let mut got = Vec::new();
+    h2_read_until(&mut stream, &mut got, b"id: 2\n").await;
+    assert!(got.starts_with(b"id: 1\nevent: tick\n"), "{got:?}");
 
     // GET /ticks: ids 1, 2, 3 in order, the first event byte for byte.
     let mut client = H1Client::connect(demo.listen).await;
