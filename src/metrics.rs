@@ -85,6 +85,7 @@ pub struct Metrics {
     upstream_timeouts: IntCounterVec,
     server_up: IntGaugeVec,
     server_transitions: IntCounterVec,
+    server_connections: IntGaugeVec,
     streams_shed: IntCounterVec,
     client_write_timeouts: IntCounterVec,
     resume_attempts: IntCounterVec,
@@ -262,6 +263,14 @@ impl Metrics {
             &["upstream", "server"],
         )?;
         registry.register(Box::new(server_up.clone()))?;
+        let server_connections = IntGaugeVec::new(
+            Opts::new(
+                "ssegate_upstream_connections_open",
+                "Connections to an upstream server carrying a request, event stream or WebSocket tunnel now (idle pooled ones not counted).",
+            ),
+            &["upstream", "server"],
+        )?;
+        registry.register(Box::new(server_connections.clone()))?;
         let streams_open = IntGaugeVec::new(
             Opts::new("ssegate_streams_open", "Event streams open now."),
             &["route"],
@@ -299,6 +308,7 @@ impl Metrics {
             upstream_timeouts,
             server_up,
             server_transitions,
+            server_connections,
             streams_shed,
             client_write_timeouts,
             resume_attempts,
@@ -423,6 +433,7 @@ impl Metrics {
             name: name.to_string(),
             server_up: self.server_up.clone(),
             server_transitions: self.server_transitions.clone(),
+            server_connections: self.server_connections.clone(),
         })
     }
 
@@ -503,6 +514,7 @@ pub struct UpstreamMetrics {
     name: String,
     server_up: IntGaugeVec,
     server_transitions: IntCounterVec,
+    server_connections: IntGaugeVec,
 }
 
 impl UpstreamMetrics {
@@ -520,6 +532,9 @@ impl UpstreamMetrics {
             to_down: self
                 .server_transitions
                 .get_metric_with_label_values(&labels("down"))?,
+            connections: self
+                .server_connections
+                .get_metric_with_label_values(&[self.name.as_str(), server])?,
         };
         m.up.set(1);
         Ok(m)
@@ -544,6 +559,8 @@ pub struct ServerMetrics {
     to_up: IntCounter,
     /// `ssegate_upstream_server_transitions_total{to="down"}`
     to_down: IntCounter,
+    /// `ssegate_upstream_connections_open`
+    pub connections: IntGauge,
 }
 
 impl ServerMetrics {
@@ -604,9 +621,8 @@ pub struct TunnelMetrics {
 impl TunnelMetrics {
     /// A tunnel opens: `ssegate_websockets_open` goes up until the
     /// returned guard is dropped, on every exit path.
-    pub fn opened(&self) -> OpenTunnel {
-        self.open.inc();
-        OpenTunnel(self.open.clone())
+    pub fn opened(&self) -> Held {
+        Held::new(&self.open)
     }
 
     /// A tunnel ended as `end`.
@@ -617,10 +633,18 @@ impl TunnelMetrics {
     }
 }
 
-/// One open tunnel in `ssegate_websockets_open`, for as long as it lives.
-pub struct OpenTunnel(IntGauge);
+/// One unit of a gauge (an open tunnel, an upstream connection in use),
+/// held until dropped, so that every exit path gives it back.
+pub struct Held(IntGauge);
 
-impl Drop for OpenTunnel {
+impl Held {
+    pub fn new(gauge: &IntGauge) -> Held {
+        gauge.inc();
+        Held(gauge.clone())
+    }
+}
+
+impl Drop for Held {
     fn drop(&mut self) {
         self.0.dec();
     }

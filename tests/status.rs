@@ -94,6 +94,7 @@ async fn status_json_counts_open_streams_and_follows_a_close() {
     assert_eq!(server["address"], upstream.addr.to_string());
     // Every server has a health state (passive checks are on by default).
     assert_eq!(server["up"], true, "{server}");
+    assert_eq!(server["open_connections"], 0, "{server}");
     assert!(idle["process"]["rss_bytes"].as_u64().unwrap_or(0) > 1 << 20);
     assert!(idle["process"]["open_fds"].as_u64().unwrap_or(0) >= 3);
     assert_eq!(idle["process"]["pid"], proxy.child.id());
@@ -114,6 +115,9 @@ async fn status_json_counts_open_streams_and_follows_a_close() {
     let route = &live["routes"][0];
     assert!(route["events_total"].as_u64() > Some(0), "{route}");
     assert!(route["bytes_per_second"].as_f64() > Some(0.0), "{route}");
+    // Each stream holds its own upstream connection.
+    let server = &live["upstreams"][0]["servers"][0];
+    assert_eq!(server["open_connections"], 3, "{server}");
     let chart = &live["history"]["routes"]["/"]["streams_open"];
     assert_eq!(
         chart.as_array().and_then(|c| c.last()),
@@ -124,7 +128,12 @@ async fn status_json_counts_open_streams_and_follows_a_close() {
     let after = status_until(admin, "2 open streams", |s| open_streams(s) == 2).await;
     assert_eq!(after["routes"][0]["ends"]["client_gone"], 1, "{after:#}");
     drop(clients);
-    status_until(admin, "no open stream", |s| open_streams(s) == 0).await;
+    status_until(
+        admin,
+        "no open stream and no upstream connection in use",
+        |s| open_streams(s) == 0 && s["upstreams"][0]["servers"][0]["open_connections"] == 0,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -363,7 +363,12 @@ impl Status {
                             up: index
                                 .find(SERVER_UP, &[("upstream", name), ("server", address)])
                                 .map(|v| v > 0.0),
-                            open_connections: None,
+                            open_connections: index
+                                .find(
+                                    "ssegate_upstream_connections_open",
+                                    &[("upstream", name), ("server", address)],
+                                )
+                                .map(|v| v as u64),
                         })
                         .collect(),
                     connect_errors: index.count("ssegate_upstream_connect_errors_total", &pool),

@@ -44,7 +44,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::h1::H1Conn;
 use crate::config::{format_duration, ActiveCheck, Upstream};
-use crate::metrics::{ServerMetrics, UpstreamMetrics};
+use crate::metrics::{Held, ServerMetrics, UpstreamMetrics};
 
 /// The active verdict on one server: `fall` failed checks in a row take it
 /// down, `rise` passed checks in a row bring it back. Servers start up.
@@ -365,6 +365,12 @@ impl PoolHealth {
         if let Some(s) = self.server(addr) {
             s.failed();
         }
+    }
+
+    /// One connection to `addr` in use, in `ssegate_upstream_connections_open`
+    /// until dropped.
+    pub fn connection(&self, addr: &SocketAddr) -> Option<Held> {
+        self.server(addr).map(|s| Held::new(&s.metrics.connections))
     }
 }
 

@@ -28,7 +28,7 @@ use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::LoadBalancer;
 
 use crate::config::{Config, Timeouts, Upstream, UpstreamProtocol};
-use crate::metrics::UpstreamMetrics;
+use crate::metrics::{Held, UpstreamMetrics};
 use h1::H1Conn;
 use health::PoolHealth;
 
@@ -62,6 +62,9 @@ pub struct Connected {
     /// The server `peer` goes to, as configured: what [`Pool::failed`] takes.
     pub server: SocketAddr,
     pub reused: bool,
+    /// This connection in `ssegate_upstream_connections_open` while it is
+    /// in use (a pooled idle connection is not counted).
+    pub in_use: Option<Held>,
 }
 
 /// The request as an h2c upstream takes it. The proxy announces a body of
@@ -235,6 +238,7 @@ impl Pool {
                         peer,
                         server: addr,
                         reused,
+                        in_use: self.health.connection(&addr),
                     });
                 }
                 Err(e) => {

@@ -39,7 +39,7 @@ use super::reply::{respond_or_abort, Reply};
 use super::route::RouteEntry;
 use super::{Handled, ProxyApp};
 use crate::access_log::TunnelLine;
-use crate::metrics::OpenTunnel;
+use crate::metrics::Held;
 use crate::upstream::{Connected, UpstreamSession};
 use crate::websocket::handshake::{accept_key, has_token, new_key, valid_key};
 use splice::Client;
@@ -104,7 +104,9 @@ pub struct TunnelJob {
     client: Option<std::net::SocketAddr>,
     started: Instant,
     /// Holds `ssegate_websockets_open` up while the tunnel lives.
-    _open: OpenTunnel,
+    _open: Held,
+    /// Holds the upstream connection in `ssegate_upstream_connections_open`.
+    _upstream_in_use: Option<Held>,
     /// The tunnel's place under `max_connections`: an HTTP/1.1 client's
     /// connection guard (taken in `spawn`), or one of its own over HTTP/2.
     connection: Option<connections::ConnectionGuard>,
@@ -223,6 +225,7 @@ pub(super) async fn serve(
         client: session.client_addr().and_then(|a| a.as_inet()).copied(),
         started: Instant::now(),
         _open: route.metrics.tunnel().opened(),
+        _upstream_in_use: up.in_use,
         connection,
         route: route.clone(),
     }))
