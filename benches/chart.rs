@@ -21,21 +21,13 @@
 //! run failed or has no such figure is left out of that panel.
 
 use std::error::Error;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use plotters::style::{register_font, FontStyle};
 use serde_json::Value;
 
 type Res<T> = Result<T, Box<dyn Error>>;
-
-const FONT_CANDIDATES: &[&str] = &[
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-];
 
 /// The targets in the order the report uses; unknown ones follow.
 const ORDER: &[&str] = &["direct", "ssegate", "nginx", "caddy", "haproxy"];
@@ -141,23 +133,6 @@ fn figures(doc: &Value) -> Figures {
         cpu: per_target(doc, "fanout", "proxy_cpu_s_per_m_events"),
         memory: per_target(doc, "idle", "kib_per_stream"),
     }
-}
-
-fn load_font() -> Res<()> {
-    let path = match std::env::var_os("SSEGATE_CHART_FONT") {
-        Some(p) => PathBuf::from(p),
-        None => FONT_CANDIDATES
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .ok_or("no TrueType font found: apt-get install fonts-dejavu-core, or set SSEGATE_CHART_FONT")?,
-    };
-    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    // plotters keeps registered fonts for the life of the process.
-    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-    register_font("sans-serif", FontStyle::Normal, bytes)
-        .map_err(|_| format!("{}: not a usable TrueType font", path.display()))?;
-    Ok(())
 }
 
 /// Short label: 3 significant digits at most.
@@ -380,7 +355,8 @@ fn run() -> Res<()> {
     };
     let text = std::fs::read_to_string(input).map_err(|e| format!("{input}: {e}"))?;
     let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{input}: {e}"))?;
-    load_font()?;
+    // The same font lookup as `ssegate bench --chart`.
+    ssegate::bench::chart::load_font()?;
     draw(&figures(&doc), output)?;
     println!("chart: {output}");
     Ok(())

@@ -19,16 +19,7 @@ pub struct AccessLine<'a> {
 
 impl fmt::Display for AccessLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "stream end route={} upstream={} client=",
-            LogValue(self.route),
-            LogValue(self.upstream)
-        )?;
-        match self.client {
-            Some(client) => write!(f, "{}", LogValue(&client.to_string()))?,
-            None => f.write_str("-")?,
-        }
+        head(f, "stream", self.route, self.upstream, self.client)?;
         write!(
             f,
             " duration={:.3}s events={} bytes={} heartbeats={} end={}",
@@ -68,16 +59,7 @@ pub struct TunnelLine<'a> {
 
 impl fmt::Display for TunnelLine<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "tunnel end route={} upstream={} client=",
-            LogValue(self.route),
-            LogValue(self.upstream)
-        )?;
-        match self.client {
-            Some(client) => write!(f, "{}", LogValue(&client.to_string()))?,
-            None => f.write_str("-")?,
-        }
+        head(f, "tunnel", self.route, self.upstream, self.client)?;
         write!(
             f,
             " protocol={} duration={:.3}s to_upstream={} to_client={} end={}",
@@ -87,6 +69,27 @@ impl fmt::Display for TunnelLine<'_> {
             self.to_client,
             self.end.label().1,
         )
+    }
+}
+
+/// What every line starts with: `KIND end route=R upstream=U client=C`
+/// (`-` for a client without an address).
+fn head(
+    f: &mut fmt::Formatter<'_>,
+    kind: &str,
+    route: &str,
+    upstream: &str,
+    client: Option<&dyn fmt::Display>,
+) -> fmt::Result {
+    write!(
+        f,
+        "{kind} end route={} upstream={} client=",
+        LogValue(route),
+        LogValue(upstream)
+    )?;
+    match client {
+        Some(client) => write!(f, "{}", LogValue(&client.to_string())),
+        None => f.write_str("-"),
     }
 }
 

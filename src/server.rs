@@ -135,10 +135,11 @@ pub fn build_after(
     let admin = config.admin.clone();
     let read_timeout = config.timeouts.read;
     let metrics = Arc::new(Metrics::new()?);
-    let status = admin
-        .is_some()
-        .then(|| Status::new(&config, metrics.clone()));
+    // The status page's first sample is taken when it is made: after the
+    // pools, whose per-server metrics it shows.
+    let status_config = admin.is_some().then(|| config.clone());
     let shared = Shared::new(config, metrics.clone())?;
+    let status = status_config.map(|c| Status::new(&c, metrics.clone()));
     // Everything that can fail comes before bootstrap: with --upgrade,
     // bootstrap takes the listening sockets from the running process, which
     // then drains and exits, so a failure after it would leave nothing

@@ -30,7 +30,7 @@
 //! | `upstream` | the benchmark origin |
 
 mod args;
-mod chart;
+pub mod chart;
 mod client;
 mod client_h1;
 mod client_h2;

@@ -318,6 +318,20 @@ impl Flow {
     }
 }
 
+/// A flow's failure as the tunnel's end: `source` when its source failed,
+/// `sink` when its sink did.
+fn failed(
+    polled: Poll<Result<(), Failure>>,
+    source: TunnelEnd,
+    sink: TunnelEnd,
+) -> Result<(), TunnelEnd> {
+    match polled {
+        Poll::Ready(Err(Failure::Source)) => Err(source),
+        Poll::Ready(Err(Failure::Sink)) => Err(sink),
+        _ => Ok(()),
+    }
+}
+
 /// Both flows of a tunnel.
 struct Tunnel {
     /// Client to upstream.
@@ -397,11 +411,7 @@ impl Tunnel {
                 &mut self.last_read,
                 both_closed,
             );
-            match polled {
-                Poll::Ready(Err(Failure::Source)) => return Err(TunnelEnd::ClientError),
-                Poll::Ready(Err(Failure::Sink)) => return Err(TunnelEnd::UpstreamError),
-                _ => {}
-            }
+            failed(polled, TunnelEnd::ClientError, TunnelEnd::UpstreamError)?;
         }
         if !self.down.done() {
             let polled = self.down.poll(
@@ -412,11 +422,7 @@ impl Tunnel {
                 &mut self.last_read,
                 both_closed,
             );
-            match polled {
-                Poll::Ready(Err(Failure::Source)) => return Err(TunnelEnd::UpstreamError),
-                Poll::Ready(Err(Failure::Sink)) => return Err(TunnelEnd::ClientError),
-                _ => {}
-            }
+            failed(polled, TunnelEnd::UpstreamError, TunnelEnd::ClientError)?;
         }
         Ok(())
     }
