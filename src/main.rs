@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ssegate::cli::{Cli, Command};
+use ssegate::cli::{Cli, Command, DemoArgs};
 use ssegate::{bench, config, demo, pid_file, reload, server};
 
 /// Exit code for an unusable configuration (EX_USAGE), as linkerd and others use.
@@ -63,69 +63,73 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo(args) => {
-            // The TLS listener's certificate goes to files, as a config names it.
-            let tls = match args.tls_listen.as_str() {
-                "off" => None,
-                address => match demo_cert_files() {
-                    Ok((cert, key)) => Some((address.to_string(), cert, key)),
-                    Err(e) => {
-                        eprintln!("ssegate: cannot write the demo's certificate: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                },
-            };
-            let text = demo::config_text(
-                &args.listen,
-                tls.as_ref()
-                    .map(|(a, c, k)| (a.as_str(), c.as_path(), k.as_path())),
-                &args.upstream_listen,
-            );
-            let cfg = match config::parse(&text, "<demo>", std::path::Path::new(".")) {
-                Ok(cfg) => cfg,
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            let upstream = demo::DemoUpstream::new(Duration::from_millis(args.tick_ms));
-            let upstream_listen = args.upstream_listen.clone();
-            let add_upstream = move |s: &mut pingora_core::server::Server| {
-                vec![server::add_service(
-                    s,
-                    "demo upstream",
-                    &upstream_listen,
-                    upstream,
-                )]
-            };
-            let opts = server::ProcessOptions::default();
-            let s = match server::build_after(cfg, opts, add_upstream) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("ssegate: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            let base = format!("http://{}", args.listen);
-            println!(
-                "ssegate demo: proxy on {base}, demo upstream on http://{}",
-                args.upstream_listen
-            );
-            println!("  open in a browser: {base}/");
-            if let Some((address, _, _)) = &tls {
-                println!(
-                    "  over HTTP/2:       https://{address}/   (self-signed certificate for localhost: accept the browser's warning; curl -k)"
-                );
-            }
-            println!("  ticking stream:  curl -N {base}/ticks");
-            println!("  idle stream:     curl -N {base}/idle        (a heartbeat every 5 s)");
-            println!("  resume:          curl -N -H 'Last-Event-ID: 41' {base}/ticks");
-            println!("  LLM-style POST:  curl -N -X POST -H 'content-type: application/json' -d '{{\"prompt\":\"hi\"}}' {base}/chat");
-            println!("  HTTP/2 (h2c):    curl -N --http2-prior-knowledge {base}/ticks");
-            println!("Ctrl-C to stop.");
-            s.run_forever()
-        }
+        Command::Demo(args) => demo(args),
     }
+}
+
+/// `ssegate demo`: the demo upstream and the proxy in front of it, in one
+/// process, on the embedded configuration.
+fn demo(args: DemoArgs) -> ExitCode {
+    // The TLS listener's certificate goes to files, as a config names it.
+    let tls = match args.tls_listen.as_str() {
+        "off" => None,
+        address => match demo_cert_files() {
+            Ok((cert, key)) => Some((address.to_string(), cert, key)),
+            Err(e) => {
+                eprintln!("ssegate: cannot write the demo's certificate: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let text = demo::config_text(
+        &args.listen,
+        tls.as_ref()
+            .map(|(a, c, k)| (a.as_str(), c.as_path(), k.as_path())),
+        &args.upstream_listen,
+    );
+    let cfg = match config::parse(&text, "<demo>", std::path::Path::new(".")) {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let upstream = demo::DemoUpstream::new(Duration::from_millis(args.tick_ms));
+    let upstream_listen = args.upstream_listen.clone();
+    let add_upstream = move |s: &mut pingora_core::server::Server| {
+        vec![server::add_service(
+            s,
+            "demo upstream",
+            &upstream_listen,
+            upstream,
+        )]
+    };
+    let opts = server::ProcessOptions::default();
+    let s = match server::build_after(cfg, opts, add_upstream) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ssegate: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let base = format!("http://{}", args.listen);
+    println!(
+        "ssegate demo: proxy on {base}, demo upstream on http://{}",
+        args.upstream_listen
+    );
+    println!("  open in a browser: {base}/");
+    if let Some((address, _, _)) = &tls {
+        println!(
+            "  over HTTP/2:       https://{address}/   (self-signed certificate for localhost: accept the browser's warning; curl -k)"
+        );
+    }
+    println!("  ticking stream:  curl -N {base}/ticks");
+    println!("  idle stream:     curl -N {base}/idle        (a heartbeat every 5 s)");
+    println!("  resume:          curl -N -H 'Last-Event-ID: 41' {base}/ticks");
+    println!("  LLM-style POST:  curl -N -X POST -H 'content-type: application/json' -d '{{\"prompt\":\"hi\"}}' {base}/chat");
+    println!("  HTTP/2 (h2c):    curl -N --http2-prior-knowledge {base}/ticks");
+    println!("Ctrl-C to stop.");
+    s.run_forever()
 }
 
 /// Writes the demo's certificate and key (`demo::DEMO_CERT`) into a folder

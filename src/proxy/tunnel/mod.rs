@@ -35,7 +35,7 @@ use super::exchange::{Exchanged, ResponseKind};
 use super::headers;
 use super::ordinary;
 use super::prepare::Prepared;
-use super::reply::{respond_or_abort, Reply};
+use super::reply::Reply;
 use super::route::RouteEntry;
 use super::{Handled, ProxyApp};
 use crate::access_log::TunnelLine;
@@ -119,56 +119,48 @@ pub(super) async fn serve(
     route: &Arc<RouteEntry>,
     prepared: Prepared,
 ) -> Handled {
-    let shared = &app.shared;
-    let h2 = session.is_http2();
     // An HTTP/1.1 connection whose upgrade fails is not kept: frames the
     // client pipelined behind its handshake would be read as a request.
-    if !h2 {
+    if !session.is_http2() {
         session.set_keepalive(None);
     }
+    match open(app, session, route, prepared).await {
+        Ok(handled) => handled,
+        Err(reply) => {
+            let limits = &app.shared.config.limits;
+            reply.send(session, route, limits).await.into()
+        }
+    }
+}
+
+/// The handshake with the upstream, then the client's answer: the tunnel's
+/// job, the upstream's own refusal passed through, or our reply.
+async fn open(
+    app: &ProxyApp,
+    session: &mut ServerSession,
+    route: &Arc<RouteEntry>,
+    prepared: Prepared,
+) -> Result<Handled, Reply> {
+    let shared = &app.shared;
+    let h2 = session.is_http2();
     // Over HTTP/2 a tunnel takes a connection's place of its own; over
     // HTTP/1.1 its connection already holds one.
-    let connection = if h2 {
-        match shared.connections.try_acquire() {
-            Some(guard) => Some(guard),
-            None => {
-                return respond_or_abort(session, 503, "too many connections\n")
-                    .await
-                    .into()
-            }
-        }
-    } else {
-        None
+    let connection = match h2 {
+        true => Some(
+            shared
+                .connections
+                .try_acquire()
+                .ok_or(Reply::Status(503, "too many connections\n"))?,
+        ),
+        false => None,
     };
-    let (key, our_key) = match session.req_header().headers.get(header::SEC_WEBSOCKET_KEY) {
-        Some(k) if !h2 => (k.as_bytes().trim_ascii().to_vec(), None),
-        _ => {
-            let k = new_key();
-            (k.clone().into_bytes(), Some(k))
-        }
-    };
-    let request = match headers::websocket_request(prepared.request, our_key.as_deref()) {
-        Ok(r) => r,
-        Err(e) => {
-            log::info!("cannot forward WebSocket handshake: {e}");
-            return respond_or_abort(session, 400, "bad request\n").await.into();
-        }
-    };
-    let pool = &route.pool;
-    let mut up = match handshake(pool, &shared.pools, request).await {
-        Ok(up) => up,
-        Err(reply) => {
-            return reply
-                .send(session, route, &shared.config.limits)
-                .await
-                .into()
-        }
-    };
-    let Some(head) = up.session.response_header().cloned() else {
-        return respond_or_abort(session, 502, "bad upstream response\n")
-            .await
-            .into();
-    };
+    let (request, key) = upstream_request(session, prepared, h2)?;
+    let up = handshake(&route.pool, &shared.pools, request).await?;
+    let head = up
+        .session
+        .response_header()
+        .cloned()
+        .ok_or(Reply::Status(502, "bad upstream response\n"))?;
     if head.status.as_u16() != 101 {
         // A refusal (403, a redirect...) is the upstream's answer to give.
         let x = Exchanged {
@@ -176,59 +168,88 @@ pub(super) async fn serve(
             head,
             kind: ResponseKind::Ordinary,
         };
-        return ordinary::serve(session, &shared.pools, x, &Method::GET)
+        return Ok(ordinary::serve(session, &shared.pools, x, &Method::GET)
             .await
-            .into();
+            .into());
     }
+    let Connected {
+        session: UpstreamSession::H1(mut conn),
+        in_use,
+        ..
+    } = up
+    else {
+        return Err(Reply::Status(502, "bad upstream response\n"));
+    };
     if !accepted(&head, &key) {
         log::warn!(
             "upstream {}: WebSocket 101 without Upgrade: websocket or with a wrong Sec-WebSocket-Accept",
-            pool.name
+            route.pool.name
         );
-        up.session.shutdown().await;
-        return respond_or_abort(session, 502, "bad upstream WebSocket handshake\n")
-            .await
-            .into();
+        conn.shutdown().await;
+        return Err(Reply::Status(502, "bad upstream WebSocket handshake\n"));
     }
-    let version = if h2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
-    let answer = match headers::websocket_response(&head, version) {
-        Ok(a) => a,
-        Err(e) => {
-            log::warn!("cannot build the WebSocket answer: {e}");
-            return respond_or_abort(session, 502, "bad upstream response\n")
-                .await
-                .into();
-        }
-    };
-    let UpstreamSession::H1(conn) = up.session else {
-        return respond_or_abort(session, 502, "bad upstream response\n")
-            .await
-            .into();
-    };
-    if let Err(e) = session.write_response_header(Box::new(answer)).await {
-        log::debug!("writing the WebSocket answer to the client failed: {e}");
-        return Handled::Done(super::reply::Outcome::Abort);
-    }
+    answer(session, &head, h2).await?;
     let (upstream, upstream_first) = conn.into_upgraded();
     let idle_timeout = route
         .config
         .websocket_idle_timeout
         .unwrap_or(shared.config.websocket.idle_timeout);
-    Handled::Tunnel(Box::new(TunnelJob {
+    Ok(Handled::Tunnel(Box::new(TunnelJob {
         upstream,
         upstream_first: upstream_first.map(|b| b.freeze()),
         idle_timeout,
         client: session.client_addr().and_then(|a| a.as_inet()).copied(),
         started: Instant::now(),
         _open: route.metrics.tunnel().opened(),
-        _upstream_in_use: up.in_use,
+        _upstream_in_use: in_use,
         connection,
         route: route.clone(),
-    }))
+    })))
+}
+
+/// The handshake as the upstream gets it, and the key its answer must
+/// match: the client's own over HTTP/1.1, a fresh one of ours over HTTP/2
+/// (RFC 8441 clients send none).
+fn upstream_request(
+    session: &ServerSession,
+    prepared: Prepared,
+    h2: bool,
+) -> Result<(pingora_http::RequestHeader, Vec<u8>), Reply> {
+    let (key, our_key) = match session.req_header().headers.get(header::SEC_WEBSOCKET_KEY) {
+        Some(k) if !h2 => (k.as_bytes().trim_ascii().to_vec(), None),
+        _ => {
+            let k = new_key();
+            (k.clone().into_bytes(), Some(k))
+        }
+    };
+    match headers::websocket_request(prepared.request, our_key.as_deref()) {
+        Ok(request) => Ok((request, key)),
+        Err(e) => {
+            log::info!("cannot forward WebSocket handshake: {e}");
+            Err(Reply::Status(400, "bad request\n"))
+        }
+    }
+}
+
+/// Writes the client's answer to an accepted handshake: the upstream's
+/// `101` over HTTP/1.1, `200` over HTTP/2.
+async fn answer(session: &mut ServerSession, head: &ResponseHeader, h2: bool) -> Result<(), Reply> {
+    let version = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let answer = headers::websocket_response(head, version).map_err(|e| {
+        log::warn!("cannot build the WebSocket answer: {e}");
+        Reply::Status(502, "bad upstream response\n")
+    })?;
+    session
+        .write_response_header(Box::new(answer))
+        .await
+        .map_err(|e| {
+            log::debug!("writing the WebSocket answer to the client failed: {e}");
+            Reply::Abort
+        })
 }
 
 /// Sends the handshake over a fresh connection and reads the answer's header.
