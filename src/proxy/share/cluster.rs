@@ -72,8 +72,10 @@ struct LinkState {
     /// What this holder appends does not continue Redis's entries (it was
     /// local for a while): its next append starts a new epoch.
     broken: bool,
-    /// The response head to keep in Redis with the next append.
+    /// The upstream's response head, for Redis's meta hash.
     head: Option<Vec<u8>>,
+    /// `head` is in Redis, in the epoch appended to.
+    head_sent: bool,
     /// Set when the upstream must go and the stream follow Redis: after
     /// this entry, or (`None`) after lining up by event id.
     demote: Option<Option<EntryId>>,
@@ -136,7 +138,14 @@ impl Link {
     /// Keeps the upstream's response head for followers (sent with the
     /// next append).
     pub fn keep_head(&self, head: &ResponseHeader) {
-        self.state().head = Some(entry::encode_head(head.status.as_u16(), &head.headers));
+        let mut st = self.state();
+        st.head = Some(entry::encode_head(head.status.as_u16(), &head.headers));
+        st.head_sent = false;
+    }
+
+    /// A new upstream mode starts: an earlier request to leave it is void.
+    pub fn clear_demote(&self) {
+        self.state().demote = None;
     }
 }
 
@@ -575,15 +584,19 @@ impl<'a> Upstream<'a> {
     /// Sends `self.entries` (possibly none: the head and epoch alone).
     async fn send(&mut self) {
         let link = self.link;
-        let (epoch, head) = {
-            let mut st = link.state();
+        let (epoch, mut head) = {
+            let st = link.state();
             let epoch = match (&st.epoch, st.broken) {
-                (_, true) => None,
-                (Some(e), false) => Some(e.clone()),
-                (None, false) => None,
+                (_, true) => Err(true),
+                (Some(e), false) => Ok(e.clone()),
+                (None, false) => Err(false),
             };
-            let broken = st.broken;
-            (epoch.map(Ok).unwrap_or(Err(broken)), st.head.take())
+            // A new epoch has no head yet; an old one has it once sent.
+            let head = match (&epoch, st.head_sent) {
+                (Ok(_), true) => None,
+                _ => st.head.clone(),
+            };
+            (epoch, head)
         };
         let maxlen = self.shares.settings.replay_events;
         let ttl = link.ttl(self.shares);
@@ -611,6 +624,7 @@ impl<'a> Upstream<'a> {
                     let mut st = link.state();
                     st.epoch = Some(epoch);
                     st.broken = false;
+                    st.head_sent |= head.is_some();
                     return;
                 }
                 Ok(Appended::EpochGone) => {
@@ -621,14 +635,13 @@ impl<'a> Upstream<'a> {
                         link.keys.tag
                     );
                     epoch_arg = Epoch::New;
+                    head = link.state().head.clone();
                 }
                 Ok(Appended::NotHolder) => {
-                    link.state().head = head;
                     link.demote(None);
                     return;
                 }
                 Err(e) => {
-                    link.state().head = head;
                     link.fall_back(&e);
                     return;
                 }

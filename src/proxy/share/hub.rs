@@ -226,8 +226,11 @@ async fn relay_upstream(
     shutdown: &ShutdownWatch,
     mut cluster: Option<cluster::Upstream<'_>>,
 ) -> (StreamEnd, Option<Option<EntryId>>) {
-    if let (Some(c), Some(head)) = (&mut cluster, up.session.response_header()) {
-        c.link.keep_head(head);
+    if let Some(c) = &mut cluster {
+        c.link.clear_demote();
+        if let Some(head) = up.session.response_header() {
+            c.link.keep_head(head);
+        }
         c.publish().await;
     }
     let mut sink = RingSink {
