@@ -655,7 +655,11 @@ share = true
         assert_eq!(r["errors"]["status_5xx"], 1);
         assert_eq!(r["errors"]["recent_5xx"], 1);
         assert_eq!(r["shared"]["subscribers"], 0);
-        assert_eq!(r["shared"]["cluster"], serde_json::json!({}), "no [cluster]");
+        assert_eq!(
+            r["shared"]["cluster"],
+            serde_json::json!({}),
+            "no [cluster]"
+        );
         assert!(second.get("history").is_none(), "events carry no history");
         let full = json(&status.latest(), true);
         let h = &full["history"]["routes"]["/events/"];
