@@ -1320,13 +1320,23 @@ async fn sigkill_on_the_holder_behind_a_balancer_loses_and_repeats_nothing() {
         .all(|s| s.events.load(Ordering::SeqCst) > 150));
 }
 
-/// Redis stopped while events flow to clients of A (the holder) and B: both
-/// go local (B opens its own origin stream after its newest id), the
+/// How a test takes Redis away.
+#[derive(Clone, Copy, Debug)]
+enum Outage {
+    /// SIGTERM, then a restart on the same port: connections refused, then
+    /// an empty Redis.
+    Stopped,
+    /// SIGSTOP, then SIGCONT: every command takes longer than `timeout`,
+    /// then Redis answers again with what it had.
+    Frozen,
+}
+
+/// Redis taken away while events flow to clients of A (the holder) and B:
+/// both go local (B opens its own origin stream after its newest id), the
 /// clients keep their connections without a gap or a duplicate; Redis
-/// restarted (empty), the cluster re-forms: one holder, one follower, one
-/// origin stream, still the same client connections.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redis_stopped_mid_run_clients_keep_their_streams_and_the_cluster_reforms() {
+/// back, the cluster re-forms: one holder, one follower, one origin stream,
+/// still the same client connections.
+async fn clients_keep_their_streams_through(outage: Outage) {
     let _heavy = HEAVY.lock().await;
     let mut redis = RedisServer::start().await;
     let origin = Ticker::start(Duration::from_millis(20)).await;
@@ -1345,20 +1355,40 @@ async fn redis_stopped_mid_run_clients_keep_their_streams_and_the_cluster_reform
         .await;
     b.role_until("follower", WAIT).await;
     assert_eq!(origin.open(), 1);
+    let requests_before = origin.requests().len();
 
-    redis.stop().await;
+    match outage {
+        Outage::Stopped => redis.stop().await,
+        Outage::Frozen => redis.freeze(),
+    }
     for i in [&a, &b] {
         i.role_until("local", Duration::from_secs(5)).await;
         i.metric_until("ssegate_cluster_redis_up", &[], |v| v == 0.0, WAIT)
             .await;
-        assert_eq!(i.counter("ssegate_cluster_fallbacks_total").await, 1.0);
+        assert_eq!(
+            i.counter("ssegate_cluster_fallbacks_total").await,
+            1.0,
+            "{}: fallbacks ({outage:?})",
+            i.name
+        );
     }
     origin.open_until(2, WAIT).await;
+    let during: Vec<Option<u64>> = origin.requests()[requests_before..].to_vec();
+    assert!(
+        during.len() == 1 && during[0].is_some(),
+        "B's own origin request must resume after its newest id: {during:?}"
+    );
     clients
-        .all_reached(origin.head() + 50, WAIT, "events while Redis is down")
+        .all_reached(origin.head() + 50, WAIT, "events while Redis is away")
         .await;
+    for i in [&a, &b] {
+        assert_eq!(i.counter("ssegate_cluster_fallbacks_total").await, 1.0);
+    }
 
-    redis.restart().await;
+    match outage {
+        Outage::Stopped => redis.restart().await,
+        Outage::Frozen => redis.thaw(),
+    }
     for i in [&a, &b] {
         i.metric_until("ssegate_cluster_redis_up", &[], |v| v == 1.0, WAIT)
             .await;
@@ -1387,6 +1417,18 @@ async fn redis_stopped_mid_run_clients_keep_their_streams_and_the_cluster_reform
     }
     assert_eq!(first.streams(0), 1);
     origin.open_until(1, WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_stopped_mid_run_clients_keep_their_streams_and_the_cluster_reforms() {
+    clients_keep_their_streams_through(Outage::Stopped).await
+}
+
+/// A Redis that stops answering is slow, not refused: each command fails
+/// after `timeout`, and the instances behave as when it is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_frozen_mid_run_counts_as_down_after_the_timeout() {
+    clients_keep_their_streams_through(Outage::Frozen).await
 }
 
 /// Redis flushed while events flow: history is lost, and nobody jumps.
