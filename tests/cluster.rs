@@ -77,7 +77,7 @@ impl Instance {
     async fn start(origin: SocketAddr, redis: &RedisServer, name: &str, route_extra: &str) -> Self {
         let mut cfg = ProxyConfig::new(instance_config(origin, &redis.url(), name, route_extra));
         cfg.admin = true;
-        cfg.log = Some("warn,ssegate=info".into());
+        cfg.log = Some("warn,ssegate=info,ssegate::access=warn".into());
         Instance {
             proxy: Proxy::start(cfg).await,
             name: name.to_string(),
@@ -885,9 +885,26 @@ async fn ssegate_check_prints_the_cluster_line() {
     );
     assert_eq!(tail, "(lease 3s, timeout 1s)");
 
-    // Without [cluster], no such line.
+    // A password in the URL is not printed.
+    let out = check(&cluster_doc(
+        "[cluster]\nredis = \"redis://user:s3cr3t@127.0.0.1:6379\"\nname = \"a\"\n",
+    ))
+    .await;
+    let lines = cluster_lines(&out);
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(
+        lines[0].starts_with("cluster: redis://") && !lines[0].contains("s3cr3t"),
+        "{:?}",
+        lines[0]
+    );
+
+    // Without [cluster], the line says the cluster is off.
     let out = check(&cluster_doc("")).await;
-    assert!(cluster_lines(&out).is_empty(), "{out}");
+    let lines = cluster_lines(&out);
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("cluster: off"),
+        "{out}"
+    );
 }
 
 // ---------------------------------------------------------------------------
