@@ -676,7 +676,7 @@ impl<'a> Upstream<'a> {
         let touch = (hub.subscribers() > 0).then(|| link.ttl(self.shares));
         let local = link.role() == Some(Role::Local);
         match c.claim(&link.keys, touch).await {
-            Ok(Claim::Ours { fresh }) if local => {
+            Ok(Claim::Ours { .. }) if local => {
                 log::info!(
                     "cluster: shared stream {{{}}} rejoined the cluster as its holder",
                     link.keys.tag
@@ -687,13 +687,17 @@ impl<'a> Upstream<'a> {
                     st.fallback_logged = false;
                 }
                 link.metrics.rejoins.inc();
-                let _ = fresh;
                 link.set_role(Role::Holder);
                 // The head and a new epoch go out now, before any event.
                 self.entries.clear();
                 self.send().await;
             }
-            Ok(Claim::Ours { .. }) => {}
+            Ok(Claim::Ours { fresh: true }) => {
+                // Our lease had lapsed: another holder may have appended
+                // in between, so what we append next starts a new epoch.
+                link.state().broken = true;
+            }
+            Ok(Claim::Ours { fresh: false }) => {}
             Ok(Claim::Theirs) if local => {
                 // Another instance holds it: follow it once its entries
                 // have this stream's newest id.
