@@ -1137,9 +1137,13 @@ async fn two_instances_with_200_subscribers_each_share_one_origin_stream() {
             fields.get("d").map(|v| v.as_slice()),
             Some(event(seq).as_bytes())
         );
+        let i = fields
+            .get("i")
+            .map(|v| String::from_utf8_lossy(v).to_string());
         assert_eq!(
-            fields.get("i").map(|v| v.as_slice()),
-            Some(seq.to_string().as_bytes())
+            i.as_deref(),
+            Some(seq.to_string().as_str()),
+            "entry {id}: the spec's field i is the event's SSE id"
         );
     }
 }
