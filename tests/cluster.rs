@@ -1729,16 +1729,17 @@ async fn a_redis_slower_than_the_events_but_within_the_timeout_keeps_one_holder(
         + b.counter("ssegate_cluster_lease_takeovers_total").await;
     let fallbacks = a.counter("ssegate_cluster_fallbacks_total").await
         + b.counter("ssegate_cluster_fallbacks_total").await;
+    let roles = (
+        a.streams("holder").await,
+        a.streams("follower").await,
+        b.streams("holder").await,
+        b.streams("follower").await,
+    );
     assert_eq!(
-        (
-            a.streams("holder").await,
-            b.streams("follower").await,
-            takeovers,
-            fallbacks
-        ),
-        (1.0, 1.0, 0.0, 0.0),
-        "(A holder, B follower, takeovers, fallbacks); A's lease commands in 4 s: {renewed}; \
-         origin requests: {:?}",
+        (roles, takeovers, fallbacks, origin.open()),
+        ((1.0, 0.0, 0.0, 1.0), 0.0, 0.0, 1),
+        "((A holder, A follower, B holder, B follower), takeovers, fallbacks, origin streams open); \
+         A's lease commands in 4 s: {renewed}; origin requests: {:?}",
         origin.requests()
     );
     assert_eq!(origin.requests(), [None], "one origin request, ever");
