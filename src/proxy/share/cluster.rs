@@ -114,6 +114,10 @@ impl Link {
     fn fall_back(&self, why: &dyn std::fmt::Display) {
         let mut st = self.state();
         st.broken = true;
+        if st.role == Some(Role::Local) {
+            // Already local (the relay's append and a tick may both fail).
+            return;
+        }
         let first = !std::mem::replace(&mut st.fallback_logged, true);
         drop(st);
         if first {
@@ -643,6 +647,7 @@ impl<'a> Upstream<'a> {
                         "cluster: shared stream {{{}}}: its history in Redis is gone; starting a new epoch",
                         link.keys.tag
                     );
+                    link.metrics.history_lost.inc();
                     epoch_arg = Epoch::New;
                     head = link.state().head.clone();
                 }
