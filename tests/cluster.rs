@@ -1752,3 +1752,179 @@ async fn a_redis_slower_than_the_events_but_within_the_timeout_keeps_one_holder(
         "A renewed its lease {renewed} times in 4 s (tick 333 ms)"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The store itself (`ssegate::cluster::Cluster`), its scripts against a real
+// Redis: leases, epochs, trimming, catch-up and blocking reads.
+
+fn store(redis: &RedisServer, name: &str) -> ssegate::cluster::Cluster {
+    let settings = ssegate::config::ClusterSettings {
+        redis: redis.url(),
+        name: name.to_string(),
+        lease: Duration::from_secs(2),
+        timeout: Duration::from_millis(500),
+    };
+    let registry = prometheus::Registry::new();
+    let metrics = ssegate::cluster::ClusterMetrics::register(&registry).expect("metrics");
+    ssegate::cluster::Cluster::new(&settings, metrics).expect("a cluster")
+}
+
+fn appendable(n: u64) -> ssegate::cluster::Appendable {
+    ssegate::cluster::Appendable {
+        data: bytes::Bytes::from(event(n)),
+        flags: b"d=",
+        sse_id: Some(Arc::from(n.to_string().as_bytes())),
+    }
+}
+
+#[tokio::test]
+async fn the_store_keeps_one_writer_ordered_entries_and_epochs_that_only_grow() {
+    use ssegate::cluster::{Appended, Claim, Epoch, StreamKeys, What};
+    let redis = RedisServer::start().await;
+    let (a, b) = (store(&redis, "a"), store(&redis, "b"));
+    let keys = StreamKeys::new("/feeds/", b"one stream");
+    let ttl = Duration::from_secs(30);
+    let head = b"200\ncontent-type: text/event-stream\n".as_slice();
+
+    // One lease: a takes it, b cannot, a renews it; b may not append.
+    assert_eq!(
+        a.claim(&keys, Some(ttl)).await.unwrap(),
+        Claim::Ours { fresh: true }
+    );
+    assert_eq!(b.claim(&keys, None).await.unwrap(), Claim::Theirs);
+    assert_eq!(
+        a.claim(&keys, None).await.unwrap(),
+        Claim::Ours { fresh: false }
+    );
+    let refused = b
+        .append(&keys, Epoch::Any, None, &[appendable(1)], 100, ttl)
+        .await;
+    assert_eq!(refused.unwrap(), Appended::NotHolder);
+    assert!(redis.xrange(&keys.events).await.is_empty());
+
+    // a appends 1..=250 in batches, trimmed to about 100 entries.
+    let mut epoch = String::new();
+    for batch in (1..=250).collect::<Vec<u64>>().chunks(10) {
+        let entries: Vec<_> = batch.iter().map(|n| appendable(*n)).collect();
+        let e = if epoch.is_empty() {
+            Epoch::Any
+        } else {
+            Epoch::Continue(&epoch)
+        };
+        match a
+            .append(&keys, e, Some(head), &entries, 100, ttl)
+            .await
+            .unwrap()
+        {
+            Appended::Done { epoch: now, seq } => {
+                assert_eq!(seq, batch[batch.len() - 1], "seq counts entries");
+                epoch = now;
+            }
+            other => panic!("append: {other:?}"),
+        }
+    }
+    let history = b.history(&keys, 1000).await.unwrap();
+    assert_eq!(history.epoch.as_deref(), Some(epoch.as_str()));
+    assert_eq!(history.head.as_deref(), Some(head));
+    let n = history.entries.len();
+    assert!((100..250).contains(&n), "MAXLEN ~ 100 kept {n}");
+    for (i, e) in history.entries.iter().enumerate() {
+        let seq = 250 - (n - 1 - i) as u64;
+        assert_eq!(e.id.to_string(), format!("{epoch}-{seq}"));
+        match &e.what {
+            What::Event {
+                bytes,
+                last_id,
+                dispatched,
+            } => {
+                assert_eq!(bytes.as_ref(), event(seq).as_bytes());
+                assert_eq!(last_id.as_deref(), Some(seq.to_string().as_bytes()));
+                assert!(dispatched);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let after = history.entries[n - 3].id;
+    let rest = b.entries_after(&keys, after, 100).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|e| e.id.seq).collect::<Vec<_>>(),
+        [249, 250]
+    );
+
+    // A blocking read wakes for the next append, and only for entries after.
+    let mut reader = b.reader(Duration::from_secs(5)).await.unwrap();
+    let last = history.entries[n - 1].id;
+    let read = tokio::spawn({
+        let keys = keys.clone();
+        async move { reader.read(&keys, last, 10).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let e = Epoch::Continue(&epoch);
+    a.append(&keys, e, None, &[appendable(251)], 100, ttl)
+        .await
+        .unwrap();
+    let got = within("the blocked read", read).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id.seq, 251);
+
+    // History lost: the old epoch is refused, a new one is above it and
+    // above the newest entry's, and starts at seq 1.
+    redis.cmd::<()>(&["DEL", &keys.meta]).await;
+    let gone = a
+        .append(
+            &keys,
+            Epoch::Continue(&epoch),
+            None,
+            &[appendable(252)],
+            100,
+            ttl,
+        )
+        .await;
+    assert_eq!(gone.unwrap(), Appended::EpochGone);
+    let new = match a
+        .append(&keys, Epoch::New, Some(head), &[appendable(252)], 100, ttl)
+        .await
+    {
+        Ok(Appended::Done { epoch, seq }) => {
+            assert_eq!(seq, 1);
+            epoch
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(new.parse::<u64>().unwrap() > epoch.parse::<u64>().unwrap());
+    // A follower blocked after the old epoch's last entry is woken by it.
+    let rest = b
+        .entries_after(&keys, entry_id(&epoch, 251), 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].id.to_string(), format!("{new}-1"));
+
+    // The lease goes when released, and b can take it then.
+    a.release(&keys).await.unwrap();
+    assert_eq!(
+        b.claim(&keys, None).await.unwrap(),
+        Claim::Ours { fresh: true }
+    );
+    // An end entry carries no bytes and no id.
+    let end = ssegate::cluster::Appendable {
+        data: bytes::Bytes::new(),
+        flags: b"xc",
+        sse_id: None,
+    };
+    b.append(&keys, Epoch::Continue(&new), None, &[end], 100, ttl)
+        .await
+        .unwrap();
+    let last = b.history(&keys, 1).await.unwrap().entries;
+    assert_eq!(last[0].what, What::End { clean: true });
+    let ttl_ms = redis.pttl(&keys.events).await;
+    assert!(ttl_ms > 0 && ttl_ms <= 30_000, "TTL {ttl_ms}");
+}
+
+/// The entry id `<epoch>-<seq>`.
+fn entry_id(epoch: &str, seq: u64) -> ssegate::cluster::EntryId {
+    ssegate::cluster::EntryId {
+        epoch: epoch.parse().unwrap(),
+        seq,
+    }
+}
