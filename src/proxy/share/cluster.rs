@@ -406,38 +406,7 @@ pub async fn follow(
             let touch = (hub.subscribers() > 0).then(|| link.ttl(shares));
             match c.claim(&link.keys, touch).await {
                 Ok(Claim::Theirs) => {}
-                Ok(Claim::Ours { .. }) => {
-                    // The holder is gone: catch up, then hold.
-                    match c.entries_after(&link.keys, last, usize::MAX / 2).await {
-                        Ok(rest) => match take(hub, link, last, &rest) {
-                            Took::Upto(_) => {
-                                link.metrics.takeovers.inc();
-                                log::info!(
-                                    "cluster: took over shared stream {{{}}} (its holder went away)",
-                                    link.keys.tag
-                                );
-                                let mut st = link.state();
-                                st.epoch = Some(last.epoch.to_string());
-                                if let Some(e) = rest.last() {
-                                    st.epoch = Some(e.id.epoch.to_string());
-                                }
-                                st.broken = false;
-                                return Followed::Upstream { takeover: true };
-                            }
-                            Took::Ended(end) => return Followed::Ended(end),
-                            Took::Broken => {
-                                link.metrics.history_lost.inc();
-                                link.state().broken = true;
-                                return Followed::Upstream { takeover: true };
-                            }
-                        },
-                        Err(e) => {
-                            link.fall_back(&e);
-                            let _ = c.release(&link.keys).await;
-                            return Followed::Upstream { takeover: false };
-                        }
-                    }
-                }
+                Ok(Claim::Ours { .. }) => return take_over(hub, link, last).await,
                 Err(e) => {
                     link.fall_back(&e);
                     return Followed::Upstream { takeover: false };
@@ -472,6 +441,41 @@ pub async fn follow(
             },
         }
     }
+}
+
+/// The lease was free and is ours now (its holder went away): catch up
+/// with what it appended last, then hold the stream.
+async fn take_over(hub: &Hub, link: &Link, last: EntryId) -> Followed {
+    let c = &link.cluster;
+    let rest = match c.entries_after(&link.keys, last, usize::MAX / 2).await {
+        Ok(rest) => rest,
+        Err(e) => {
+            link.fall_back(&e);
+            let _ = c.release(&link.keys).await;
+            return Followed::Upstream { takeover: false };
+        }
+    };
+    match take(hub, link, last, &rest) {
+        Took::Upto(newest) => {
+            link.metrics.takeovers.inc();
+            log::info!(
+                "cluster: took over shared stream {{{}}} (its holder went away)",
+                link.keys.tag
+            );
+            let mut st = link.state();
+            st.epoch = Some(newest.epoch.to_string());
+            st.broken = false;
+        }
+        Took::Ended(end) => {
+            let _ = c.release(&link.keys).await;
+            return Followed::Ended(end);
+        }
+        Took::Broken => {
+            link.metrics.history_lost.inc();
+            link.state().broken = true;
+        }
+    }
+    Followed::Upstream { takeover: true }
 }
 
 /// What [`take`] did with a batch of entries.
