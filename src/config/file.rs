@@ -40,6 +40,7 @@ pub struct File {
     pub limits: LimitsSection,
     #[serde(default)]
     pub websocket: WebSocketSection,
+    pub cluster: Option<ClusterSection>,
 }
 
 /// `[server]`
@@ -111,6 +112,15 @@ pub struct LimitsSection {
 pub struct WebSocketSection {
     pub idle_timeout: Option<Spanned<DurationValue>>,
     pub h2: Option<bool>,
+}
+
+/// `[cluster]`: shared streams across instances through Redis.
+#[derive(Debug, Deserialize)]
+pub struct ClusterSection {
+    pub redis: Spanned<String>,
+    pub name: Option<Spanned<String>>,
+    pub lease: Option<Spanned<DurationValue>>,
+    pub timeout: Option<Spanned<DurationValue>>,
 }
 
 /// One `[[upstream]]`.

@@ -28,6 +28,24 @@ pub struct Config {
     pub limits: LimitSettings,
     /// `[websocket]`: defaults for WebSocket tunnels.
     pub websocket: WebSocketSettings,
+    /// `[cluster]`: shared streams across instances through Redis; `None`
+    /// (no section): sharing stays within this process.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// `[cluster]`: where the cluster's Redis is and who this instance is.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// `redis://` or `rediss://` URL of Redis 6.2 or later.
+    pub redis: String,
+    /// This instance's name in the cluster: the value of the leases it
+    /// holds. Default: host name and pid.
+    pub name: String,
+    /// How long a stream's lease lasts without renewal (renewed every
+    /// third of it). Default 3 s.
+    pub lease: Duration,
+    /// A Redis command slower than this counts as a failure. Default 1 s.
+    pub timeout: Duration,
 }
 
 /// `[websocket]`: defaults for WebSocket tunnels; routes may override the timeout.

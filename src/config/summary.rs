@@ -24,6 +24,17 @@ pub fn summary(config: &Config) -> String {
         ),
         None => writeln!(out, "admin: off (no [admin] section)"),
     };
+    let _ = match &config.cluster {
+        Some(c) => writeln!(
+            out,
+            "cluster: {} as {} (lease {}, timeout {})",
+            redacted(&c.redis),
+            c.name,
+            format_duration(c.lease),
+            format_duration(c.timeout),
+        ),
+        None => writeln!(out, "cluster: off (no [cluster] section; sharing stays in this process)"),
+    };
     upstreams(&mut out, config);
     routes(&mut out, config);
     let s = &config.stream;
@@ -325,5 +336,46 @@ mod tests {
             "{}",
             shared(&s)
         );
+    }
+}
+
+/// A Redis URL with its password, if any, masked: `check` output ends up
+/// in logs and tickets.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let (user_info, host) = rest.split_at(at);
+            let user = user_info.split_once(':').map_or(user_info, |(u, _)| u);
+            let masked = if user_info.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_string()
+            };
+            format!("{scheme}://{masked}{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod redaction {
+    use super::redacted;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redacted("redis://:secret@r.example:6379/0"),
+            "redis://:***@r.example:6379/0"
+        );
+        assert_eq!(
+            redacted("rediss://app:s3cr@t@r.example/1"),
+            "rediss://app:***@r.example/1"
+        );
+        assert_eq!(redacted("redis://token@r"), "redis://***@r");
     }
 }

@@ -46,6 +46,7 @@ fn known(section: &str) -> Option<&'static [&'static str]> {
         "admin" => fields_of::<file::AdminSection>(),
         "limits" => fields_of::<file::LimitsSection>(),
         "websocket" => fields_of::<file::WebSocketSection>(),
+        "cluster" => fields_of::<file::ClusterSection>(),
         _ => return None,
     })
 }

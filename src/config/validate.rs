@@ -19,7 +19,7 @@ use super::duration::{format_duration, parse_duration, UNIT_HELP};
 use super::error::{ConfigError, ConfigErrors};
 use super::file::{self, DurationValue, SizeValue};
 use super::model::{
-    ActiveCheck, Admin, Coding, Config, HostMatch, LimitSettings, Listener, Overflow, Resume,
+    ActiveCheck, Admin, ClusterSettings, Coding, Config, HostMatch, LimitSettings, Listener, Overflow, Resume,
     Route, Server, Share, StreamSettings, Timeouts, Tls, Upstream, UpstreamProtocol,
     WebSocketSettings,
 };
@@ -59,6 +59,9 @@ const RESUME_ATTEMPTS: u32 = 3;
 const RESUME_ATTEMPTS_MAX: i64 = 100;
 const RESUME_BACKOFF: Duration = Duration::from_secs(1);
 // Active checks default to HAProxy's fall and rise; passive to nginx's.
+const CLUSTER_LEASE: Duration = Duration::from_secs(3);
+const MIN_CLUSTER_LEASE: Duration = Duration::from_millis(200);
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(1);
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 const CHECK_FALL: u32 = 3;
@@ -126,9 +129,21 @@ impl TryFrom<Document<'_>> for Config {
                 ),
                 h2: file.websocket.h2.unwrap_or(true),
             },
+            cluster: file.cluster.as_ref().and_then(|c| check.cluster(c)),
         };
         check.finish(config)
     }
+}
+
+/// `cluster.name`'s default: the host name and the pid, unique on a host
+/// and readable in Redis.
+fn default_instance_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && !h.chars().any(char::is_whitespace))
+        .unwrap_or_else(|| "ssegate".to_string());
+    format!("{host}-{}", std::process::id())
 }
 
 /// What a duration key accepts besides a plain positive duration.
@@ -272,6 +287,80 @@ impl Checker<'_> {
             return None;
         }
         Some(Admin { address })
+    }
+
+    /// `[cluster]`: `None` when its URL is unusable (the error is recorded).
+    fn cluster(&mut self, section: &file::ClusterSection) -> Option<ClusterSettings> {
+        let url = section.redis.get_ref();
+        let span = Some(section.redis.span());
+        let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://");
+        let parsed = if scheme_ok {
+            redis::Client::open(url.as_str()).map_err(|e| e.to_string())
+        } else {
+            Err("not a Redis URL: write redis://HOST:PORT (or rediss:// for TLS)".to_string())
+        };
+        let redis_ok = match parsed {
+            Ok(_) => true,
+            Err(why) => {
+                self.error(span, "cluster.redis", why);
+                false
+            }
+        };
+        let name = match &section.name {
+            None => default_instance_name(),
+            Some(n) => {
+                let name = n.get_ref();
+                let bad = if name.is_empty() {
+                    Some("is empty; give this instance a name, e.g. \"ssegate-a\"")
+                } else if name.len() > 64 {
+                    Some("is longer than 64 bytes")
+                } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    Some("has whitespace or control characters")
+                } else {
+                    None
+                };
+                if let Some(why) = bad {
+                    self.error(Some(n.span()), "cluster.name", why);
+                }
+                name.clone()
+            }
+        };
+        let lease = self.duration(
+            "cluster.lease",
+            section.lease.as_ref(),
+            CLUSTER_LEASE,
+            Accept::PositiveOnly,
+        );
+        if let Some(l) = section.lease.as_ref().filter(|_| lease < MIN_CLUSTER_LEASE) {
+            let message = format!(
+                "a lease under {} ms would be lost to any pause; give at least \"200ms\"",
+                MIN_CLUSTER_LEASE.as_millis()
+            );
+            self.error(Some(l.span()), "cluster.lease", message);
+        }
+        let timeout = self.duration(
+            "cluster.timeout",
+            section.timeout.as_ref(),
+            CLUSTER_TIMEOUT.min(lease / 2),
+            Accept::PositiveOnly,
+        );
+        if timeout >= lease {
+            let span = section
+                .timeout
+                .as_ref()
+                .or(section.lease.as_ref())
+                .map(|s| s.span());
+            let message = format!(
+                "must be shorter than cluster.lease ({lease:?}): a holder whose renewal may take longer than its lease loses it"
+            );
+            self.error(span, "cluster.timeout", message);
+        }
+        redis_ok.then(|| ClusterSettings {
+            redis: url.clone(),
+            name,
+            lease,
+            timeout,
+        })
     }
 
     fn h2_max_streams(&mut self, listener: &str, value: Option<&Spanned<i64>>) -> u32 {
@@ -1662,6 +1751,45 @@ mod tests {
              [[route]]\npath = \"/\"\nupstream = \"app\"\nwebsocket = false\n";
         let c = parse(only_refusing, "t.toml", Path::new(".")).expect("valid");
         assert!(c.websocket.h2 && !c.websocket_over_h2());
+    }
+
+    #[test]
+    fn cluster_section() {
+        assert!(config("").cluster.is_none(), "no [cluster]: one machine");
+        let c = config("[cluster]\nredis = \"redis://127.0.0.1:6379\"\nname = \"ssegate-a\"");
+        let cluster = c.cluster.expect("[cluster] kept");
+        assert_eq!(cluster.redis, "redis://127.0.0.1:6379");
+        assert_eq!(cluster.name, "ssegate-a");
+        assert_eq!(cluster.lease, Duration::from_secs(3));
+        assert_eq!(cluster.timeout, Duration::from_secs(1));
+        let c = config("[cluster]\nredis = \"rediss://r.example:6380/2\"\nlease = \"1s\"");
+        let cluster = c.cluster.expect("[cluster] kept");
+        assert_eq!(cluster.timeout, Duration::from_millis(500), "half the lease");
+        assert!(cluster.name.ends_with(&format!("-{}", std::process::id())));
+        assert!(!cluster.name.contains(char::is_whitespace));
+    }
+
+    #[test]
+    fn cluster_errors() {
+        let rows = [
+            ("redis = \"http://r:6379\"", "cluster.redis", "not a Redis URL"),
+            ("redis = \"redis://r:notaport\"", "cluster.redis", ""),
+            ("redis = \"redis://r\"\nname = \"\"", "cluster.name", "empty"),
+            ("redis = \"redis://r\"\nname = \"a b\"", "cluster.name", "whitespace"),
+            ("redis = \"redis://r\"\nlease = \"100ms\"", "cluster.lease", "200ms"),
+            ("redis = \"redis://r\"\nlease = \"2s\"\ntimeout = \"2s\"", "cluster.timeout", "shorter"),
+            ("redis = \"redis://r\"\ntimeout = 1", "cluster.timeout", "\"1s\""),
+            ("redis = \"redis://r\"\nleas = \"1s\"", "cluster.leas", "lease"),
+        ];
+        for (keys, key, fragment) in rows {
+            assert_one_error(&format!("[cluster]\n{keys}"), key, fragment);
+        }
+        let long = "n".repeat(65);
+        assert_one_error(
+            &format!("[cluster]\nredis = \"redis://r\"\nname = \"{long}\""),
+            "cluster.name",
+            "64",
+        );
     }
 
     #[test]
