@@ -158,8 +158,9 @@ def msum(samples: list[dict] | None, name: str, **want: str) -> float | None:
     scrape, 0 when the scrape has no such series."""
     if samples is None:
         return None
-    return sum(s["value"] for s in samples if s["name"] == name
-               and all(s["labels"].get(k) == v for k, v in want.items()))
+    total = sum(s["value"] for s in samples if s["name"] == name
+                and all(s["labels"].get(k) == v for k, v in want.items()))
+    return int(total) if float(total).is_integer() else total
 
 
 # --------------------------------------------------------------------------
@@ -265,6 +266,8 @@ def _commands(a: dict | None, b: dict | None, span: float | None) -> dict:
     cb = ((b or {}).get("redis") or {}).get("commands", {})
     out = {}
     for name, v in cb.items():
+        if name in ("info", "ping"):
+            continue  # this script's own snapshots and readiness checks
         calls = v["calls"] - ca.get(name, {}).get("calls", 0)
         usec = v["usec"] - ca.get(name, {}).get("usec", 0)
         if calls > 0:
@@ -333,10 +336,12 @@ def derive(cell: Path) -> dict:
         a["cpu_s_run"] = _cpu(s0, s3, inst)
         a["cpu_s_per_m_events"] = _per_m(a["cpu_s_run"], a["events"])
         cw = _cpu(s1, s2, inst)
+        a["cpu_s_window"] = cw
         a["core_pct_window"] = round(100 * cw / span, 1) if cw is not None and span else None
         # Events the instance wrote to its clients in the window (its own counter).
         ev = _mdelta(s1, s2, inst, "ssegate_stream_events_total")
         a["events_window"] = ev
+        a["events_per_s_window"] = _rate(ev, span)
         a["cpu_s_per_m_events_window"] = _per_m(cw, ev)
         a["appended"] = _mdelta(s1, s2, inst, "ssegate_cluster_events_total", op="appended")
         a["read"] = _mdelta(s1, s2, inst, "ssegate_cluster_events_total", op="read")
@@ -355,6 +360,15 @@ def derive(cell: Path) -> dict:
     out["appended_per_s"] = _rate(appended, span)
     out["read_per_s"] = _rate(read, span)
     out["upstream_opens_run"] = _sum(per[i]["upstream_opens_run"] for i in insts)
+    t = out["total"]
+    t["cpu_s_run"] = _sum(per[i]["cpu_s_run"] for i in insts)
+    t["cpu_s_per_m_events"] = _per_m(t["cpu_s_run"], t["events"])
+    t["cpu_s_window"] = _sum(per[i]["cpu_s_window"] for i in insts)
+    t["events_window"] = _sum(per[i]["events_window"] for i in insts)
+    t["events_per_s_window"] = _rate(t["events_window"], span)
+    t["cpu_s_per_m_events_window"] = _per_m(t["cpu_s_window"], t["events_window"])
+    t["core_pct_window"] = (round(100 * t["cpu_s_window"] / span, 1)
+                            if t["cpu_s_window"] is not None and span else None)
     rc_run, rc_win = _cpu(s0, s3, "redis"), _cpu(s1, s2, "redis")
     ev_win = _sum(per[i]["events_window"] for i in insts)
     out["redis"] = {
@@ -396,6 +410,8 @@ def add(results: str, kind: str, cell: str) -> None:
     cl = data.setdefault("cluster", {"fanout": None, "redis_steps": []})
     if kind == "fanout":
         cl["fanout"] = run
+    elif kind == "single":
+        cl["fanout_single"] = run
     elif kind == "redis":
         cl["redis_steps"].append(run)
         cl["redis_fit"] = fit(cl["redis_steps"])
@@ -465,7 +481,25 @@ def _roles(r: dict | None) -> str:
     return " / ".join(_num(r.get(k)) for k in ("holder", "follower", "local"))
 
 
-def fanout_section(f: dict) -> list[str]:
+FANOUT_HEAD = ["instance", "opened / failed", "events/s (window)", "gaps / dups",
+               "p50 ms (median)", "p99 ms (median, worst)", "CPU-s per M events (window)",
+               "CPU-s per M events (run)", "core % (window)", "appends/s", "reads/s",
+               "upstream opens", "roles h / f / l"]
+
+
+def _fanout_row(name: str, a: dict, span, roles=True) -> list[str]:
+    return [name, f"{_num(a['opened'])} / {_num(a['failed'])}", _num(a.get("events_per_s_window")),
+            f"{_num(a['gaps'])} / {_num(a['duplicates'])}", _num(a["p50_ms_median"]),
+            f"{_num(a['p99_ms_median'])}, {_num(a['p99_ms_max'])}",
+            _num(a.get("cpu_s_per_m_events_window")), _num(a.get("cpu_s_per_m_events")),
+            _num(a.get("core_pct_window")),
+            _num(_rate(a.get("appended"), span)) if roles else "",
+            _num(_rate(a.get("read"), span)) if roles else "",
+            _num(a.get("upstream_opens_run")) if roles else "",
+            _roles(a.get("roles")) if roles else ""]
+
+
+def fanout_section(f: dict, single: dict | None) -> list[str]:
     p = f.get("params", {})
     lines = [f"## cluster-fanout — {p.get('summary', '')}", ""]
     if not f["ok"]:
@@ -475,50 +509,60 @@ def fanout_section(f: dict) -> list[str]:
         "origin and the load clients on core 1. Each instance's subscribers are spread "
         "evenly over the 10 stream URLs, 10 load clients per instance (one per URL, all "
         "with the same Host header, so a URL is one stream key on every instance). "
-        "Latency: each client's own p99 over its streams; the table shows the median and "
-        "the worst client. CPU-s per M events over the whole run (opening to closing), "
-        "per delivered event of the instance's own clients; core % over the steady "
-        "window. Roles: the instance's `ssegate_cluster_streams{role}` in the window, "
-        "holder / follower / local.", "",
-        row(["instance", "opened / failed", "events/s", "gaps / dups", "p50 ms (median)",
-             "p99 ms (median, worst)", "CPU-s per M events", "core % (window)",
-             "appends/s", "reads/s", "upstream opens", "roles h / f / l"]),
-        row(["---"] + ["---:"] * 11)]
+        "Events/s and CPU-s per M events (window): the instance's "
+        "`ssegate_stream_events_total` (events written to its subscribers) and its /proc "
+        "CPU over the steady window; (run): its CPU from before the clients started to "
+        "after they ended, per event its clients received. Latency: each load client's "
+        "own p50 / p99 over its streams; the table shows the median client and the worst. "
+        "Roles: `ssegate_cluster_streams{role}` in the window, holder / follower / local. "
+        "The baseline row: the same subscribers and load clients on one instance without "
+        "`[cluster]`, run just before.", "",
+        row(FANOUT_HEAD), row(["---"] + ["---:"] * (len(FANOUT_HEAD) - 1))]
     span = f.get("window_s")
     for name, a in f["instances"].items():
-        lines.append(row([
-            name, f"{_num(a['opened'])} / {_num(a['failed'])}", _num(a["events_per_s"]),
-            f"{_num(a['gaps'])} / {_num(a['duplicates'])}", _num(a["p50_ms_median"]),
-            f"{_num(a['p99_ms_median'])}, {_num(a['p99_ms_max'])}",
-            _num(a["cpu_s_per_m_events"]), _num(a["core_pct_window"]),
-            _num(_rate(a["appended"], span)), _num(_rate(a["read"], span)),
-            _num(a["upstream_opens_run"]), _roles(a["roles"])]))
-    t = f["total"]
-    cpu_all = _sum(a["cpu_s_run"] for a in f["instances"].values())
-    lines.append(row([
-        "**all**", f"{_num(t['opened'])} / {_num(t['failed'])}", _num(t["events_per_s"]),
-        f"{_num(t['gaps'])} / {_num(t['duplicates'])}", _num(t["p50_ms_median"]),
-        f"{_num(t['p99_ms_median'])}, {_num(t['p99_ms_max'])}",
-        _num(_per_m(cpu_all, t["events"])), "", _num(f.get("appended_per_s")),
-        _num(f.get("read_per_s")), _num(f.get("upstream_opens_run")), ""]))
+        lines.append(row(_fanout_row(name, a, span)))
+    t = dict(f["total"], appended=None, read=None, upstream_opens_run=f.get("upstream_opens_run"),
+             roles=None)
+    cells = _fanout_row("**all 3**", t, span)
+    cells[9], cells[10] = _num(f.get("appended_per_s")), _num(f.get("read_per_s"))
+    cells[12] = ""
+    lines.append(row(cells))
+    if single:
+        st = dict(single["total"], upstream_opens_run=single.get("upstream_opens_run"))
+        cells = _fanout_row("baseline: 1 instance" + ("" if single["ok"] else " (FAILED)"),
+                            st, single.get("window_s"), roles=False)
+        cells[11] = _num(single.get("upstream_opens_run"))
+        lines.append(row(cells))
+        ratios = ["cluster ÷ baseline", "", "", ""]
+        for key in ("p50_ms_median", "p99_ms_median", "cpu_s_per_m_events_window",
+                    "cpu_s_per_m_events"):
+            ratios.append(cmp._ratio(t.get(key), st.get(key)) or "—")
+        ratios[5] = f"{ratios[5]}, {cmp._ratio(t.get('p99_ms_max'), st.get('p99_ms_max')) or '—'}"
+        lines.append(row(ratios + [""] * (len(FANOUT_HEAD) - len(ratios))))
     r, o = f["redis"], f["origin"]
     lines += ["",
               f"Redis {r.get('version') or '?'}: {_num(r['cpu_s_run'])} CPU-s over the run "
               f"({_num(f.get('wall_s'))} s), {_num(r['core_pct_window'])} % of a core in the "
               f"steady window ({_num(span)} s); {_num(r['cpu_s_per_m_appends'])} CPU-s per M "
               f"appends, {_num(r['cpu_s_per_m_delivered'])} CPU-s per M delivered events "
-              f"(window); {_num(r['connected_clients'])} connections, "
-              f"{_num(r['blocked_clients'])} blocked in XREAD, {_num(r['used_memory_mib'])} MiB.",
+              f"(window); {_num(r['connected_clients'])} client connections (this script's "
+              f"one included), {_num(r['blocked_clients'])} blocked in XREAD, "
+              f"{_num(r['used_memory_mib'])} MiB used.",
               f"Origin: {_num(o['streams_accepted'])} streams accepted during the run, "
               f"{_num(o['streams_open_in_window'])} open in the window, most open at once "
               f"{_num(o['streams_open_max'])}; {_num(o['cpu_s_run'])} CPU-s. "
-              f"Load clients: {_num(t['generator_cpu_s'])} CPU-s.",
+              f"Load clients: {_num(t['generator_cpu_s'])} CPU-s"
+              + (f" (baseline: {_num(single['total']['generator_cpu_s'])}; origin streams "
+                 f"{_num(single['origin']['streams_accepted'])})" if single else "") + ".",
               f"Load average before → after: {cmp._load_text(f['loadavg']['before'])} → "
-              f"{cmp._load_text(f['loadavg']['after'])}.", ""]
+              f"{cmp._load_text(f['loadavg']['after'])}"
+              + (f" (baseline: {cmp._load_text(single['loadavg']['before'])} → "
+                 f"{cmp._load_text(single['loadavg']['after'])})" if single else "") + ".", ""]
     if r.get("commands"):
-        lines += ["Redis commands in the steady window: " + ", ".join(
-            f"{k} {_num(v['per_s'])}/s ({_num(v['usec_per_call'])} µs)"
-            for k, v in sorted(r["commands"].items(), key=lambda kv: -kv[1]["calls"])), ""]
+        lines += ["Redis commands in the steady window (calls/s, Redis's own µs per call): "
+                  + ", ".join(f"{k} {_num(v['per_s'])}/s ({_num(v['usec_per_call'])} µs)"
+                              for k, v in sorted(r["commands"].items(),
+                                                 key=lambda kv: -kv[1]["calls"])), ""]
     return lines
 
 
@@ -600,7 +644,7 @@ def report(results: str) -> str:
     if cl.get("note"):
         lines += [cl["note"], ""]
     if cl.get("fanout"):
-        lines += fanout_section(cl["fanout"])
+        lines += fanout_section(cl["fanout"], cl.get("fanout_single"))
     if cl.get("redis_steps"):
         lines += redis_section(cl["redis_steps"], cl.get("redis_fit"))
     lines += goals(cl.get("fanout"))

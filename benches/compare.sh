@@ -275,7 +275,7 @@ else
   # cluster-fanout: CL_SUBS subscribers over 3 instances x 10 URLs (an even
   # split: CL_SUBS is a multiple of 30). cluster-redis: every rate (events/s
   # per stream, 10 streams) with every follower count, CR_DUR s each.
-  CL_SUBS=3000; CL_RATE=5; CL_RAMP=2; CL_DUR=20
+  CL_SUBS=3000; CL_RATE=10; CL_RAMP=2; CL_DUR=20
   CR_RATES="1 100 300 1000"; CR_FOLLOWERS="2 0"; CR_DUR=15
 fi
 CL_INSTANCES=3; CL_URLS=10
@@ -536,17 +536,20 @@ fi
   "${VERSION[ssegate]}" "$RUN/peers.tsv" "$RUN/skips.tsv" "$ROUNDS" \
   "$SHARE_USED" "$SHARE_NOTE"
 
-# render_cluster DIR K: instance K's config in DIR (its own pid file and
-# upgrade socket): the bench template with the sharing keys on its route,
-# an admin listener on ADMIN_PORT and [cluster] with Redis on REDIS_PORT.
+# render_cluster DIR K [single]: instance K's config in DIR (its own pid
+# file and upgrade socket): the bench template with the sharing keys on its
+# route, an admin listener on ADMIN_PORT and [cluster] with Redis on
+# REDIS_PORT (not with single: one instance on its own).
 render_cluster() {
-  local dir="$1" k="$2" cell_was="$CELL"
+  local dir="$1" k="$2" single="${3:-}" cell_was="$CELL"
   mkdir -p "$dir"
   CELL="$dir"
   render_ssegate "$dir/ssegate.toml" 1
   CELL="$cell_was"
-  printf '\n[admin]\naddress = "127.0.0.1:%s"\n\n[cluster]\nredis = "redis://127.0.0.1:%s"\nname = "bench-%s"\n' \
-    "$ADMIN_PORT" "$REDIS_PORT" "$k" >>"$dir/ssegate.toml"
+  printf '\n[admin]\naddress = "127.0.0.1:%s"\n' "$ADMIN_PORT" >>"$dir/ssegate.toml"
+  [ -n "$single" ] ||
+    printf '\n[cluster]\nredis = "redis://127.0.0.1:%s"\nname = "bench-%s"\n' \
+      "$REDIS_PORT" "$k" >>"$dir/ssegate.toml"
 }
 
 # Does this ssegate take [cluster]? Until a build parses it, `ssegate check`
@@ -856,13 +859,24 @@ run_ws_cell() {
 # ---------------------------------------------------------------------------
 # the cluster cells: several ssegate instances, one Redis
 
-# start_cluster RATE: a fresh Redis, origin (RATE events/s) and CL_INSTANCES
-# instances, in CELL. Sets REDIS_PORT, REDIS_PID, UP_ADDR, UP_PID and the
-# arrays INST_PID, INST_PORT, INST_ADMIN (index 1..), and CL_SPEC (what
+# start_cluster RATE [single]: a fresh Redis, origin (RATE events/s) and
+# CL_INSTANCES instances, in CELL; with single, one instance without
+# [cluster] and no Redis. Sets REDIS_PORT, REDIS_PID, UP_ADDR, UP_PID and
+# the arrays INST_PID, INST_PORT, INST_ADMIN (index 1..), and CL_SPEC (what
 # cluster.py snapshots). On failure: CELL/error, and 1.
 start_cluster() {
-  local rate="$1" k ports
+  local rate="$1" single="${2:-}" k ports n="$CL_INSTANCES"
   INST_PID=(); INST_PORT=(); INST_ADMIN=(); CL_SPEC=()
+  [ -z "$single" ] || n=1
+  spawn "$CELL/upstream.out" "$CELL/upstream.err" "${LOAD_CPU[@]}" "$BENCH_BIN" bench upstream \
+    --listen 127.0.0.1:0 --rate "$rate" --payload "$PAYLOAD"
+  UP_PID="$SPAWNED"
+  if ! UP_ADDR="$("${PY[@]}" wait-listen "$CELL/upstream.out" 15)"; then
+    echo "bench upstream did not start: $(tail -n 3 "$CELL/upstream.err")" >"$CELL/error"
+    return 1
+  fi
+  CL_SPEC=("proc:origin=$UP_PID" "origin=$UP_ADDR")
+  [ -z "$single" ] || { start_instances 1 single; return; }
   read -r REDIS_PORT <<<"$("${PY[@]}" free-ports 1)"
   mkdir -p "$CELL/redis"
   spawn "$CELL/redis.out" "$CELL/redis.err" "${LOAD_CPU[@]}" "$REDIS_SERVER" --port "$REDIS_PORT" \
@@ -872,18 +886,18 @@ start_cluster() {
     echo "redis-server did not start: $(cat "$CELL/redis-ping.err") $(tail -n 2 "$CELL/redis.out" "$CELL/redis.err" | tr '\n' ' ')" >"$CELL/error"
     return 1
   fi
-  spawn "$CELL/upstream.out" "$CELL/upstream.err" "${LOAD_CPU[@]}" "$BENCH_BIN" bench upstream \
-    --listen 127.0.0.1:0 --rate "$rate" --payload "$PAYLOAD"
-  UP_PID="$SPAWNED"
-  if ! UP_ADDR="$("${PY[@]}" wait-listen "$CELL/upstream.out" 15)"; then
-    echo "bench upstream did not start: $(tail -n 3 "$CELL/upstream.err")" >"$CELL/error"
-    return 1
-  fi
-  CL_SPEC=("proc:redis=$REDIS_PID" "proc:origin=$UP_PID" "redis=$REDIS_PORT" "origin=$UP_ADDR")
-  for k in $(seq "$CL_INSTANCES"); do
+  CL_SPEC+=("proc:redis=$REDIS_PID" "redis=$REDIS_PORT")
+  start_instances "$n"
+}
+
+# start_instances N [single]: the instances of start_cluster, started,
+# listening, and each answering one event.
+start_instances() {
+  local n="$1" single="${2:-}" k ports
+  for k in $(seq "$n"); do
     read -r -a ports <<<"$("${PY[@]}" free-ports 3)"
     P1="${ports[0]}"; P2="${ports[1]}"; ADMIN_PORT="${ports[2]}"
-    render_cluster "$CELL/i$k" "$k"
+    render_cluster "$CELL/i$k" "$k" "$single"
     if ! "$SSEGATE" check -c "$CELL/i$k/ssegate.toml" >"$CELL/i$k/check.log" 2>&1; then
       echo "ssegate check refuses instance $k's config: $(head -n 1 "$CELL/i$k/check.log")" >"$CELL/error"
       return 1
@@ -893,7 +907,7 @@ start_cluster() {
     INST_PID[k]="$SPAWNED"; INST_PORT[k]="$P1"; INST_ADMIN[k]="127.0.0.1:$ADMIN_PORT"
     CL_SPEC+=("proc:i$k=$SPAWNED" "metrics:i$k=127.0.0.1:$ADMIN_PORT")
   done
-  for k in $(seq "$CL_INSTANCES"); do
+  for k in $(seq "$n"); do
     if ! "${PY[@]}" wait-port "127.0.0.1:${INST_PORT[k]}" 15 2>/dev/null ||
        ! "${PY[@]}" wait-port "${INST_ADMIN[k]}" 15 2>/dev/null; then
       echo "instance $k did not start: $(tail -n 3 "$CELL/i$k/proxy.err" | tr '\n' ' ')" >"$CELL/error"
@@ -902,7 +916,7 @@ start_cluster() {
   done
   # Readiness: one event end to end through each instance, each on a key
   # of its own (so each holds one, and talks to Redis once).
-  for k in $(seq "$CL_INSTANCES"); do
+  for k in $(seq "$n"); do
     if ! "${PY[@]}" probe "http://127.0.0.1:${INST_PORT[k]}/ready-$k?count=1" 10 >>"$CELL/probe.log" 2>&1; then
       echo "probe of instance $k failed: $(tail -n 1 "$CELL/probe.log")" >"$CELL/error"
       return 1
@@ -918,19 +932,21 @@ stop_cluster() {
   INST_PID=(); UP_PID=""; REDIS_PID=""
 }
 
-# cluster_clients N DUR RAMP INSTANCES...: N subscribers per stream URL on
-# each of INSTANCES: one load client per (instance, URL), all with the same
-# Host header (the host is part of a stream key). Their pids: CLIENT_PIDS.
+# cluster_clients N COPIES DUR RAMP INSTANCES...: COPIES load clients of N
+# subscribers per stream URL on each of INSTANCES, all with the same Host
+# header (the host is part of a stream key). Their pids: CLIENT_PIDS.
 cluster_clients() {
-  local n="$1" dur="$2" ramp="$3" k s
-  shift 3
+  local n="$1" copies="$2" dur="$3" ramp="$4" k s j
+  shift 4
   CLIENT_PIDS=()
   for k in "$@"; do
     for s in $(seq 0 $(( CL_URLS - 1 ))); do
-      spawn "$CELL/c-i$k-s$s.json" "$CELL/c-i$k-s$s.err" timeout -s INT -k 5 $(( dur + ramp + 60 )) \
-        "${LOAD_CPU[@]}" "$BENCH_BIN" bench --json --url "http://127.0.0.1:${INST_PORT[k]}$BENCH_PATH/s$s" \
-        -H "Host: cluster.bench" --streams "$n" --ramp "${ramp}s" --duration "${dur}s"
-      CLIENT_PIDS+=("$SPAWNED")
+      for j in $(seq "$copies"); do
+        spawn "$CELL/c-i$k-s$s-$j.json" "$CELL/c-i$k-s$s-$j.err" timeout -s INT -k 5 $(( dur + ramp + 60 )) \
+          "${LOAD_CPU[@]}" "$BENCH_BIN" bench --json --url "http://127.0.0.1:${INST_PORT[k]}$BENCH_PATH/s$s" \
+          -H "Host: cluster.bench" --streams "$n" --ramp "${ramp}s" --duration "${dur}s"
+        CLIENT_PIDS+=("$SPAWNED")
+      done
     done
   done
 }
@@ -946,31 +962,45 @@ cluster_wait() {
   [ "$bad" = 0 ] || echo "$bad load client(s) exited non-zero (see $CELL/c-*.err)" >"$CELL/error"
 }
 
-# run_cluster_fanout: 3 instances, CL_SUBS subscribers of 10 shared streams.
+# run_cluster_fanout: 3 instances, CL_SUBS subscribers of 10 shared streams;
+# before it, the same subscribers and load clients on one instance without
+# [cluster] (the baseline: what the cluster adds).
 run_cluster_fanout() {
-  local per_url=$(( CL_SUBS / (CL_INSTANCES * CL_URLS) )) summary k
-  CELL="$RUN/cluster-fanout"
-  mkdir -p "$CELL"
-  summary="$CL_INSTANCES instances × $(thousands $(( CL_SUBS / CL_INSTANCES ))) HTTP/1.1 subscribers ($(thousands "$CL_SUBS") in all, $per_url per URL per instance) of $CL_URLS shared streams × $CL_RATE events/s, $PAYLOAD-byte payload, $CL_DUR s (ramp $CL_RAMP s included), one Redis"
-  printf '{"summary": "%s", "instances": %d, "stream_urls": %d, "subscribers": %d, "rate": %s, "payload": %d, "duration_s": %d, "ramp_s": %d}\n' \
-    "$summary" "$CL_INSTANCES" "$CL_URLS" "$CL_SUBS" "$CL_RATE" "$PAYLOAD" "$CL_DUR" "$CL_RAMP" >"$CELL/params.json"
-  say "── cluster-fanout: $summary"
-  if start_cluster "$CL_RATE"; then
-    "${LOAD_CPU[@]}" "${PY[@]}" origin-stats "$UP_ADDR" reset >/dev/null 2>>"$CELL/origin.err" || true
-    "${LOAD_CPU[@]}" "${CL_PY[@]}" snap "$CELL/snap_before.json" "${CL_SPEC[@]}"
-    cluster_clients "$per_url" "$CL_DUR" "$CL_RAMP" $(seq "$CL_INSTANCES")
-    # The steady window: from 1 s after every subscriber is open to 2 s
-    # before the clients close.
-    "${LOAD_CPU[@]}" "${CL_PY[@]}" window "$CELL" "$CL_SUBS" $(( CL_RAMP + 1 )) $(( CL_DUR - 3 )) \
-      $(( CL_DUR - 2 )) "${CL_SPEC[@]}" 2>"$CELL/window.err" || true
-    cluster_wait
-    "${LOAD_CPU[@]}" "${CL_PY[@]}" snap "$CELL/snap_after.json" "${CL_SPEC[@]}"
-  fi
-  stop_cluster
-  for k in $(seq "$CL_INSTANCES"); do
-    [ ! -s "$CELL/i$k/proxy.err" ] || say "instance $k's stderr (last lines): $(tail -n 2 "$CELL/i$k/proxy.err" | tr '\n' ' ')"
+  local per_url=$(( CL_SUBS / (CL_INSTANCES * CL_URLS) )) summary k mode
+  for mode in single cluster; do
+    CELL="$RUN/cluster-fanout"
+    [ "$mode" = cluster ] || CELL="$RUN/cluster-fanout-single"
+    mkdir -p "$CELL"
+    if [ "$mode" = cluster ]; then
+      summary="$CL_INSTANCES instances × $(thousands $(( CL_SUBS / CL_INSTANCES ))) HTTP/1.1 subscribers ($(thousands "$CL_SUBS") in all, $per_url per URL per instance) of $CL_URLS shared streams × $CL_RATE events/s, $PAYLOAD-byte payload, $CL_DUR s (ramp $CL_RAMP s included), one Redis"
+    else
+      summary="baseline: 1 instance without [cluster], the same $(thousands "$CL_SUBS") subscribers and $(( CL_INSTANCES * CL_URLS )) load clients"
+    fi
+    printf '{"summary": "%s", "instances": %d, "stream_urls": %d, "subscribers": %d, "rate": %s, "payload": %d, "duration_s": %d, "ramp_s": %d}\n' \
+      "$summary" "$([ "$mode" = cluster ] && echo "$CL_INSTANCES" || echo 1)" "$CL_URLS" "$CL_SUBS" \
+      "$CL_RATE" "$PAYLOAD" "$CL_DUR" "$CL_RAMP" >"$CELL/params.json"
+    say "── cluster-fanout: $summary"
+    if start_cluster "$CL_RATE" "$([ "$mode" = cluster ] || echo single)"; then
+      "${LOAD_CPU[@]}" "${PY[@]}" origin-stats "$UP_ADDR" reset >/dev/null 2>>"$CELL/origin.err" || true
+      "${LOAD_CPU[@]}" "${CL_PY[@]}" snap "$CELL/snap_before.json" "${CL_SPEC[@]}"
+      if [ "$mode" = cluster ]; then
+        cluster_clients "$per_url" 1 "$CL_DUR" "$CL_RAMP" $(seq "$CL_INSTANCES")
+      else
+        cluster_clients "$per_url" "$CL_INSTANCES" "$CL_DUR" "$CL_RAMP" 1
+      fi
+      # The steady window: from 1 s after every subscriber is open to 2 s
+      # before the clients close.
+      "${LOAD_CPU[@]}" "${CL_PY[@]}" window "$CELL" "$CL_SUBS" $(( CL_RAMP + 1 )) $(( CL_DUR - 3 )) \
+        $(( CL_DUR - 2 )) "${CL_SPEC[@]}" 2>"$CELL/window.err" || true
+      cluster_wait
+      "${LOAD_CPU[@]}" "${CL_PY[@]}" snap "$CELL/snap_after.json" "${CL_SPEC[@]}"
+    fi
+    stop_cluster
+    for k in 1 2 3; do
+      [ ! -s "$CELL/i$k/proxy.err" ] || say "instance $k's stderr (last lines): $(tail -n 2 "$CELL/i$k/proxy.err" | tr '\n' ' ')"
+    done
+    "${CL_PY[@]}" add "$RESULTS" "$([ "$mode" = cluster ] && echo fanout || echo single)" "$CELL"
   done
-  "${CL_PY[@]}" add "$RESULTS" fanout "$CELL"
 }
 
 # run_cluster_redis: the origin's rate stepped up, with 2 and 0 followers.
@@ -988,7 +1018,7 @@ run_cluster_redis() {
         "${LOAD_CPU[@]}" "${CL_PY[@]}" snap "$CELL/snap_before.json" "${CL_SPEC[@]}"
         insts="$(seq $(( f + 1 )))"
         # shellcheck disable=SC2086  # one word per instance
-        cluster_clients 1 "$CR_DUR" 0 $insts
+        cluster_clients 1 1 "$CR_DUR" 0 $insts
         "${LOAD_CPU[@]}" "${CL_PY[@]}" window "$CELL" $(( CL_URLS * (f + 1) )) 1 $(( CR_DUR - 3 )) \
           $(( CR_DUR - 1 )) "${CL_SPEC[@]}" 2>"$CELL/window.err" || true
         cluster_wait
