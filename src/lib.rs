@@ -7,6 +7,7 @@ pub mod admin;
 pub mod bench;
 pub mod chunked;
 pub mod cli;
+pub mod cluster;
 pub mod compress;
 pub mod config;
 pub mod demo;

@@ -449,6 +449,11 @@ impl Metrics {
 
     /// Every family and its current values, for readers other than the
     /// text format (the status page, `src/status/`).
+    /// The registry, for families registered elsewhere (the cluster's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
         self.registry.gather()
     }

@@ -14,4 +14,6 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("{0}")]
     Route(String),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::RedisError),
 }

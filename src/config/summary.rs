@@ -33,7 +33,10 @@ pub fn summary(config: &Config) -> String {
             format_duration(c.lease),
             format_duration(c.timeout),
         ),
-        None => writeln!(out, "cluster: off (no [cluster] section; sharing stays in this process)"),
+        None => writeln!(
+            out,
+            "cluster: off (no [cluster] section; sharing stays in this process)"
+        ),
     };
     upstreams(&mut out, config);
     routes(&mut out, config);

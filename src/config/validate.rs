@@ -19,9 +19,9 @@ use super::duration::{format_duration, parse_duration, UNIT_HELP};
 use super::error::{ConfigError, ConfigErrors};
 use super::file::{self, DurationValue, SizeValue};
 use super::model::{
-    ActiveCheck, Admin, ClusterSettings, Coding, Config, HostMatch, LimitSettings, Listener, Overflow, Resume,
-    Route, Server, Share, StreamSettings, Timeouts, Tls, Upstream, UpstreamProtocol,
-    WebSocketSettings,
+    ActiveCheck, Admin, ClusterSettings, Coding, Config, HostMatch, LimitSettings, Listener,
+    Overflow, Resume, Route, Server, Share, StreamSettings, Timeouts, Tls, Upstream,
+    UpstreamProtocol, WebSocketSettings,
 };
 
 // Defaults, as documented in `config::model` and `conf/ssegate.toml`.
@@ -1764,7 +1764,11 @@ mod tests {
         assert_eq!(cluster.timeout, Duration::from_secs(1));
         let c = config("[cluster]\nredis = \"rediss://r.example:6380/2\"\nlease = \"1s\"");
         let cluster = c.cluster.expect("[cluster] kept");
-        assert_eq!(cluster.timeout, Duration::from_millis(500), "half the lease");
+        assert_eq!(
+            cluster.timeout,
+            Duration::from_millis(500),
+            "half the lease"
+        );
         assert!(cluster.name.ends_with(&format!("-{}", std::process::id())));
         assert!(!cluster.name.contains(char::is_whitespace));
     }
@@ -1772,14 +1776,42 @@ mod tests {
     #[test]
     fn cluster_errors() {
         let rows = [
-            ("redis = \"http://r:6379\"", "cluster.redis", "not a Redis URL"),
+            (
+                "redis = \"http://r:6379\"",
+                "cluster.redis",
+                "not a Redis URL",
+            ),
             ("redis = \"redis://r:notaport\"", "cluster.redis", ""),
-            ("redis = \"redis://r\"\nname = \"\"", "cluster.name", "empty"),
-            ("redis = \"redis://r\"\nname = \"a b\"", "cluster.name", "whitespace"),
-            ("redis = \"redis://r\"\nlease = \"100ms\"", "cluster.lease", "200ms"),
-            ("redis = \"redis://r\"\nlease = \"2s\"\ntimeout = \"2s\"", "cluster.timeout", "shorter"),
-            ("redis = \"redis://r\"\ntimeout = 1", "cluster.timeout", "\"1s\""),
-            ("redis = \"redis://r\"\nleas = \"1s\"", "cluster.leas", "lease"),
+            (
+                "redis = \"redis://r\"\nname = \"\"",
+                "cluster.name",
+                "empty",
+            ),
+            (
+                "redis = \"redis://r\"\nname = \"a b\"",
+                "cluster.name",
+                "whitespace",
+            ),
+            (
+                "redis = \"redis://r\"\nlease = \"100ms\"",
+                "cluster.lease",
+                "200ms",
+            ),
+            (
+                "redis = \"redis://r\"\nlease = \"2s\"\ntimeout = \"2s\"",
+                "cluster.timeout",
+                "shorter",
+            ),
+            (
+                "redis = \"redis://r\"\ntimeout = 1",
+                "cluster.timeout",
+                "\"1s\"",
+            ),
+            (
+                "redis = \"redis://r\"\nleas = \"1s\"",
+                "cluster.leas",
+                "lease",
+            ),
         ];
         for (keys, key, fragment) in rows {
             assert_one_error(&format!("[cluster]\n{keys}"), key, fragment);

@@ -97,7 +97,17 @@ impl Shared {
             .map(|u| metrics.upstream(&u.name))
             .collect::<prometheus::Result<Vec<_>>>()?;
         let pools = Pools::new(&config, upstream_metrics)?;
-        let router = route::routes(&config, &pools, &metrics)?;
+        let cluster = match &config.cluster {
+            Some(settings) => {
+                let cluster_metrics = crate::cluster::ClusterMetrics::register(metrics.registry())?;
+                Some(Arc::new(crate::cluster::Cluster::new(
+                    settings,
+                    cluster_metrics,
+                )?))
+            }
+            None => None,
+        };
+        let router = route::routes(&config, &pools, &metrics, cluster.as_ref())?;
         Ok(Arc::new(Shared {
             limits: Limits::new(&config),
             connections: Arc::new(connections::ConnectionLimit::new(

@@ -19,8 +19,10 @@ use bytes::Bytes;
 
 use super::compressed::{RouteCompression, Slots};
 use super::limits::RouteLimit;
+use super::share::cluster::ShareCluster;
 use super::share::Shares;
 use super::stream::StreamPolicy;
+use crate::cluster::Cluster;
 use crate::config::{Config, Route};
 use crate::metrics::{self, Metrics, RouteMetrics};
 use crate::router::Router;
@@ -65,6 +67,7 @@ pub fn routes(
     config: &Config,
     pools: &Pools,
     metrics: &Metrics,
+    cluster: Option<&Arc<Cluster>>,
 ) -> Result<Router<Arc<RouteEntry>>, StartError> {
     let s = &config.stream;
     // Leave the last part of the grace period for the process's own exit.
@@ -83,10 +86,18 @@ pub fn routes(
         })?;
         let route_metrics = metrics.route(&metrics::route_label(r))?;
         let retry = (s.shutdown_retry, s.shutdown_retry_jitter);
-        let shares = r
-            .share
-            .clone()
-            .map(|sh| Arc::new(Shares::new(sh, route_metrics.share().clone(), retry)));
+        let share_cluster = match (cluster, &r.share) {
+            (Some(c), Some(_)) => Some(ShareCluster {
+                cluster: c.clone(),
+                metrics: c.metrics.route(route_metrics.label())?,
+                route: r.path.clone(),
+            }),
+            _ => None,
+        };
+        let shares = r.share.clone().map(|sh| {
+            let metrics = route_metrics.share().clone();
+            Arc::new(Shares::new(sh, metrics, retry, share_cluster))
+        });
         entries.push(Arc::new(RouteEntry {
             config: r.clone(),
             pool,

@@ -44,8 +44,11 @@ use super::reply::{self, Reply};
 use super::resume::Resumer;
 use super::route::RouteEntry;
 use super::share::auth::{self, Verdict};
+use super::share::cluster::{self, Opened};
 use super::share::hub::{self, HubJob};
-use super::share::{Found, Membership, Opening, Position, Shares, Subscription, Switching};
+use super::share::{
+    Found, Membership, Opening, Position, Shares, Subscription, Switching, Upstream,
+};
 use super::{Handled, ProxyApp, Shared};
 use crate::outcome::Join;
 use crate::share::key;
@@ -109,6 +112,14 @@ pub(super) async fn serve(
             None => Err(prepared),
         },
         Found::Open(opening, member) => {
+            let Some(opening) = open_in_cluster(p, opening, &member, &request).await else {
+                // Following another instance's upstream now (or not shared).
+                let live = member.hub().state().upstream == Upstream::Live;
+                if live {
+                    return join(p, session, prepared, member, request).await;
+                }
+                return Err(prepared);
+            };
             let want = request.want.as_deref();
             if want.is_some() && member.hub().position(want).is_none() {
                 // Its own request will carry its id; the shared one opens
@@ -126,6 +137,41 @@ pub(super) async fn serve(
             }
             open(p, session, prepared, opening, member, request).await
         }
+    }
+}
+
+/// In a cluster, the lease decides who opens the stream's upstream: this
+/// request (`Some`: open it as on one machine, after Redis's history) or
+/// another instance, which this one then follows (`None`: the hub is live,
+/// or, if its holder never answered, the request is not shared).
+async fn open_in_cluster(
+    p: Phase<'_>,
+    opening: Opening,
+    member: &Membership,
+    request: &Request,
+) -> Option<Opening> {
+    let Some(link) = member.hub().cluster.clone() else {
+        return Some(opening);
+    };
+    let config = &p.app.shared.config;
+    let wait_head = config.timeouts.connect + link.cluster.lease;
+    let mut opening = Some(opening);
+    match cluster::open(&link, &mut opening, p.shares, wait_head).await {
+        Opened::Upstream => opening,
+        Opened::Following { at, generation } => {
+            let job = HubJob {
+                hub: member.hub().clone(),
+                shares: p.shares.clone(),
+                route: p.route.clone(),
+                up: None,
+                request: request.shared.clone(),
+                generation,
+            };
+            let shared = p.app.shared.clone();
+            tokio::spawn(hub::run_from(shared, job, p.shutdown.clone(), Some(at)));
+            None
+        }
+        Opened::Failed => None,
     }
 }
 
@@ -295,7 +341,7 @@ async fn open(
         hub,
         shares: p.shares.clone(),
         route: route.clone(),
-        up,
+        up: Some(up),
         request: shared_prepared.request,
         generation,
     };
@@ -343,7 +389,7 @@ async fn open_detached(
         hub,
         shares,
         route,
-        up,
+        up: Some(up),
         request,
         generation,
     };

@@ -29,6 +29,13 @@ const LAST_EVENT_ID: &[u8] = b"lastEventId";
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct StreamKey(Box<[u8]>);
 
+impl StreamKey {
+    /// The key's bytes (for a cluster's Redis key names).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// The key of a request to a sharing route.
 ///
 /// - `host`: taken as given (the request host as routing sees it).

@@ -145,6 +145,9 @@ pub struct ErrorCounts {
 pub struct SharedView {
     pub streams_open: i64,
     pub subscribers: i64,
+    /// With `[cluster]`: the shared streams by role (holder, follower,
+    /// local); empty without one.
+    pub cluster: BTreeMap<String, u64>,
 }
 
 /// One upstream pool.
@@ -443,6 +446,7 @@ fn route_view(
         shared: layout.shared.then(|| SharedView {
             streams_open: index.sum("ssegate_shared_streams_open", &route) as i64,
             subscribers: index.sum("ssegate_shared_subscribers", &route) as i64,
+            cluster: index.by("ssegate_cluster_streams", &route, "role"),
         }),
         websockets_open: index.sum("ssegate_websockets_open", &route) as i64,
         websockets_total: ws_ends.values().sum(),
@@ -651,6 +655,11 @@ share = true
         assert_eq!(r["errors"]["status_5xx"], 1);
         assert_eq!(r["errors"]["recent_5xx"], 1);
         assert_eq!(r["shared"]["subscribers"], 0);
+        assert_eq!(
+            r["shared"]["cluster"],
+            serde_json::json!({}),
+            "no [cluster]"
+        );
         assert!(second.get("history").is_none(), "events carry no history");
         let full = json(&status.latest(), true);
         let h = &full["history"]["routes"]["/events/"];

@@ -27,7 +27,10 @@ use super::super::resume;
 use super::super::route::RouteEntry;
 use super::super::stream::{self, Direct, Source, StreamPolicy};
 use super::super::Shared;
+use super::cluster::{self, Followed};
 use super::{Hub, Shares, Upstream};
+use crate::cluster::metrics::Role;
+use crate::cluster::EntryId;
 use crate::config::Resume;
 use crate::metrics::RelayProbe;
 use crate::outcome::StreamEnd;
@@ -38,75 +41,112 @@ use crate::upstream::Connected;
 /// upstream that sends more without a blank line is given up.
 const MAX_EVENT: usize = 1024 * 1024;
 
-/// What a hub's task is given when its upstream has answered.
+/// What a hub's task is given when its upstream has answered (or, in a
+/// cluster, when it follows another instance's upstream: `up` is `None`).
 pub struct HubJob {
     pub hub: Arc<Hub>,
     pub shares: Arc<Shares>,
     pub route: Arc<RouteEntry>,
-    pub up: Connected,
-    /// The request as sent, for resumes (route `resume = "on-error"`).
+    pub up: Option<Connected>,
+    /// The request as sent, for resumes (route `resume = "on-error"`) and
+    /// for a cluster's takeovers.
     pub request: RequestHeader,
     pub generation: u64,
 }
 
+/// Where a hub's task stands.
+enum Mode {
+    /// Relaying its upstream into the ring (boxed: a connection is large,
+    /// and a hub changes mode rarely).
+    Upstream(Box<Connected>),
+    /// Following another instance's upstream through Redis, after this
+    /// entry (`None`: after lining up by event id).
+    Follow(Option<EntryId>),
+}
+
 /// Runs the hub's upstream until it ends, then its linger.
 pub async fn run(shared: Arc<Shared>, job: HubJob, shutdown: ShutdownWatch) {
+    run_from(shared, job, shutdown, None).await;
+}
+
+/// [`run`], for a hub of a cluster that starts as a follower after
+/// `follow_at` when `job.up` is `None`.
+pub async fn run_from(
+    shared: Arc<Shared>,
+    job: HubJob,
+    shutdown: ShutdownWatch,
+    follow_at: Option<EntryId>,
+) {
     let HubJob {
         hub,
         shares,
         route,
-        mut up,
+        up,
         request,
         generation,
     } = job;
-    let linger = shares.settings.linger;
-    let mut sink = RingSink {
-        hub: &hub,
-        shares: &shares,
-        cutter: Cutter::new(),
-        pieces: Vec::new(),
-        generation,
-        linger,
-        shutdown: shutdown.clone(),
+    let link = hub.cluster.clone();
+    let mut mode = match up {
+        Some(up) => Mode::Upstream(Box::new(up)),
+        None => Mode::Follow(follow_at),
     };
-    // The hub never drains on its own: its subscribers do, and it goes
-    // once they have left.
-    let (_never, no_drain) = tokio::sync::watch::channel(false);
-    let policy = StreamPolicy {
-        heartbeat: None,
-        ..route.policy.clone()
-    };
-    let probe = match RelayProbe::unregistered() {
-        Ok(p) => p,
-        Err(e) => {
-            log::error!("shared stream: {e}");
-            return;
-        }
-    };
-    let end = if route.config.resume == Resume::OnError {
-        let resumer = resume::Resumer {
-            pools: &shared.pools,
-            pool: &route.pool,
-            request: &request,
-            attempts: route.config.resume_attempts,
-            backoff: route.config.resume_backoff,
-            metrics: route.metrics.resume(),
+    let end = loop {
+        mode = match mode {
+            Mode::Upstream(mut up) => {
+                let upstream = link.as_deref().map(|l| cluster::Upstream::new(l, &shares));
+                let (end, demoted) = relay_upstream(
+                    &shared, &hub, &shares, &route, &mut up, &request, generation, &shutdown,
+                    upstream,
+                )
+                .await;
+                shared.pools.release(*up, false).await;
+                match (end, demoted, &link) {
+                    (StreamEnd::ClientGone, Some(at), Some(_)) => Mode::Follow(at),
+                    (StreamEnd::ClientGone, _, link) => {
+                        if let Some(link) = link {
+                            let _ = link.cluster.release(&link.keys).await;
+                        }
+                        // Nobody left to read it; `closed` took it out of the registry.
+                        log::debug!(
+                            "shared stream on route {} closed after its linger",
+                            route.config.path
+                        );
+                        return;
+                    }
+                    (end, _, Some(link)) => {
+                        cluster::Upstream::new(link, &shares).ended(end).await;
+                        break end;
+                    }
+                    (end, _, None) => break end,
+                }
+            }
+            Mode::Follow(at) => {
+                let Some(link) = &link else {
+                    break StreamEnd::UpstreamError;
+                };
+                match cluster::follow(&hub, link, &shares, at, generation, &shutdown).await {
+                    Followed::Gone => return,
+                    Followed::Ended(end) => break end,
+                    Followed::Upstream { takeover } => {
+                        match reconnect(&shared, &hub, &route, &request).await {
+                            Some(up) => {
+                                if takeover {
+                                    link.set_role(Role::Holder);
+                                }
+                                Mode::Upstream(Box::new(up))
+                            }
+                            None => {
+                                if takeover {
+                                    let _ = link.cluster.release(&link.keys).await;
+                                }
+                                break StreamEnd::UpstreamError;
+                            }
+                        }
+                    }
+                }
+            }
         };
-        let mut source = resume::Resuming::new(&mut up, &resumer);
-        relay_into(&mut sink, &mut source, &policy, &no_drain, &probe).await
-    } else {
-        let mut source = Direct::new(&mut up);
-        relay_into(&mut sink, &mut source, &policy, &no_drain, &probe).await
     };
-    shared.pools.release(up, false).await;
-    if end == StreamEnd::ClientGone {
-        // Nobody left to read it; `closed` took it out of the registry.
-        log::debug!(
-            "shared stream on route {} closed after its linger",
-            route.config.path
-        );
-        return;
-    }
     log::info!(
         "shared stream on route {} ended: {}",
         route.config.path,
@@ -123,7 +163,7 @@ pub async fn run(shared: Arc<Shared>, job: HubJob, shutdown: ShutdownWatch) {
     hub.wake_subscribers();
     // The ring stays for the linger, for subscribers that come back.
     loop {
-        wait_unused(&hub, linger, &shutdown).await;
+        wait_unused(&hub, shares.settings.linger, &shutdown).await;
         if shares.remove_if_unused(&hub, None) {
             return;
         }
@@ -136,6 +176,105 @@ pub async fn run(shared: Arc<Shared>, job: HubJob, shutdown: ShutdownWatch) {
             let _ = hub.opened().await;
         }
     }
+}
+
+/// A cluster's stream that must serve itself (a takeover, or Redis
+/// failed): its upstream, resumed after the ring's newest id.
+async fn reconnect(
+    shared: &Shared,
+    hub: &Hub,
+    route: &RouteEntry,
+    request: &RequestHeader,
+) -> Option<Connected> {
+    let resume_id = hub.state().ring.newest_id().cloned();
+    let resumer = resume::Resumer {
+        pools: &shared.pools,
+        pool: &route.pool,
+        request,
+        attempts: route.config.resume_attempts.max(1),
+        backoff: route.config.resume_backoff,
+        metrics: route.metrics.resume(),
+    };
+    match resumer.reconnect(resume_id.as_deref()).await {
+        Ok(mut up) => {
+            up.session.set_read_timeout(None);
+            hub.metrics.opens.inc();
+            Some(up)
+        }
+        Err(e) => {
+            log::warn!(
+                "shared stream on route {}: upstream not reopened: {e}",
+                route.config.path
+            );
+            None
+        }
+    }
+}
+
+/// The relay from the hub's upstream `up` into its ring, until the
+/// upstream ends, the linger passes, or (in a cluster) the stream must
+/// follow Redis instead (then the entry to follow after is returned).
+#[allow(clippy::too_many_arguments)]
+async fn relay_upstream(
+    shared: &Shared,
+    hub: &Arc<Hub>,
+    shares: &Shares,
+    route: &RouteEntry,
+    up: &mut Connected,
+    request: &RequestHeader,
+    generation: u64,
+    shutdown: &ShutdownWatch,
+    mut cluster: Option<cluster::Upstream<'_>>,
+) -> (StreamEnd, Option<Option<EntryId>>) {
+    if let Some(c) = &mut cluster {
+        c.link.clear_demote();
+        if let Some(head) = up.session.response_header() {
+            c.link.keep_head(head);
+        }
+        c.publish().await;
+    }
+    let mut sink = RingSink {
+        hub,
+        shares,
+        cutter: Cutter::new(),
+        pieces: Vec::new(),
+        generation,
+        linger: shares.settings.linger,
+        shutdown: shutdown.clone(),
+        cluster,
+        next_tick: Instant::now(),
+        demoted: None,
+    };
+    // The hub never drains on its own: its subscribers do, and it goes
+    // once they have left.
+    let (_never, no_drain) = tokio::sync::watch::channel(false);
+    let policy = StreamPolicy {
+        heartbeat: None,
+        ..route.policy.clone()
+    };
+    let probe = match RelayProbe::unregistered() {
+        Ok(p) => p,
+        Err(e) => {
+            log::error!("shared stream: {e}");
+            return (StreamEnd::UpstreamError, None);
+        }
+    };
+    let end = if route.config.resume == Resume::OnError {
+        let resumer = resume::Resumer {
+            pools: &shared.pools,
+            pool: &route.pool,
+            request,
+            attempts: route.config.resume_attempts,
+            backoff: route.config.resume_backoff,
+            metrics: route.metrics.resume(),
+        };
+        let mut source = resume::Resuming::new(up, &resumer);
+        relay_into(&mut sink, &mut source, &policy, &no_drain, &probe).await
+    } else {
+        let mut source = Direct::new(up);
+        relay_into(&mut sink, &mut source, &policy, &no_drain, &probe).await
+    };
+    (end, sink.demoted)
 }
 
 /// The relay of every stream, from the hub's upstream `source` into its
@@ -155,7 +294,7 @@ async fn relay_into(
 
 /// Waits until the hub has had no subscriber for `linger` (no wait once
 /// shutdown has started).
-async fn wait_unused(hub: &Hub, linger: Duration, shutdown: &ShutdownWatch) {
+pub(super) async fn wait_unused(hub: &Hub, linger: Duration, shutdown: &ShutdownWatch) {
     let mut shutdown = shutdown.clone();
     loop {
         let left = hub.left.notified();
@@ -197,6 +336,12 @@ struct RingSink<'a> {
     generation: u64,
     linger: Duration,
     shutdown: ShutdownWatch,
+    /// In a cluster: the holder's appends and lease, or a local stream's
+    /// attempts to rejoin.
+    cluster: Option<cluster::Upstream<'a>>,
+    next_tick: Instant,
+    /// Set when `closed` resolved because the stream must follow Redis.
+    demoted: Option<Option<EntryId>>,
 }
 
 impl Sink for RingSink<'_> {
@@ -207,12 +352,17 @@ impl Sink for RingSink<'_> {
             return Err(WriteFailure::Failed);
         }
         if !self.pieces.is_empty() {
-            let mut st = self.hub.state();
-            for piece in self.pieces.drain(..) {
-                st.ring.push(piece);
+            {
+                let mut st = self.hub.state();
+                for piece in &self.pieces {
+                    st.ring.push(piece.clone());
+                }
             }
-            drop(st);
             self.hub.wake_subscribers();
+            if let Some(cluster) = &mut self.cluster {
+                cluster.append(&self.pieces).await;
+            }
+            self.pieces.clear();
         }
         Ok(())
     }
@@ -222,7 +372,17 @@ impl Sink for RingSink<'_> {
     /// the hub, not in this future.
     async fn closed(&mut self) {
         loop {
-            wait_unused(self.hub, self.linger, &self.shutdown).await;
+            let unused = wait_unused(self.hub, self.linger, &self.shutdown);
+            match &mut self.cluster {
+                None => unused.await,
+                Some(cluster) => tokio::select! {
+                    _ = unused => {}
+                    at = cluster.demoted(self.hub, &mut self.next_tick) => {
+                        self.demoted = Some(at);
+                        return;
+                    }
+                },
+            }
             if self
                 .shares
                 .remove_if_unused(self.hub, Some(self.generation))

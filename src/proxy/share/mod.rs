@@ -26,6 +26,7 @@
 //! against a lingering hub's removal.
 
 pub mod auth;
+pub mod cluster;
 pub mod hub;
 pub mod subscription;
 
@@ -55,6 +56,8 @@ pub struct Shares {
     /// The route's `retry:` base and jitter (`[stream] shutdown_retry`,
     /// `shutdown_retry_jitter`), for subscribers ended by an overflow.
     pub retry: (Duration, Duration),
+    /// `[cluster]`: the stream is shared across instances through Redis.
+    pub cluster: Option<cluster::ShareCluster>,
 }
 
 /// What a request found when it looked for its stream.
@@ -89,9 +92,15 @@ pub struct Opening {
 }
 
 impl Shares {
-    pub fn new(settings: Share, metrics: ShareMetrics, retry: (Duration, Duration)) -> Shares {
+    pub fn new(
+        settings: Share,
+        metrics: ShareMetrics,
+        retry: (Duration, Duration),
+        cluster: Option<cluster::ShareCluster>,
+    ) -> Shares {
         Shares {
             retry,
+            cluster,
             hubs: Mutex::new(HashMap::new()),
             auth: auth::AuthCache::new(settings.auth_cache),
             settings,
@@ -220,6 +229,8 @@ pub struct Hub {
     metrics: ShareMetrics,
     /// The `retry:` base and jitter of a subscriber ended for falling behind.
     retry: (Duration, Duration),
+    /// Its place in the cluster (`[cluster]`), if any.
+    pub cluster: Option<Arc<cluster::Link>>,
 }
 
 /// What the hub's lock guards.
@@ -241,7 +252,6 @@ impl Hub {
     fn new(key: StreamKey, shares: &Arc<Shares>) -> Hub {
         let s = &shares.settings;
         Hub {
-            key,
             state: Mutex::new(HubState {
                 ring: Ring::new(RingLimits {
                     replay_events: s.replay_events,
@@ -260,6 +270,11 @@ impl Hub {
             shares: Arc::downgrade(shares),
             metrics: shares.metrics.clone(),
             retry: shares.retry,
+            cluster: shares
+                .cluster
+                .as_ref()
+                .map(|c| Arc::new(cluster::Link::new(c, key.as_bytes()))),
+            key,
         }
     }
 
@@ -337,6 +352,20 @@ impl Opening {
         st.upstream = Upstream::Live;
         drop(st);
         self.hub.metrics.opens.inc();
+        self.hub.wake_subscribers();
+    }
+}
+
+impl Opening {
+    /// The hub follows another instance's upstream through Redis (see
+    /// `cluster`), whose response header is `head`: live from now on, no
+    /// upstream opened here.
+    pub fn followed(mut self, head: ResponseHeader) {
+        self.done = true;
+        let mut st = self.hub.state();
+        st.head = Some(Arc::new(head));
+        st.upstream = Upstream::Live;
+        drop(st);
         self.hub.wake_subscribers();
     }
 }

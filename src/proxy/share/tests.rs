@@ -22,7 +22,7 @@ fn shares(settings: Share) -> (Arc<Shares>, Metrics) {
     let route = m.route("/feeds/").expect("route");
     let retry = (Duration::from_millis(1000), Duration::ZERO);
     (
-        Arc::new(Shares::new(settings, route.share().clone(), retry)),
+        Arc::new(Shares::new(settings, route.share().clone(), retry, None)),
         m,
     )
 }
