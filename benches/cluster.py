@@ -9,6 +9,7 @@ into results.json under "cluster" (not "runs": the chart and compare.py's
 report keep to the one-proxy cells).
 
     cluster.py redis-ping PORT TIMEOUT_S
+    cluster.py probe URL TIMEOUT_S             -> one event through an instance, not shared
     cluster.py snap OUT [proc:NAME=PID ...] [metrics:NAME=HOST:PORT ...]
                         [redis=PORT] [origin=HOST:PORT]
     cluster.py window CELL WANT MIN_WAIT_S DEADLINE_S END_S SPEC...
@@ -110,6 +111,32 @@ def redis_info(port: int) -> dict:
             except ValueError:
                 out[k] = v
     return out
+
+
+def probe(url: str, timeout: float) -> str:
+    """compare.py's probe, with a Cookie: a request with credentials does not
+    share (no share_public, no Cookie among the key headers), so the probe
+    leaves no shared stream behind (it would linger share_linger, held
+    through Redis, and count among the instance's roles)."""
+    import http.client
+    import urllib.parse
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        conn.request("GET", u.path + ("?" + u.query if u.query else ""),
+                     headers={"Accept": "text/event-stream", "Cookie": "probe=1"})
+        resp = conn.getresponse()
+        ctype = resp.getheader("content-type", "")
+        if resp.status != 200 or "text/event-stream" not in ctype:
+            die(f"{url}: HTTP {resp.status}, content-type {ctype!r}")
+        if not resp.read1(4096):
+            die(f"{url}: 200 but an empty body")
+        return f"ok: {url} 200 {ctype}"
+    except OSError as e:
+        die(f"{url}: {e}")
+        return ""
+    finally:
+        conn.close()
 
 
 # --------------------------------------------------------------------------
@@ -370,11 +397,26 @@ def derive(cell: Path) -> dict:
     t["core_pct_window"] = (round(100 * t["cpu_s_window"] / span, 1)
                             if t["cpu_s_window"] is not None and span else None)
     rc_run, rc_win = _cpu(s0, s3, "redis"), _cpu(s1, s2, "redis")
+
+    def rusage(snapshot):
+        r = (snapshot or {}).get("redis") or {}
+        u, sy = r.get("used_cpu_user"), r.get("used_cpu_sys")
+        return None if u is None or sy is None else u + sy
+
+    ru1, ru2 = rusage(s1), rusage(s2)
+    # The same CPU time as /proc, from Redis's own getrusage (INFO cpu), in
+    # µs instead of clock ticks (10 ms): the fit uses this one.
+    ru_win = round(ru2 - ru1, 4) if ru1 is not None and ru2 is not None else None
     ev_win = _sum(per[i]["events_window"] for i in insts)
     out["redis"] = {
         "cpu_s_run": rc_run,
         "cpu_s_window": rc_win,
         "core_pct_window": round(100 * rc_win / span, 1) if rc_win is not None and span else None,
+        "cpu_s_window_rusage": ru_win,
+        "core_pct_window_rusage": (round(100 * ru_win / span, 2)
+                                   if ru_win is not None and span else None),
+        "cpu_s_per_m_appends_rusage": _per_m(ru_win, appended),
+        "cpu_s_per_m_reads_rusage": _per_m(ru_win, read),
         "cpu_s_per_m_appends": _per_m(rc_win, appended),
         "cpu_s_per_m_reads": _per_m(rc_win, read),
         "cpu_s_per_m_delivered": _per_m(rc_win, ev_win),
@@ -446,9 +488,11 @@ def fit(steps: list[dict]) -> dict | None:
     pts = []
     for s in steps:
         r = s.get("redis") or {}
-        if s.get("ok") and r.get("core_pct_window") is not None and s.get("appended_per_s") is not None:
-            pts.append((1.0, s["appended_per_s"], s.get("read_per_s") or 0.0,
-                        r["core_pct_window"] / 100))
+        core = r.get("core_pct_window_rusage")
+        if core is None:
+            core = r.get("core_pct_window")
+        if s.get("ok") and core is not None and s.get("appended_per_s") is not None:
+            pts.append((1.0, s["appended_per_s"], s.get("read_per_s") or 0.0, core / 100))
     if len(pts) < 3 or not any(p[2] for p in pts) or not any(p[1] and not p[2] for p in pts):
         return None
     ata = [[sum(p[i] * p[j] for p in pts) for j in range(3)] for i in range(3)]
@@ -572,12 +616,14 @@ def redis_section(steps: list[dict], fitted: dict | None) -> list[str]:
              "URL on each instance that has any (followers = instances with subscribers − 1: "
              "with 0, only instance 1 has subscribers and holds every stream). Each step is a "
              "fresh Redis, origin and instances. Appends/s and reads/s are the instances' "
-             "`ssegate_cluster_events_total{op}` over the steady window; Redis CPU from "
-             "/proc/PID/stat over the same window.", "",
+             "`ssegate_cluster_events_total{op}` over the steady window; Redis CPU over the "
+             "same window from /proc/PID/stat (10 ms ticks) and from Redis's own getrusage "
+             "(INFO cpu, µs); the per-M columns and the fit use the latter. Per M appends and "
+             "per M reads divide the same CPU (the fit below separates them).", "",
              row(["origin events/s per stream", "followers", "appends/s", "reads/s",
-                  "delivered events/s", "gaps", "Redis core %", "Redis CPU-s per M appends",
-                  "per M reads", "Redis calls/s (top 3)", "instances core % (1, 2, 3)",
-                  "load 1 min"]),
+                  "delivered events/s", "gaps", "Redis core % (/proc; getrusage)",
+                  "Redis CPU-s per M appends", "per M reads (same CPU)", "Redis calls/s (top 3)",
+                  "instances core % (1, 2, 3)", "load 1 min"]),
              row(["---:"] * 12)]
     for s in steps:
         p, r = s.get("params", {}), s.get("redis", {})
@@ -587,8 +633,9 @@ def redis_section(steps: list[dict], fitted: dict | None) -> list[str]:
         lines.append(row([
             label, _num(p.get("followers")), _num(s.get("appended_per_s")),
             _num(s.get("read_per_s")), _num(s["total"]["events_per_s"]),
-            _num(s["total"]["gaps"]), _num(r.get("core_pct_window")),
-            _num(r.get("cpu_s_per_m_appends")), _num(r.get("cpu_s_per_m_reads")),
+            _num(s["total"]["gaps"]),
+            f"{_num(r.get('core_pct_window'))}; {_num(r.get('core_pct_window_rusage'))}",
+            _num(r.get("cpu_s_per_m_appends_rusage")), _num(r.get("cpu_s_per_m_reads_rusage")),
             ", ".join(f"{k} {_num(v['per_s'])}" for k, v in top) or "—", cores,
             _num((s["loadavg"].get("after") or [None])[0])]))
     lines.append("")
@@ -663,6 +710,8 @@ def main(argv: list[str]) -> None:
     cmd, args = argv[0], argv[1:]
     if cmd == "redis-ping":
         redis_ping(int(args[0]), float(args[1]))
+    elif cmd == "probe":
+        print(probe(args[0], float(args[1])))
     elif cmd == "snap":
         cmp._save(args[0], snap(args[1:]))
     elif cmd == "window":

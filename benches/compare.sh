@@ -914,10 +914,11 @@ start_instances() {
       return 1
     fi
   done
-  # Readiness: one event end to end through each instance, each on a key
-  # of its own (so each holds one, and talks to Redis once).
+  # Readiness: one event end to end through each instance, on a request
+  # that does not share (it carries a Cookie): a shared probe would linger
+  # as a held stream, with its lease renewed in Redis.
   for k in $(seq "$n"); do
-    if ! "${PY[@]}" probe "http://127.0.0.1:${INST_PORT[k]}/ready-$k?count=1" 10 >>"$CELL/probe.log" 2>&1; then
+    if ! "${CL_PY[@]}" probe "http://127.0.0.1:${INST_PORT[k]}/ready?count=1" 10 >>"$CELL/probe.log" 2>&1; then
       echo "probe of instance $k failed: $(tail -n 1 "$CELL/probe.log")" >"$CELL/error"
       return 1
     fi
@@ -935,19 +936,29 @@ stop_cluster() {
 # cluster_clients N COPIES DUR RAMP INSTANCES...: COPIES load clients of N
 # subscribers per stream URL on each of INSTANCES, all with the same Host
 # header (the host is part of a stream key). Their pids: CLIENT_PIDS.
+# The first instance to open a stream key holds it: URL s is opened first
+# on the (s mod count + 1)-th of INSTANCES, 0.5 s before the others, so
+# the holders are spread over the instances (4, 3, 3 with 3 and 10 URLs).
 cluster_clients() {
-  local n="$1" copies="$2" dur="$3" ramp="$4" k s j
+  local n="$1" copies="$2" dur="$3" ramp="$4" k s j pass first
   shift 4
+  local insts=("$@")
   CLIENT_PIDS=()
-  for k in "$@"; do
+  for pass in first rest; do
     for s in $(seq 0 $(( CL_URLS - 1 ))); do
-      for j in $(seq "$copies"); do
-        spawn "$CELL/c-i$k-s$s-$j.json" "$CELL/c-i$k-s$s-$j.err" timeout -s INT -k 5 $(( dur + ramp + 60 )) \
-          "${LOAD_CPU[@]}" "$BENCH_BIN" bench --json --url "http://127.0.0.1:${INST_PORT[k]}$BENCH_PATH/s$s" \
-          -H "Host: cluster.bench" --streams "$n" --ramp "${ramp}s" --duration "${dur}s"
-        CLIENT_PIDS+=("$SPAWNED")
+      first="${insts[s % ${#insts[@]}]}"
+      for k in "${insts[@]}"; do
+        { [ "$pass" = first ] && [ "$k" = "$first" ]; } ||
+          { [ "$pass" = rest ] && [ "$k" != "$first" ]; } || continue
+        for j in $(seq "$copies"); do
+          spawn "$CELL/c-i$k-s$s-$j.json" "$CELL/c-i$k-s$s-$j.err" timeout -s INT -k 5 $(( dur + ramp + 60 )) \
+            "${LOAD_CPU[@]}" "$BENCH_BIN" bench --json --url "http://127.0.0.1:${INST_PORT[k]}$BENCH_PATH/s$s" \
+            -H "Host: cluster.bench" --streams "$n" --ramp "${ramp}s" --duration "${dur}s"
+          CLIENT_PIDS+=("$SPAWNED")
+        done
       done
     done
+    [ "$pass" = rest ] || [ "${#insts[@]}" = 1 ] || sleep 0.5
   done
 }
 
