@@ -481,30 +481,40 @@ def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
 
 
 def fit(steps: list[dict]) -> dict | None:
-    """Least squares over the good steps: Redis CPU-s per second =
-    c0 + a * appends/s + b * reads/s. c0 is what the streams cost with no
-    events (leases, renewals, expiry refreshes: fixed per stream), a the cost
-    of an append, b that of one follower reading one entry."""
-    pts = []
+    """What an append and a follower's read cost Redis at the margin: for
+    each follower count, the change in Redis CPU (getrusage) per change in
+    appends/s between its two highest-rate good steps (the cost of the
+    events, without the streams' fixed cost of leases and expiry refreshes,
+    which does not grow with the rate); a read is the difference between a
+    follower count's marginal cost and that of 0 followers, per follower."""
+    by: dict[int, list[tuple[float, float]]] = {}
+    fixed: dict[int, float] = {}
     for s in steps:
         r = s.get("redis") or {}
         core = r.get("core_pct_window_rusage")
         if core is None:
             core = r.get("core_pct_window")
-        if s.get("ok") and core is not None and s.get("appended_per_s") is not None:
-            pts.append((1.0, s["appended_per_s"], s.get("read_per_s") or 0.0, core / 100))
-    if len(pts) < 3 or not any(p[2] for p in pts) or not any(p[1] and not p[2] for p in pts):
-        return None
-    ata = [[sum(p[i] * p[j] for p in pts) for j in range(3)] for i in range(3)]
-    atb = [sum(p[i] * p[3] for p in pts) for i in range(3)]
-    sol = _solve(ata, atb)
-    if sol is None:
-        return None
-    c0, a, b = sol
-    resid = [p[3] - (c0 + a * p[1] + b * p[2]) for p in pts]
-    return {"points": len(pts), "fixed_core": round(c0, 5),
-            "us_per_append": round(a * 1e6, 3), "us_per_read": round(b * 1e6, 3),
-            "max_abs_residual_core_pct": round(100 * max(abs(x) for x in resid), 2)}
+        f = (s.get("params") or {}).get("followers")
+        if not s.get("ok") or core is None or s.get("appended_per_s") is None or f is None:
+            continue
+        by.setdefault(f, []).append((s["appended_per_s"], core / 100))
+    out: dict = {"marginal_us_per_append": {}, "from_appends_per_s": {}, "fixed_core_pct": {}}
+    for f, pts in sorted(by.items()):
+        pts.sort()
+        fixed[f] = pts[0][1]
+        out["fixed_core_pct"][str(f)] = {"appends_per_s": pts[0][0],
+                                         "core_pct": round(100 * pts[0][1], 2)}
+        if len(pts) >= 2 and pts[-1][0] > pts[-2][0]:
+            (a1, c1), (a2, c2) = pts[-2], pts[-1]
+            out["marginal_us_per_append"][str(f)] = round((c2 - c1) / (a2 - a1) * 1e6, 2)
+            out["from_appends_per_s"][str(f)] = [a1, a2]
+    m = out["marginal_us_per_append"]
+    if "0" not in m:
+        return out if m else None
+    reads = [(m[f] - m["0"]) / int(f) for f in m if f != "0"]
+    out["us_per_read"] = round(sum(reads) / len(reads), 2) if reads else None
+    out["us_per_append"] = m["0"]
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -639,17 +649,32 @@ def redis_section(steps: list[dict], fitted: dict | None) -> list[str]:
             ", ".join(f"{k} {_num(v['per_s'])}" for k, v in top) or "—", cores,
             _num((s["loadavg"].get("after") or [None])[0])]))
     lines.append("")
-    if fitted:
-        a, b, c0 = fitted["us_per_append"], fitted["us_per_read"], fitted["fixed_core"]
-        lines += [f"Least-squares fit over {fitted['points']} steps: Redis core = "
-                  f"{_num(100 * c0)} % (10 streams, no events) + {_num(a)} µs per append + "
-                  f"{_num(b)} µs per follower read (largest residual "
-                  f"{_num(fitted['max_abs_residual_core_pct'])} % of a core)."]
-        for m in (0, 2, 5, 10):
-            per = a + m * b
-            if per > 0:
-                lines.append(f"- {m} followers per stream: one core ≈ "
-                             f"{_num(round(1e6 / per))} appends/s (linear extrapolation)")
+    if fitted and fitted.get("marginal_us_per_append"):
+        m, src = fitted["marginal_us_per_append"], fitted["from_appends_per_s"]
+        lines.append("Marginal Redis CPU per append, between the two highest-rate steps of each "
+                     "follower count (the reads of its followers included): "
+                     + "; ".join(f"{f} followers {_num(v)} µs ({_num(src[f][0])} → "
+                                 f"{_num(src[f][1])} appends/s)" for f, v in sorted(m.items()))
+                     + ".")
+        fx = fitted.get("fixed_core_pct") or {}
+        if fx:
+            lines.append("At the lowest rate (the streams' fixed cost: leases, renewals, expiry "
+                         "refreshes, with few events): " + "; ".join(
+                             f"{f} followers {_num(v['core_pct'])} % of a core at "
+                             f"{_num(v['appends_per_s'])} appends/s" for f, v in sorted(fx.items()))
+                         + ".")
+        a, b = fitted.get("us_per_append"), fitted.get("us_per_read")
+        if a is not None:
+            lines.append(f"So an append costs about {_num(a)} µs of Redis CPU"
+                         + (f" and each follower's read of it about {_num(b)} µs" if b is not None else "")
+                         + " at these rates (more events per stream and second batch more "
+                         "of them into one EVALSHA or XREAD, so they cost less each). Linear "
+                         "extrapolation to a whole core of this machine (here Redis shared core 1 "
+                         "with the origin and the load clients): one core ≈")
+            for k in (0, 1, 2, 5, 10):
+                per = a + k * (b or 0)
+                if per > 0 and (b is not None or k == 0):
+                    lines.append(f"- {k} followers per stream: {_num(round(1e6 / per))} appends/s")
         lines.append("")
     for s in steps:
         if not s["ok"]:
