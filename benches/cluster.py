@@ -481,39 +481,38 @@ def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
 
 
 def fit(steps: list[dict]) -> dict | None:
-    """What an append and a follower's read cost Redis at the margin: for
-    each follower count, the change in Redis CPU (getrusage) per change in
-    appends/s between its two highest-rate good steps (the cost of the
-    events, without the streams' fixed cost of leases and expiry refreshes,
-    which does not grow with the rate); a read is the difference between a
-    follower count's marginal cost and that of 0 followers, per follower."""
-    by: dict[int, list[tuple[float, float]]] = {}
-    fixed: dict[int, float] = {}
+    """What an append and a follower's read cost Redis, rate by rate: the
+    Redis CPU (getrusage) per append with 0 followers is the append's cost
+    (the streams' fixed cost of leases and expiry refreshes included, which
+    is small next to it from 100 events/s per stream up); with F followers
+    at the same rate, the extra CPU per append divided by F is a read's.
+    Steps are compared at equal rates only: how many events one EVALSHA or
+    XREAD carries grows with the rate, so the cost per event falls."""
+    cost: dict[tuple[int, float], float] = {}
     for s in steps:
         r = s.get("redis") or {}
-        core = r.get("core_pct_window_rusage")
-        if core is None:
-            core = r.get("core_pct_window")
-        f = (s.get("params") or {}).get("followers")
-        if not s.get("ok") or core is None or s.get("appended_per_s") is None or f is None:
-            continue
-        by.setdefault(f, []).append((s["appended_per_s"], core / 100))
-    out: dict = {"marginal_us_per_append": {}, "from_appends_per_s": {}, "fixed_core_pct": {}}
-    for f, pts in sorted(by.items()):
-        pts.sort()
-        fixed[f] = pts[0][1]
-        out["fixed_core_pct"][str(f)] = {"appends_per_s": pts[0][0],
-                                         "core_pct": round(100 * pts[0][1], 2)}
-        if len(pts) >= 2 and pts[-1][0] > pts[-2][0]:
-            (a1, c1), (a2, c2) = pts[-2], pts[-1]
-            out["marginal_us_per_append"][str(f)] = round((c2 - c1) / (a2 - a1) * 1e6, 2)
-            out["from_appends_per_s"][str(f)] = [a1, a2]
-    m = out["marginal_us_per_append"]
-    if "0" not in m:
-        return out if m else None
-    reads = [(m[f] - m["0"]) / int(f) for f in m if f != "0"]
-    out["us_per_read"] = round(sum(reads) / len(reads), 2) if reads else None
-    out["us_per_append"] = m["0"]
+        per = r.get("cpu_s_per_m_appends_rusage")
+        if per is None:
+            per = r.get("cpu_s_per_m_appends")
+        p = s.get("params") or {}
+        if s.get("ok") and per is not None and p.get("followers") is not None:
+            cost[(int(p["followers"]), float(p["rate"]))] = per  # CPU-s per M = µs per append
+    by_rate: dict[str, dict] = {}
+    for (f, rate), per in sorted(cost.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if f != 0 or rate < 100:
+            continue  # below 100 events/s per stream the fixed cost dominates
+        reads = {str(g): round((cost[(g, rate)] - per) / g, 2)
+                 for (g, r2) in cost if r2 == rate and g > 0}
+        by_rate[f"{rate:g}"] = {"us_per_append": round(per, 2), "us_per_read": reads}
+    if not by_rate:
+        return None
+    basis = max((r for r in by_rate if by_rate[r]["us_per_read"]), key=float, default=None)
+    out: dict = {"by_rate": by_rate, "basis_rate": basis}
+    if basis is not None:
+        b = by_rate[basis]
+        reads = list(b["us_per_read"].values())
+        out["us_per_append"] = b["us_per_append"]
+        out["us_per_read"] = round(sum(reads) / len(reads), 2)
     return out
 
 
@@ -649,32 +648,25 @@ def redis_section(steps: list[dict], fitted: dict | None) -> list[str]:
             ", ".join(f"{k} {_num(v['per_s'])}" for k, v in top) or "—", cores,
             _num((s["loadavg"].get("after") or [None])[0])]))
     lines.append("")
-    if fitted and fitted.get("marginal_us_per_append"):
-        m, src = fitted["marginal_us_per_append"], fitted["from_appends_per_s"]
-        lines.append("Marginal Redis CPU per append, between the two highest-rate steps of each "
-                     "follower count (the reads of its followers included): "
-                     + "; ".join(f"{f} followers {_num(v)} µs ({_num(src[f][0])} → "
-                                 f"{_num(src[f][1])} appends/s)" for f, v in sorted(m.items()))
-                     + ".")
-        fx = fitted.get("fixed_core_pct") or {}
-        if fx:
-            lines.append("At the lowest rate (the streams' fixed cost: leases, renewals, expiry "
-                         "refreshes, with few events): " + "; ".join(
-                             f"{f} followers {_num(v['core_pct'])} % of a core at "
-                             f"{_num(v['appends_per_s'])} appends/s" for f, v in sorted(fx.items()))
-                         + ".")
+    if fitted and fitted.get("by_rate"):
+        lines.append("Redis CPU per event, by the origin's rate per stream (an append: the CPU per "
+                     "append with 0 followers; a read: the extra CPU per append with F followers "
+                     "at the same rate, divided by F): " + "; ".join(
+                         f"{r}/s: append {_num(v['us_per_append'])} µs"
+                         + "".join(f", read {_num(x)} µs ({f} followers)"
+                                   for f, x in sorted(v["us_per_read"].items()))
+                         for r, v in sorted(fitted["by_rate"].items(), key=lambda kv: float(kv[0])))
+                     + ". More events per stream and second ride in one EVALSHA or XREAD, so "
+                     "each costs less.")
         a, b = fitted.get("us_per_append"), fitted.get("us_per_read")
-        if a is not None:
-            lines.append(f"So an append costs about {_num(a)} µs of Redis CPU"
-                         + (f" and each follower's read of it about {_num(b)} µs" if b is not None else "")
-                         + " at these rates (more events per stream and second batch more "
-                         "of them into one EVALSHA or XREAD, so they cost less each). Linear "
-                         "extrapolation to a whole core of this machine (here Redis shared core 1 "
-                         "with the origin and the load clients): one core ≈")
+        if a is not None and b is not None:
+            lines.append(f"Linear extrapolation at {fitted['basis_rate']} events/s per stream "
+                         f"(append {_num(a)} µs, read {_num(b)} µs, the mean over the follower "
+                         "counts) to a whole core of this machine (here Redis shared core 1 with "
+                         "the origin and the load clients): one core ≈")
             for k in (0, 1, 2, 5, 10):
-                per = a + k * (b or 0)
-                if per > 0 and (b is not None or k == 0):
-                    lines.append(f"- {k} followers per stream: {_num(round(1e6 / per))} appends/s")
+                lines.append(f"- {k} followers per stream: {_num(round(1e6 / (a + k * b)))} "
+                             f"appends/s ({_num(round(k * 1e6 / (a + k * b)))} reads/s)")
         lines.append("")
     for s in steps:
         if not s["ok"]:
