@@ -6,9 +6,10 @@
 //! ```text
 //!  ssegate:{H}:events  a Redis Stream; entry id <epoch>-<seq>, fields
 //!                        d  the event's bytes (whole lines up to its blank line)
-//!                        i  a flag byte, `d` (an event fired) or `c` (comments
-//!                           only), then `=` and the SSE id after it, if any;
-//!                           `xc` / `xe`: the upstream ended cleanly / failed
+//!                        i  the SSE id in effect after it, if one was set
+//!                        f  `d` (an event fired) or `c` (comments only), then
+//!                           `=` when `i` is there; `xc` / `xe`: the upstream
+//!                           ended cleanly / failed (no `d`, no `i`)
 //!  ssegate:{H}:lease   the holder's name (SET NX PX)
 //!  ssegate:{H}:meta    hash: e = epoch, s = last seq, h = the response head
 //! ```
@@ -97,18 +98,17 @@ pub enum What {
     End { clean: bool },
 }
 
-/// The `i` field of an event entry.
-pub fn event_flags(last_id: Option<&[u8]>, dispatched: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + last_id.map_or(0, <[u8]>::len));
-    out.push(if dispatched { b'd' } else { b'c' });
-    if let Some(id) = last_id {
-        out.push(b'=');
-        out.extend_from_slice(id);
+/// The `f` field of an event entry (`last_id`: its `i`, if any).
+pub fn event_flags(last_id: Option<&[u8]>, dispatched: bool) -> &'static [u8] {
+    match (dispatched, last_id.is_some()) {
+        (true, true) => b"d=",
+        (true, false) => b"d",
+        (false, true) => b"c=",
+        (false, false) => b"c",
     }
-    out
 }
 
-/// The `i` field of an end entry.
+/// The `f` field of an end entry.
 pub fn end_flags(clean: bool) -> &'static [u8] {
     if clean {
         b"xc"
@@ -117,16 +117,21 @@ pub fn end_flags(clean: bool) -> &'static [u8] {
     }
 }
 
-/// The entry with `id` and fields `d` = `data`, `i` = `flags`; `None` when
-/// the fields are not ssegate's.
-pub fn decode(id: EntryId, data: Option<Bytes>, flags: &[u8]) -> Option<Entry> {
+/// The entry with `id` and fields `d` = `data`, `f` = `flags`, `i` =
+/// `sse_id`; `None` when the fields are not ssegate's.
+pub fn decode(
+    id: EntryId,
+    data: Option<Bytes>,
+    flags: &[u8],
+    sse_id: Option<&[u8]>,
+) -> Option<Entry> {
     let what = match flags {
         b"xc" => What::End { clean: true },
         b"xe" => What::End { clean: false },
         [f @ (b'd' | b'c'), rest @ ..] => {
             let last_id = match rest {
                 [] => None,
-                [b'=', id @ ..] => Some(Arc::from(id)),
+                [b'='] => Some(Arc::from(sse_id?)),
                 _ => return None,
             };
             What::Event {
@@ -239,7 +244,7 @@ mod tests {
             (Some(&b"a=b"[..]), true),
         ] {
             let flags = event_flags(last_id, dispatched);
-            let entry = decode(id, Some(data.clone()), &flags).expect("decodes");
+            let entry = decode(id, Some(data.clone()), flags, last_id).expect("decodes");
             assert_eq!(
                 entry.what,
                 What::Event {
@@ -250,12 +255,21 @@ mod tests {
             );
         }
         for clean in [true, false] {
-            let entry = decode(id, None, end_flags(clean)).expect("decodes");
+            let entry = decode(id, None, end_flags(clean), None).expect("decodes");
             assert_eq!(entry.what, What::End { clean });
         }
-        assert_eq!(decode(id, Some(data.clone()), b"q"), None);
-        assert_eq!(decode(id, Some(data), b"dx"), None);
-        assert_eq!(decode(id, None, b"d=1"), None, "an event needs its bytes");
+        assert_eq!(decode(id, Some(data.clone()), b"q", None), None);
+        assert_eq!(decode(id, Some(data.clone()), b"dx", None), None);
+        assert_eq!(
+            decode(id, Some(data), b"d=", None),
+            None,
+            "`=` needs an `i`"
+        );
+        assert_eq!(
+            decode(id, None, b"d", None),
+            None,
+            "an event needs its bytes"
+        );
     }
 
     #[test]

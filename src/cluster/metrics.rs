@@ -118,7 +118,7 @@ impl ClusterMetrics {
             )?,
             history_lost: counter(
                 "ssegate_cluster_history_lost_total",
-                "Times a follower found the stream's history in Redis broken (a new epoch, or entries missing): it lined up again by event id, or went local.",
+                "Times this instance found a stream's history in Redis lost or broken: as a follower, a new epoch or missing entries (it lined up again by event id, or went local); as the holder, its epoch gone from Redis (it started a new one).",
                 &["route"],
             )?,
             redis_up,

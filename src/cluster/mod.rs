@@ -56,7 +56,8 @@ return r
 /// Appends events under the lease. ARGV: name, the epoch continued (`''`:
 /// start one if there is none, `'new'`: start one whatever there is), the
 /// MAXLEN, the keys' TTL in ms, the response head to keep (`''`: keep the
-/// one there), then `d`, `i` per entry. A new epoch is Redis's clock in ms,
+/// one there), then `d`, `f`, `i` per entry (`i` is written only when `f`
+/// says there is one: `d=` or `c=`). A new epoch is Redis's clock in ms,
 /// above the previous epoch and the newest entry's. Returns {1, epoch,
 /// seq}, {0} when the lease is not ours, {-1} when the epoch continued is
 /// gone (a flushed or evicted meta hash).
@@ -82,9 +83,14 @@ else
   return {-1}
 end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'h', ARGV[5]) end
-for i = 6, #ARGV, 2 do
+for i = 6, #ARGV, 3 do
   s = s + 1
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], e .. '-' .. s, 'd', ARGV[i], 'i', ARGV[i + 1])
+  local id = e .. '-' .. s
+  if string.sub(ARGV[i + 1], 2, 2) == '=' then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], id, 'd', ARGV[i], 'i', ARGV[i + 2], 'f', ARGV[i + 1])
+  else
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], id, 'd', ARGV[i], 'f', ARGV[i + 1])
+  end
 end
 redis.call('HSET', KEYS[2], 's', s)
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
@@ -117,6 +123,14 @@ pub enum Claim {
     Ours { fresh: bool },
     /// Another instance holds it.
     Theirs,
+}
+
+/// One entry for [`Cluster::append`]: its `d`, `f` and `i` fields.
+#[derive(Debug, Clone)]
+pub struct Appendable {
+    pub data: Bytes,
+    pub flags: &'static [u8],
+    pub sse_id: Option<std::sync::Arc<[u8]>>,
 }
 
 /// What [`Cluster::append`] did.
@@ -249,7 +263,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// Appends `entries` (`d`, `i` fields) to the stream of `keys` under our
+    /// Appends `entries` (`d`, `f` and `i` fields) to the stream of `keys` under our
     /// lease, in `epoch`; `head` is kept for followers when given. Each
     /// stream keeps about `maxlen` entries; its keys live `ttl` longer.
     #[allow(clippy::too_many_arguments)]
@@ -258,7 +272,7 @@ impl Cluster {
         keys: &StreamKeys,
         epoch: Epoch<'_>,
         head: Option<&[u8]>,
-        entries: &[(Bytes, Vec<u8>)],
+        entries: &[Appendable],
         maxlen: usize,
         ttl: Duration,
     ) -> Result<Appended, RedisError> {
@@ -276,8 +290,10 @@ impl Cluster {
             .arg(maxlen.max(1))
             .arg(millis(ttl))
             .arg(head.unwrap_or_default());
-        for (data, flags) in entries {
-            call.arg(data.as_ref()).arg(flags.as_slice());
+        for e in entries {
+            call.arg(e.data.as_ref())
+                .arg(e.flags)
+                .arg(e.sse_id.as_deref().unwrap_or_default());
         }
         let v: Value = self.timed("append", call.invoke_async(&mut conn)).await?;
         let Value::Array(items) = v else {
@@ -458,18 +474,19 @@ fn entries_of(v: &Value) -> Option<Vec<Entry>> {
             Value::Map(m) => m.iter().flat_map(|(k, v)| [k, v]).collect(),
             _ => continue,
         };
-        let (mut data, mut flags) = (None, None);
+        let (mut data, mut flags, mut sse_id) = (None, None, None);
         for kv in fields.chunks(2) {
             if let [k, v] = kv {
                 match bytes(k) {
                     Some(b"d") => data = bytes(v).map(Bytes::copy_from_slice),
-                    Some(b"i") => flags = bytes(v),
+                    Some(b"f") => flags = bytes(v),
+                    Some(b"i") => sse_id = bytes(v),
                     _ => {}
                 }
             }
         }
         let data = data.filter(|d| !d.is_empty());
-        if let Some(entry) = flags.and_then(|f| entry::decode(id, data, f)) {
+        if let Some(entry) = flags.and_then(|f| entry::decode(id, data, f, sse_id)) {
             out.push(entry);
         }
     }

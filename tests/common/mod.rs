@@ -20,6 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 pub mod broadcast;
+pub mod haproxy;
+pub mod redis;
 pub mod scrape;
 pub mod ws;
 

@@ -38,7 +38,8 @@ use tokio::time::Instant;
 use super::{Hub, Opening, Shares};
 use crate::cluster::metrics::{Role, RouteClusterMetrics};
 use crate::cluster::{
-    entry, Appended, Claim, Cluster, Continuity, Entry, EntryId, Epoch, History, StreamKeys, What,
+    entry, Appendable, Appended, Claim, Cluster, Continuity, Entry, EntryId, Epoch, History,
+    StreamKeys, What,
 };
 use crate::outcome::StreamEnd;
 use crate::share::cut::Piece;
@@ -113,6 +114,10 @@ impl Link {
     fn fall_back(&self, why: &dyn std::fmt::Display) {
         let mut st = self.state();
         st.broken = true;
+        if st.role == Some(Role::Local) {
+            // Already local (the relay's append and a tick may both fail).
+            return;
+        }
         let first = !std::mem::replace(&mut st.fallback_logged, true);
         drop(st);
         if first {
@@ -130,9 +135,11 @@ impl Link {
         self.changed.notify_waiters();
     }
 
-    /// The keys' TTL: `share_linger` after the last tick that saw subscribers.
+    /// The keys' TTL: `share_linger` after the last tick that saw
+    /// subscribers (at least two ticks, so that keys in use never lapse
+    /// between them).
     fn ttl(&self, shares: &Shares) -> Duration {
-        shares.settings.linger + self.cluster.lease
+        shares.settings.linger.max(self.cluster.tick() * 2)
     }
 
     /// Keeps the upstream's response head for followers (sent with the
@@ -534,7 +541,7 @@ pub struct Upstream<'a> {
     pub link: &'a Link,
     pub shares: &'a Shares,
     /// Scratch for one append's entries.
-    entries: Vec<(Bytes, Vec<u8>)>,
+    entries: Vec<Appendable>,
 }
 
 impl<'a> Upstream<'a> {
@@ -555,8 +562,11 @@ impl<'a> Upstream<'a> {
         }
         self.entries.clear();
         for p in pieces {
-            let flags = entry::event_flags(p.last_id.as_deref(), p.dispatched);
-            self.entries.push((p.bytes.clone(), flags));
+            self.entries.push(Appendable {
+                data: p.bytes.clone(),
+                flags: entry::event_flags(p.last_id.as_deref(), p.dispatched),
+                sse_id: p.last_id.clone(),
+            });
         }
         self.send().await;
     }
@@ -565,8 +575,11 @@ impl<'a> Upstream<'a> {
     pub async fn ended(&mut self, end: StreamEnd) {
         if self.link.role() == Some(Role::Holder) {
             self.entries.clear();
-            let flags = entry::end_flags(end.is_clean()).to_vec();
-            self.entries.push((Bytes::new(), flags));
+            self.entries.push(Appendable {
+                data: Bytes::new(),
+                flags: entry::end_flags(end.is_clean()),
+                sse_id: None,
+            });
             self.send().await;
         }
         let _ = self.link.cluster.release(&self.link.keys).await;
@@ -619,7 +632,7 @@ impl<'a> Upstream<'a> {
                 .await;
             match sent {
                 Ok(Appended::Done { epoch, .. }) => {
-                    let n = self.entries.iter().filter(|(d, _)| !d.is_empty()).count();
+                    let n = self.entries.iter().filter(|e| !e.data.is_empty()).count();
                     link.metrics.appended.inc_by(n as u64);
                     let mut st = link.state();
                     st.epoch = Some(epoch);
@@ -634,6 +647,7 @@ impl<'a> Upstream<'a> {
                         "cluster: shared stream {{{}}}: its history in Redis is gone; starting a new epoch",
                         link.keys.tag
                     );
+                    link.metrics.history_lost.inc();
                     epoch_arg = Epoch::New;
                     head = link.state().head.clone();
                 }
@@ -649,10 +663,9 @@ impl<'a> Upstream<'a> {
         }
     }
 
-    /// Resolves when the stream must leave its upstream and follow Redis;
-    /// in the meantime, every tick, renews the lease (holder) or tries to
-    /// rejoin (local). Cancel-safe: a cancelled tick is done again.
-    pub async fn demoted(&mut self, hub: &Hub, next_tick: &mut Instant) -> Option<EntryId> {
+    /// Resolves when the stream must leave its upstream and follow Redis
+    /// (see [`ticks`]), with the entry to follow after. Cancel-safe.
+    pub async fn demoted(&self) -> Option<EntryId> {
         let link = self.link;
         loop {
             let changed = link.changed.notified();
@@ -661,73 +674,73 @@ impl<'a> Upstream<'a> {
             if let Some(at) = link.state().demote.take() {
                 return at;
             }
-            tokio::select! {
-                _ = changed => continue,
-                _ = tokio::time::sleep_until(*next_tick) => {}
-            }
-            self.tick(hub).await;
-            *next_tick = Instant::now() + link.cluster.tick();
+            changed.await;
         }
     }
+}
 
-    async fn tick(&mut self, hub: &Hub) {
-        let link = self.link;
-        let c = &link.cluster;
-        let touch = (hub.subscribers() > 0).then(|| link.ttl(self.shares));
-        let local = link.role() == Some(Role::Local);
-        match c.claim(&link.keys, touch).await {
-            Ok(Claim::Ours { .. }) if local => {
-                log::info!(
-                    "cluster: shared stream {{{}}} rejoined the cluster as its holder",
-                    link.keys.tag
-                );
-                {
-                    let mut st = link.state();
-                    st.broken = true;
-                    st.fallback_logged = false;
-                }
-                link.metrics.rejoins.inc();
-                link.set_role(Role::Holder);
-                // The head and a new epoch go out now, before any event.
-                self.entries.clear();
-                self.send().await;
+/// Beside the relay of a stream's upstream, every tick: renews the lease
+/// (holder), or tries to rejoin (local). A task of its own, so that a busy
+/// upstream never cancels a Redis command half-way (the relay puts its
+/// upstream first); aborted when the relay ends.
+pub async fn ticks(hub: Arc<Hub>, link: Arc<Link>, shares: Arc<Shares>) {
+    loop {
+        tokio::time::sleep(link.cluster.tick()).await;
+        tick(&hub, &link, &shares).await;
+    }
+}
+
+async fn tick(hub: &Hub, link: &Link, shares: &Shares) {
+    let c = &link.cluster;
+    let touch = (hub.subscribers() > 0).then(|| link.ttl(shares));
+    let local = link.role() == Some(Role::Local);
+    match c.claim(&link.keys, touch).await {
+        Ok(Claim::Ours { .. }) if local => {
+            log::info!(
+                "cluster: shared stream {{{}}} rejoined the cluster as its holder",
+                link.keys.tag
+            );
+            {
+                let mut st = link.state();
+                st.broken = true;
+                st.fallback_logged = false;
             }
-            Ok(Claim::Ours { fresh: true }) => {
-                // Our lease had lapsed: another holder may have appended
-                // in between, so what we append next starts a new epoch.
-                link.state().broken = true;
-            }
-            Ok(Claim::Ours { fresh: false }) => {}
-            Ok(Claim::Theirs) if local => {
-                // Another instance holds it: follow it once its entries
-                // have this stream's newest id.
-                let Ok(history) = c
-                    .history(&link.keys, self.shares.settings.replay_events)
-                    .await
-                else {
-                    return;
-                };
-                if let Some(at) = find_newest(hub, &history) {
-                    log::info!(
-                        "cluster: shared stream {{{}}} rejoined the cluster as a follower",
-                        link.keys.tag
-                    );
-                    link.state().fallback_logged = false;
-                    link.metrics.rejoins.inc();
-                    link.demote(Some(at));
-                }
-            }
-            Ok(Claim::Theirs) => {
-                // Someone else holds our lease: follow, lining up by id.
-                log::warn!(
-                    "cluster: shared stream {{{}}}: its lease was taken by another instance",
-                    link.keys.tag
-                );
-                link.demote(None);
-            }
-            Err(e) if !local => link.fall_back(&e),
-            Err(_) => {}
+            link.metrics.rejoins.inc();
+            // The head and a new epoch go out with the relay's next write.
+            link.set_role(Role::Holder);
         }
+        Ok(Claim::Ours { fresh: true }) => {
+            // Our lease had lapsed: another holder may have appended
+            // in between, so what we append next starts a new epoch.
+            link.state().broken = true;
+        }
+        Ok(Claim::Ours { fresh: false }) => {}
+        Ok(Claim::Theirs) if local => {
+            // Another instance holds it: follow it once its entries
+            // have this stream's newest id.
+            let Ok(history) = c.history(&link.keys, shares.settings.replay_events).await else {
+                return;
+            };
+            if let Some(at) = find_newest(hub, &history) {
+                log::info!(
+                    "cluster: shared stream {{{}}} rejoined the cluster as a follower",
+                    link.keys.tag
+                );
+                link.state().fallback_logged = false;
+                link.metrics.rejoins.inc();
+                link.demote(Some(at));
+            }
+        }
+        Ok(Claim::Theirs) => {
+            // Someone else holds our lease: follow, lining up by id.
+            log::warn!(
+                "cluster: shared stream {{{}}}: its lease was taken by another instance",
+                link.keys.tag
+            );
+            link.demote(None);
+        }
+        Err(e) if !local => link.fall_back(&e),
+        Err(_) => {}
     }
 }
 

@@ -54,6 +54,15 @@ pub struct HubJob {
     pub generation: u64,
 }
 
+/// A task that ends with its handle.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Where a hub's task stands.
 enum Mode {
     /// Relaying its upstream into the ring (boxed: a connection is large,
@@ -94,11 +103,16 @@ pub async fn run_from(
         mode = match mode {
             Mode::Upstream(mut up) => {
                 let upstream = link.as_deref().map(|l| cluster::Upstream::new(l, &shares));
+                let ticks = link.as_ref().map(|l| {
+                    let task = cluster::ticks(hub.clone(), l.clone(), shares.clone());
+                    AbortOnDrop(tokio::spawn(task))
+                });
                 let (end, demoted) = relay_upstream(
                     &shared, &hub, &shares, &route, &mut up, &request, generation, &shutdown,
                     upstream,
                 )
                 .await;
+                drop(ticks);
                 shared.pools.release(*up, false).await;
                 match (end, demoted, &link) {
                     (StreamEnd::ClientGone, Some(at), Some(_)) => Mode::Follow(at),
@@ -242,7 +256,6 @@ async fn relay_upstream(
         linger: shares.settings.linger,
         shutdown: shutdown.clone(),
         cluster,
-        next_tick: Instant::now(),
         demoted: None,
     };
     // The hub never drains on its own: its subscribers do, and it goes
@@ -339,7 +352,6 @@ struct RingSink<'a> {
     /// In a cluster: the holder's appends and lease, or a local stream's
     /// attempts to rejoin.
     cluster: Option<cluster::Upstream<'a>>,
-    next_tick: Instant,
     /// Set when `closed` resolved because the stream must follow Redis.
     demoted: Option<Option<EntryId>>,
 }
@@ -377,7 +389,7 @@ impl Sink for RingSink<'_> {
                 None => unused.await,
                 Some(cluster) => tokio::select! {
                     _ = unused => {}
-                    at = cluster.demoted(self.hub, &mut self.next_tick) => {
+                    at = cluster.demoted() => {
                         self.demoted = Some(at);
                         return;
                     }
