@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ssegate against direct, nginx, Caddy and HAProxy, on the same scenarios.
 #
-#   benches/compare.sh [--quick] [--scenarios idle,fanout,h2mux,latency,shared,websocket]
+#   benches/compare.sh [--quick] [--scenarios idle,fanout,h2mux,latency,shared,websocket,cluster]
 #                      [--targets direct,ssegate,nginx,caddy,haproxy]
 #                      [--out DIR] [--duration SECONDS] [--no-install] [--no-chart]
 #                      [--rounds N]
@@ -64,6 +64,28 @@
 # and ratios to nginx. A build of ssegate whose `ssegate check` refuses the
 # keys fails its cells at once, with the checker's words.
 #
+# The cluster scenario (issue 14: ssegate instances sharing streams through
+# one Redis) is ssegate only and opt-in: it is not among the default
+# scenarios, `--scenarios cluster` names its two cells (each selectable alone):
+#   cluster-fanout  3 instances and one Redis (redis-server on a free loopback
+#                   port, --save "" --appendonly no), one origin, 3,000
+#                   subscribers (1,000 per instance) of 10 stream URLs, all
+#                   with one Host header so that a URL is one stream key on
+#                   every instance: 10 load clients per instance, one per URL
+#   cluster-redis   what one Redis carries: 3 instances, 10 stream URLs, one
+#                   subscriber per URL per instance that has any, the origin's
+#                   rate stepped up, with 2 followers per stream (subscribers
+#                   on all 3 instances) and with 0 (on instance 1 only); a
+#                   fresh Redis, origin and instances per step
+# Instances (one worker thread each) run on core 0; Redis, the origin and
+# the load clients on core 1. benches/cluster.py takes the snapshots (/proc
+# CPU of every process, each instance's /metrics, Redis INFO, the origin's
+# /_stats) and writes the report: delivered events/s, p99, CPU-s per million
+# delivered events per instance, Redis CPU per million appends and reads,
+# origin streams, the instances' roles. Without redis-server (and without
+# installing it: --quick, --no-install, not root) the cells are skipped.
+# REDIS_SERVER overrides the redis-server binary.
+#
 # --quick is a smoke test of a few seconds per cell: small counts, and only
 # direct, ssegate and the peers already installed (nothing is installed).
 # Without --quick, missing peers are installed from Debian's packages
@@ -114,17 +136,25 @@ done
 
 SHARED_SCENARIOS="shared-h1 shared-h2 shared-idle shared-scale"
 WS_SCENARIOS="ws-h1 ws-h2"
+CLUSTER_SCENARIOS="cluster-fanout cluster-redis"
 ALL_SCENARIOS="idle fanout h2mux latency $SHARED_SCENARIOS $WS_SCENARIOS"
+# The cluster cells run only when named (they need redis-server).
+KNOWN_SCENARIOS="$ALL_SCENARIOS $CLUSTER_SCENARIOS"
 ALL_TARGETS="direct ssegate nginx caddy haproxy"
 SCENARIOS="${SCENARIOS:-$ALL_SCENARIOS}"; SCENARIOS="${SCENARIOS//,/ }"
-# "shared" names its four cells, "websocket" its two.
+# "shared" names its four cells, "websocket" its two, "cluster" its two.
 SCENARIOS=" $SCENARIOS "; SCENARIOS="${SCENARIOS// shared / $SHARED_SCENARIOS }"
 SCENARIOS="${SCENARIOS// websocket / $WS_SCENARIOS }"
+SCENARIOS="${SCENARIOS// cluster / $CLUSTER_SCENARIOS }"
 SCENARIOS="$(echo $SCENARIOS)"
+ONLY_CLUSTER=1
 for s in $SCENARIOS; do
-  case " $ALL_SCENARIOS " in *" $s "*) ;; *) die "unknown scenario: $s (known: $ALL_SCENARIOS)" ;; esac
+  case " $KNOWN_SCENARIOS " in *" $s "*) ;; *) die "unknown scenario: $s (known: $KNOWN_SCENARIOS)" ;; esac
+  case " $CLUSTER_SCENARIOS " in *" $s "*) ;; *) ONLY_CLUSTER=0 ;; esac
 done
 TARGETS_GIVEN=1
+# The cluster cells measure ssegate alone: no peer to install for them.
+[ -n "$TARGETS" ] || [ "$ONLY_CLUSTER" = 0 ] || TARGETS=ssegate
 [ -n "$TARGETS" ] || { TARGETS="$ALL_TARGETS"; TARGETS_GIVEN=0; }
 TARGETS="${TARGETS//,/ }"
 for t in $TARGETS; do
@@ -144,6 +174,7 @@ fi
 case "$(uname -s)" in Linux) ;; *) die "Linux only (/proc, taskset)" ;; esac
 command -v python3 >/dev/null || die "python3 is needed"
 command -v taskset >/dev/null || die "taskset is needed (Debian package util-linux)"
+CL_PY=(python3 "$HERE/cluster.py")
 
 # ---------------------------------------------------------------------------
 # processes: everything started here is recorded and stopped on exit
@@ -226,6 +257,8 @@ if [ "$QUICK" = 1 ]; then
   SCALE_STREAMS=2000; SCALE_CONNS=2; SCALE_RATE=1; SCALE_RAMP=1; SCALE_DUR=6
   # Sending for WS_DUR s (ramp included), then WS_IDLE s silent.
   WS_TUNNELS=100; WS_CONNS=2; WS_RAMP=1; WS_DUR=2; WS_IDLE=2
+  CL_SUBS=300; CL_RATE=5; CL_RAMP=1; CL_DUR=6
+  CR_STEPS="2:20 0:20"; CR_DUR=5
 else
   IDLE_STREAMS=10000; IDLE_RAMP=5; IDLE_DUR=20
   FAN_STREAMS=1000; FAN_RATE=20; FAN_DUR=20
@@ -239,7 +272,16 @@ else
   SIDLE_STREAMS=10000; SIDLE_RAMP=5; SIDLE_DUR=20
   SCALE_STREAMS=100000; SCALE_CONNS=100; SCALE_RATE=1; SCALE_RAMP=10; SCALE_DUR=40
   WS_TUNNELS=1000; WS_CONNS=10; WS_RAMP=2; WS_DUR=20; WS_IDLE=5
+  # cluster-fanout: CL_SUBS subscribers over 3 instances x 10 URLs (an even
+  # split: CL_SUBS is a multiple of 30). cluster-redis: steps FOLLOWERS:RATE
+  # (events/s per stream, 10 streams), CR_DUR s each. With 2 followers the
+  # three instances share core 0 and deliver 3 events per append: 1,000/s
+  # per stream (30,000 deliveries/s) is about three quarters of it.
+  CL_SUBS=3000; CL_RATE=10; CL_RAMP=2; CL_DUR=20
+  CR_STEPS="2:1 2:100 2:300 2:1000 1:300 1:1000 0:1 0:100 0:300 0:1000 0:3000"; CR_DUR=15
 fi
+CL_INSTANCES=3; CL_URLS=10
+[ $(( CL_SUBS % (CL_INSTANCES * CL_URLS) )) = 0 ] || die "CL_SUBS must be a multiple of $(( CL_INSTANCES * CL_URLS ))"
 # Messages per second per tunnel, and their size (a 20-digit send time, then padding).
 WS_RATE=10; WS_PAYLOAD=64
 # shared-scale's full size, named in its skip reasons.
@@ -262,6 +304,9 @@ if [ -n "$DURATION_OVERRIDE" ]; then
   SIDLE_DUR=$(( DURATION_OVERRIDE > SIDLE_RAMP + 5 ? DURATION_OVERRIDE : SIDLE_RAMP + 5 ))
   SCALE_DUR=$(( DURATION_OVERRIDE > SCALE_RAMP + 8 ? DURATION_OVERRIDE : SCALE_RAMP + 8 ))
   WS_DUR=$(( DURATION_OVERRIDE > WS_RAMP + 2 ? DURATION_OVERRIDE : WS_RAMP + 2 ))
+  # The cluster cells need a steady window after the openings.
+  CL_DUR=$(( DURATION_OVERRIDE > CL_RAMP + 5 ? DURATION_OVERRIDE : CL_RAMP + 5 ))
+  CR_DUR=$(( DURATION_OVERRIDE > 5 ? DURATION_OVERRIDE : 5 ))
 fi
 
 # ssegate's route in the shared-* cells: these keys (their names are pinned)
@@ -358,6 +403,40 @@ if [ "${#missing[@]}" -gt 0 ]; then
       drop_target "$peer"
     fi
   done
+fi
+
+# redis-server for the cluster cells: installed like the peers (Debian's
+# redis-server) when missing, or the cells are skipped.
+REDIS_SERVER="${REDIS_SERVER:-redis-server}"
+CLUSTER_SKIP=""
+if [[ " $SCENARIOS " == *" cluster-"* ]]; then
+  if ! want_target ssegate; then
+    CLUSTER_SKIP="ssegate is not among the targets"
+  elif ! command -v "$REDIS_SERVER" >/dev/null; then
+    if [ "$QUICK" = 1 ] || [ "$INSTALL" = 0 ] || [ "$(id -u)" != 0 ]; then
+      CLUSTER_SKIP="no $REDIS_SERVER here, and it is not installed with --quick, --no-install or without root"
+    else
+      say "installing redis-server from Debian's packages"
+      if [ ! -e /usr/sbin/policy-rc.d ]; then
+        # The package must not start its system service (Redis on :6379).
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        POLICY_RC_CREATED=1
+      fi
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) \
+        >"/tmp/compare-apt.$$.log" 2>&1 ||
+        CLUSTER_SKIP="apt-get install redis-server failed: $(tail -n 1 "/tmp/compare-apt.$$.log")"
+      rm -f "/tmp/compare-apt.$$.log"
+      if [ "$POLICY_RC_CREATED" = 1 ]; then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=0; fi
+      command -v "$REDIS_SERVER" >/dev/null || CLUSTER_SKIP="${CLUSTER_SKIP:-redis-server installed no $REDIS_SERVER}"
+    fi
+  fi
+  if [ -n "$CLUSTER_SKIP" ]; then
+    say "cluster cells skipped: $CLUSTER_SKIP"
+  else
+    VERSION[redis]="$("$REDIS_SERVER" --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')"
+    say "redis-server ${VERSION[redis]} for the cluster cells"
+  fi
 fi
 
 VERSION[ssegate]="$("$SSEGATE" --version | awk '{print $2}') ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo '+dirty'))"
@@ -458,6 +537,36 @@ fi
 "${PY[@]}" init "$RESULTS" "$QUICK" "$NOFILE" "$TARGETS" "$SCENARIOS" \
   "${VERSION[ssegate]}" "$RUN/peers.tsv" "$RUN/skips.tsv" "$ROUNDS" \
   "$SHARE_USED" "$SHARE_NOTE"
+
+# render_cluster DIR K [single]: instance K's config in DIR (its own pid
+# file and upgrade socket): the bench template with the sharing keys on its
+# route, an admin listener on ADMIN_PORT and [cluster] with Redis on
+# REDIS_PORT (not with single: one instance on its own).
+render_cluster() {
+  local dir="$1" k="$2" single="${3:-}" cell_was="$CELL"
+  mkdir -p "$dir"
+  CELL="$dir"
+  render_ssegate "$dir/ssegate.toml" 1
+  CELL="$cell_was"
+  printf '\n[admin]\naddress = "127.0.0.1:%s"\n' "$ADMIN_PORT" >>"$dir/ssegate.toml"
+  [ -n "$single" ] ||
+    printf '\n[cluster]\nredis = "redis://127.0.0.1:%s"\nname = "bench-%s"\n' \
+      "$REDIS_PORT" "$k" >>"$dir/ssegate.toml"
+}
+
+# Does this ssegate take [cluster]? Until a build parses it, `ssegate check`
+# refuses it, and the cluster cells are not run (said in the report).
+if [[ " $SCENARIOS " == *" cluster-"* ]] && [ -z "$CLUSTER_SKIP" ]; then
+  CELL="$RUN/cluster-check"; mkdir -p "$CELL"
+  P1=1; P2=2; UP_ADDR="127.0.0.1:3"; ADMIN_PORT=4; REDIS_PORT=5
+  render_cluster "$CELL" 1
+  if "$SSEGATE" check -c "$CELL/ssegate.toml" >"$CELL/check.log" 2>&1; then
+    "${CL_PY[@]}" note "$RESULTS" "ssegate check: $(grep -m 1 '^cluster:' "$CELL/check.log" || echo 'accepts [cluster]')"
+  else
+    CLUSTER_SKIP="ssegate check refuses [cluster] (a build without the cluster?): $(grep -m 1 -i 'error' "$CELL/check.log" || tail -n 1 "$CELL/check.log")"
+    say "warning: $CLUSTER_SKIP"
+  fi
+fi
 
 # start_proxy TARGET [ws]: config, check, start pinned; sets PROXY_PID,
 # H1_BASE, H2_BASE. With ws, the WebSocket configs (nginx-ws.conf,
@@ -750,6 +859,193 @@ run_ws_cell() {
 }
 
 # ---------------------------------------------------------------------------
+# the cluster cells: several ssegate instances, one Redis
+
+# start_cluster RATE [single]: a fresh Redis, origin (RATE events/s) and
+# CL_INSTANCES instances, in CELL; with single, one instance without
+# [cluster] and no Redis. Sets REDIS_PORT, REDIS_PID, UP_ADDR, UP_PID and
+# the arrays INST_PID, INST_PORT, INST_ADMIN (index 1..), and CL_SPEC (what
+# cluster.py snapshots). On failure: CELL/error, and 1.
+start_cluster() {
+  local rate="$1" single="${2:-}" k ports n="$CL_INSTANCES"
+  INST_PID=(); INST_PORT=(); INST_ADMIN=(); CL_SPEC=()
+  [ -z "$single" ] || n=1
+  spawn "$CELL/upstream.out" "$CELL/upstream.err" "${LOAD_CPU[@]}" "$BENCH_BIN" bench upstream \
+    --listen 127.0.0.1:0 --rate "$rate" --payload "$PAYLOAD"
+  UP_PID="$SPAWNED"
+  if ! UP_ADDR="$("${PY[@]}" wait-listen "$CELL/upstream.out" 15)"; then
+    echo "bench upstream did not start: $(tail -n 3 "$CELL/upstream.err")" >"$CELL/error"
+    return 1
+  fi
+  CL_SPEC=("proc:origin=$UP_PID" "origin=$UP_ADDR")
+  [ -z "$single" ] || { start_instances 1 single; return; }
+  read -r REDIS_PORT <<<"$("${PY[@]}" free-ports 1)"
+  mkdir -p "$CELL/redis"
+  spawn "$CELL/redis.out" "$CELL/redis.err" "${LOAD_CPU[@]}" "$REDIS_SERVER" --port "$REDIS_PORT" \
+    --bind 127.0.0.1 --save "" --appendonly no --dir "$CELL/redis" --logfile ""
+  REDIS_PID="$SPAWNED"
+  if ! "${CL_PY[@]}" redis-ping "$REDIS_PORT" 15 2>"$CELL/redis-ping.err"; then
+    echo "redis-server did not start: $(cat "$CELL/redis-ping.err") $(tail -n 2 "$CELL/redis.out" "$CELL/redis.err" | tr '\n' ' ')" >"$CELL/error"
+    return 1
+  fi
+  CL_SPEC+=("proc:redis=$REDIS_PID" "redis=$REDIS_PORT")
+  start_instances "$n"
+}
+
+# start_instances N [single]: the instances of start_cluster, started,
+# listening, and each answering one event.
+start_instances() {
+  local n="$1" single="${2:-}" k ports
+  for k in $(seq "$n"); do
+    read -r -a ports <<<"$("${PY[@]}" free-ports 3)"
+    P1="${ports[0]}"; P2="${ports[1]}"; ADMIN_PORT="${ports[2]}"
+    render_cluster "$CELL/i$k" "$k" "$single"
+    if ! "$SSEGATE" check -c "$CELL/i$k/ssegate.toml" >"$CELL/i$k/check.log" 2>&1; then
+      echo "ssegate check refuses instance $k's config: $(head -n 1 "$CELL/i$k/check.log")" >"$CELL/error"
+      return 1
+    fi
+    spawn "$CELL/i$k/proxy.out" "$CELL/i$k/proxy.err" env RUST_LOG=warn "${PROXY_CPU[@]}" \
+      "$SSEGATE" run -c "$CELL/i$k/ssegate.toml"
+    INST_PID[k]="$SPAWNED"; INST_PORT[k]="$P1"; INST_ADMIN[k]="127.0.0.1:$ADMIN_PORT"
+    CL_SPEC+=("proc:i$k=$SPAWNED" "metrics:i$k=127.0.0.1:$ADMIN_PORT")
+  done
+  for k in $(seq "$n"); do
+    if ! "${PY[@]}" wait-port "127.0.0.1:${INST_PORT[k]}" 15 2>/dev/null ||
+       ! "${PY[@]}" wait-port "${INST_ADMIN[k]}" 15 2>/dev/null; then
+      echo "instance $k did not start: $(tail -n 3 "$CELL/i$k/proxy.err" | tr '\n' ' ')" >"$CELL/error"
+      return 1
+    fi
+  done
+  # Readiness: one event end to end through each instance, on a request
+  # that does not share (it carries a Cookie): a shared probe would linger
+  # as a held stream, with its lease renewed in Redis.
+  for k in $(seq "$n"); do
+    if ! "${CL_PY[@]}" probe "http://127.0.0.1:${INST_PORT[k]}/ready?count=1" 10 >>"$CELL/probe.log" 2>&1; then
+      echo "probe of instance $k failed: $(tail -n 1 "$CELL/probe.log")" >"$CELL/error"
+      return 1
+    fi
+  done
+}
+
+stop_cluster() {
+  local k
+  for k in "${!INST_PID[@]}"; do stop "${INST_PID[k]}" INT; done
+  [ -z "${UP_PID:-}" ] || stop "$UP_PID"
+  [ -z "${REDIS_PID:-}" ] || stop "$REDIS_PID"
+  INST_PID=(); UP_PID=""; REDIS_PID=""
+}
+
+# cluster_clients N COPIES DUR RAMP INSTANCES...: COPIES load clients of N
+# subscribers per stream URL on each of INSTANCES, all with the same Host
+# header (the host is part of a stream key). Their pids: CLIENT_PIDS.
+# The first instance to open a stream key holds it: URL s is opened first
+# on the (s mod count + 1)-th of INSTANCES, 0.5 s before the others, so
+# the holders are spread over the instances (4, 3, 3 with 3 and 10 URLs).
+cluster_clients() {
+  local n="$1" copies="$2" dur="$3" ramp="$4" k s j pass first
+  shift 4
+  local insts=("$@")
+  CLIENT_PIDS=()
+  for pass in first rest; do
+    for s in $(seq 0 $(( CL_URLS - 1 ))); do
+      first="${insts[s % ${#insts[@]}]}"
+      for k in "${insts[@]}"; do
+        { [ "$pass" = first ] && [ "$k" = "$first" ]; } ||
+          { [ "$pass" = rest ] && [ "$k" != "$first" ]; } || continue
+        for j in $(seq "$copies"); do
+          spawn "$CELL/c-i$k-s$s-$j.json" "$CELL/c-i$k-s$s-$j.err" timeout -s INT -k 5 $(( dur + ramp + 60 )) \
+            "${LOAD_CPU[@]}" "$BENCH_BIN" bench --json --url "http://127.0.0.1:${INST_PORT[k]}$BENCH_PATH/s$s" \
+            -H "Host: cluster.bench" --streams "$n" --ramp "${ramp}s" --duration "${dur}s"
+          CLIENT_PIDS+=("$SPAWNED")
+        done
+      done
+    done
+    [ "$pass" = rest ] || [ "${#insts[@]}" = 1 ] || sleep 0.5
+  done
+}
+
+# cluster_wait: waits for every load client; a failed one is noted in CELL/error.
+cluster_wait() {
+  local p rc bad=0
+  for p in "${CLIENT_PIDS[@]}"; do
+    rc=0; wait "$p" || rc=$?
+    forget "$p"
+    [ "$rc" = 0 ] || bad=$(( bad + 1 ))
+  done
+  [ "$bad" = 0 ] || echo "$bad load client(s) exited non-zero (see $CELL/c-*.err)" >"$CELL/error"
+}
+
+# run_cluster_fanout: 3 instances, CL_SUBS subscribers of 10 shared streams;
+# before it, the same subscribers and load clients on one instance without
+# [cluster] (the baseline: what the cluster adds).
+run_cluster_fanout() {
+  local per_url=$(( CL_SUBS / (CL_INSTANCES * CL_URLS) )) summary k mode
+  for mode in single cluster; do
+    CELL="$RUN/cluster-fanout"
+    [ "$mode" = cluster ] || CELL="$RUN/cluster-fanout-single"
+    mkdir -p "$CELL"
+    if [ "$mode" = cluster ]; then
+      summary="$CL_INSTANCES instances × $(thousands $(( CL_SUBS / CL_INSTANCES ))) HTTP/1.1 subscribers ($(thousands "$CL_SUBS") in all, $per_url per URL per instance) of $CL_URLS shared streams × $CL_RATE events/s, $PAYLOAD-byte payload, $CL_DUR s (ramp $CL_RAMP s included), one Redis"
+    else
+      summary="baseline: 1 instance without [cluster], the same $(thousands "$CL_SUBS") subscribers and $(( CL_INSTANCES * CL_URLS )) load clients"
+    fi
+    printf '{"summary": "%s", "instances": %d, "stream_urls": %d, "subscribers": %d, "rate": %s, "payload": %d, "duration_s": %d, "ramp_s": %d}\n' \
+      "$summary" "$([ "$mode" = cluster ] && echo "$CL_INSTANCES" || echo 1)" "$CL_URLS" "$CL_SUBS" \
+      "$CL_RATE" "$PAYLOAD" "$CL_DUR" "$CL_RAMP" >"$CELL/params.json"
+    say "── cluster-fanout: $summary"
+    if start_cluster "$CL_RATE" "$([ "$mode" = cluster ] || echo single)"; then
+      "${LOAD_CPU[@]}" "${PY[@]}" origin-stats "$UP_ADDR" reset >/dev/null 2>>"$CELL/origin.err" || true
+      "${LOAD_CPU[@]}" "${CL_PY[@]}" snap "$CELL/snap_before.json" "${CL_SPEC[@]}"
+      if [ "$mode" = cluster ]; then
+        cluster_clients "$per_url" 1 "$CL_DUR" "$CL_RAMP" $(seq "$CL_INSTANCES")
+      else
+        cluster_clients "$per_url" "$CL_INSTANCES" "$CL_DUR" "$CL_RAMP" 1
+      fi
+      # The steady window: from 1 s after every subscriber is open to 2 s
+      # before the clients close.
+      "${LOAD_CPU[@]}" "${CL_PY[@]}" window "$CELL" "$CL_SUBS" $(( CL_RAMP + 1 )) $(( CL_DUR - 3 )) \
+        $(( CL_DUR - 2 )) "${CL_SPEC[@]}" 2>"$CELL/window.err" || true
+      cluster_wait
+      "${LOAD_CPU[@]}" "${CL_PY[@]}" snap "$CELL/snap_after.json" "${CL_SPEC[@]}"
+    fi
+    stop_cluster
+    for k in 1 2 3; do
+      [ ! -s "$CELL/i$k/proxy.err" ] || say "instance $k's stderr (last lines): $(tail -n 2 "$CELL/i$k/proxy.err" | tr '\n' ' ')"
+    done
+    "${CL_PY[@]}" add "$RESULTS" "$([ "$mode" = cluster ] && echo fanout || echo single)" "$CELL"
+  done
+}
+
+# run_cluster_redis: the steps of CR_STEPS (followers:rate), in order.
+run_cluster_redis() {
+  local f r insts summary step
+  for step in $CR_STEPS; do
+    f="${step%%:*}"; r="${step#*:}"
+    [[ "$f" =~ ^[0-2]$ && "$r" =~ ^[0-9]+$ ]] || die "CR_STEPS: $step is not FOLLOWERS:RATE (followers 0 to 2)"
+    {
+      CELL="$RUN/cluster-redis-f$f-r$r"
+      mkdir -p "$CELL"
+      summary="10 streams × $r events/s, one subscriber per stream on $(( f + 1 )) of $CL_INSTANCES instances ($f followers per stream), $CR_DUR s"
+      printf '{"summary": "%s", "instances": %d, "stream_urls": %d, "subscribers": %d, "rate": %s, "followers": %d, "payload": %d, "duration_s": %d}\n' \
+        "$summary" "$CL_INSTANCES" "$CL_URLS" $(( CL_URLS * (f + 1) )) "$r" "$f" "$PAYLOAD" "$CR_DUR" >"$CELL/params.json"
+      say "── cluster-redis: $summary"
+      if start_cluster "$r"; then
+        "${LOAD_CPU[@]}" "${CL_PY[@]}" snap "$CELL/snap_before.json" "${CL_SPEC[@]}"
+        insts="$(seq $(( f + 1 )))"
+        # shellcheck disable=SC2086  # one word per instance
+        cluster_clients 1 1 "$CR_DUR" 0 $insts
+        "${LOAD_CPU[@]}" "${CL_PY[@]}" window "$CELL" $(( CL_URLS * (f + 1) )) 1 $(( CR_DUR - 3 )) \
+          $(( CR_DUR - 1 )) "${CL_SPEC[@]}" 2>"$CELL/window.err" || true
+        cluster_wait
+        "${LOAD_CPU[@]}" "${CL_PY[@]}" snap "$CELL/snap_after.json" "${CL_SPEC[@]}"
+      fi
+      stop_cluster
+      "${CL_PY[@]}" add "$RESULTS" redis "$CELL"
+    }
+  done
+}
+
+# ---------------------------------------------------------------------------
 # run
 
 START=$(date +%s)
@@ -761,6 +1057,16 @@ for scen in $SCENARIOS; do
     done
     continue
   fi
+  case "$scen" in
+    cluster-fanout|cluster-redis)
+      if [ -n "$CLUSTER_SKIP" ]; then
+        echo "skip: ssegate $scen ($CLUSTER_SKIP)"
+        "${PY[@]}" skip "$RESULTS" ssegate "$scen" "$CLUSTER_SKIP"
+      else
+        "run_${scen//-/_}"
+      fi
+      continue ;;
+  esac
   for t in $TARGETS; do
     case "$scen" in
       ws-h2)
@@ -804,8 +1110,9 @@ for scen in $SCENARIOS; do
 done
 say "all cells done in $(( $(date +%s) - START )) s"
 
-"${PY[@]}" report "$RESULTS" | tee "$OUT/report.md"
-if [ "$CHART" = 1 ]; then
+{ "${PY[@]}" report "$RESULTS"; "${CL_PY[@]}" report "$RESULTS"; } | tee "$OUT/report.md"
+# The chart draws the one-proxy cells; a cluster-only run has none.
+if [ "$CHART" = 1 ] && [ "$ONLY_CLUSTER" = 0 ]; then
   if (cd "$ROOT" && cargo bench --quiet --bench chart -- "$RESULTS" "$OUT/chart.png") >"$RUN/chart.log" 2>&1; then
     say "chart: $OUT/chart.png"
   else
