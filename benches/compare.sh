@@ -358,6 +358,23 @@ declare -A VERSION=()
 declare -A H2_NOTE=()
 SKIPS=()
 
+# apt_install PKG...: installs Debian packages without letting them start
+# their system services (nginx on :80, Redis on :6379, ...). APT_WHY is
+# empty when it worked, else why not.
+apt_install() {
+  APT_WHY=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    POLICY_RC_CREATED=1
+  fi
+  if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@") >"/tmp/compare-apt.$$.log" 2>&1; then
+    APT_WHY="apt-get install $* failed: $(tail -n 1 "/tmp/compare-apt.$$.log")"
+  fi
+  rm -f "/tmp/compare-apt.$$.log"
+  if [ "$POLICY_RC_CREATED" = 1 ]; then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=0; fi
+}
+
 want_target() { case " $TARGETS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 drop_target() {
   local keep="" t
@@ -384,17 +401,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   elif ! command -v apt-get >/dev/null; then why="no apt-get"
   else
     say "installing ${pkgs[*]} from Debian's packages"
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-      # Packages must not start their system services (nginx on :80, ...).
-      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-      chmod +x /usr/sbin/policy-rc.d
-      POLICY_RC_CREATED=1
-    fi
-    if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}") >"/tmp/compare-apt.$$.log" 2>&1; then
-      why="apt-get install failed: $(tail -n 1 "/tmp/compare-apt.$$.log")"
-    fi
-    rm -f "/tmp/compare-apt.$$.log"
-    if [ "$POLICY_RC_CREATED" = 1 ]; then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=0; fi
+    apt_install "${pkgs[@]}"
+    why="$APT_WHY"
   fi
   for peer in "${missing[@]}"; do
     if ! command -v "${PEER_BIN[$peer]}" >/dev/null; then
@@ -417,17 +425,8 @@ if [[ " $SCENARIOS " == *" cluster-"* ]]; then
       CLUSTER_SKIP="no $REDIS_SERVER here, and it is not installed with --quick, --no-install or without root"
     else
       say "installing redis-server from Debian's packages"
-      if [ ! -e /usr/sbin/policy-rc.d ]; then
-        # The package must not start its system service (Redis on :6379).
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=1
-      fi
-      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) \
-        >"/tmp/compare-apt.$$.log" 2>&1 ||
-        CLUSTER_SKIP="apt-get install redis-server failed: $(tail -n 1 "/tmp/compare-apt.$$.log")"
-      rm -f "/tmp/compare-apt.$$.log"
-      if [ "$POLICY_RC_CREATED" = 1 ]; then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=0; fi
+      apt_install redis-server
+      CLUSTER_SKIP="$APT_WHY"
       command -v "$REDIS_SERVER" >/dev/null || CLUSTER_SKIP="${CLUSTER_SKIP:-redis-server installed no $REDIS_SERVER}"
     fi
   fi

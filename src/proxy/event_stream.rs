@@ -296,14 +296,7 @@ async fn run(
             compressed,
             resume_request: Some(request),
         } => {
-            let resumer = resume::Resumer {
-                pools: &shared.pools,
-                pool: &route.pool,
-                request,
-                attempts: route.config.resume_attempts,
-                backoff: route.config.resume_backoff,
-                metrics: route.metrics.resume(),
-            };
+            let resumer = resume::Resumer::for_route(&shared.pools, route, request);
             let mut source = resume::Resuming::new(&mut **up, &resumer);
             let c = *compressed;
             stream::relay(&mut client, &mut source, policy, c, &shutdown, probe, rng).await

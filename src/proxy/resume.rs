@@ -36,6 +36,7 @@ use rand::Rng;
 use tokio::time::{sleep_until, Instant};
 
 use super::headers;
+use super::route::RouteEntry;
 use super::stream::{body_event, retry_hint, Settled, Source, SourceEvent};
 use crate::metrics::ResumeMetrics;
 use crate::outcome::StreamEnd;
@@ -59,6 +60,21 @@ pub struct Resumer<'a> {
     /// Wait when the upstream sent no `retry:` (route `resume_backoff`).
     pub backoff: Duration,
     pub metrics: &'a ResumeMetrics,
+}
+
+impl<'a> Resumer<'a> {
+    /// Resumes `request` as `route` says (`resume_attempts`,
+    /// `resume_backoff`), counted in its metrics.
+    pub fn for_route(pools: &'a Pools, route: &'a RouteEntry, request: &'a RequestHeader) -> Self {
+        Resumer {
+            pools,
+            pool: &route.pool,
+            request,
+            attempts: route.config.resume_attempts,
+            backoff: route.config.resume_backoff,
+            metrics: route.metrics.resume(),
+        }
+    }
 }
 
 impl Resumer<'_> {

@@ -14,14 +14,7 @@ use super::{free_port, TempDir};
 
 /// The `haproxy` binary: `$HAPROXY`, Debian's path, or `PATH`'s.
 pub fn haproxy_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("HAPROXY") {
-        return PathBuf::from(p);
-    }
-    let debian = PathBuf::from("/usr/sbin/haproxy");
-    if debian.exists() {
-        return debian;
-    }
-    PathBuf::from("haproxy")
+    super::system_bin("HAPROXY", "/usr/sbin/haproxy", "haproxy")
 }
 
 pub struct Haproxy {

@@ -68,6 +68,19 @@ impl Drop for TempDir {
 /// A port that was free a moment ago (pingora binds by address, so the
 /// proxy cannot report an ephemeral port back; `Proxy::start` retries on a
 /// lost race).
+/// A system binary: `$env` if set, else `debian` if it exists, else `name`
+/// from `PATH`.
+pub fn system_bin(env: &str, debian: &str, name: &str) -> std::path::PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return std::path::PathBuf::from(p);
+    }
+    let debian = std::path::PathBuf::from(debian);
+    if debian.exists() {
+        return debian;
+    }
+    std::path::PathBuf::from(name)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

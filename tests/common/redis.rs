@@ -16,14 +16,7 @@ use super::{free_port, within, TempDir};
 
 /// The `redis-server` binary: `$REDIS_SERVER`, Debian's path, or `PATH`'s.
 pub fn redis_server_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("REDIS_SERVER") {
-        return PathBuf::from(p);
-    }
-    let debian = PathBuf::from("/usr/bin/redis-server");
-    if debian.exists() {
-        return debian;
-    }
-    PathBuf::from("redis-server")
+    super::system_bin("REDIS_SERVER", "/usr/bin/redis-server", "redis-server")
 }
 
 /// A running `redis-server`, killed on drop.

@@ -201,14 +201,8 @@ async fn reconnect(
     request: &RequestHeader,
 ) -> Option<Connected> {
     let resume_id = hub.state().ring.newest_id().cloned();
-    let resumer = resume::Resumer {
-        pools: &shared.pools,
-        pool: &route.pool,
-        request,
-        attempts: route.config.resume_attempts.max(1),
-        backoff: route.config.resume_backoff,
-        metrics: route.metrics.resume(),
-    };
+    let mut resumer = resume::Resumer::for_route(&shared.pools, route, request);
+    resumer.attempts = resumer.attempts.max(1);
     match resumer.reconnect(resume_id.as_deref()).await {
         Ok(mut up) => {
             up.session.set_read_timeout(None);
@@ -273,14 +267,7 @@ async fn relay_upstream(
         }
     };
     let end = if route.config.resume == Resume::OnError {
-        let resumer = resume::Resumer {
-            pools: &shared.pools,
-            pool: &route.pool,
-            request,
-            attempts: route.config.resume_attempts,
-            backoff: route.config.resume_backoff,
-            metrics: route.metrics.resume(),
-        };
+        let resumer = resume::Resumer::for_route(&shared.pools, route, request);
         let mut source = resume::Resuming::new(up, &resumer);
         relay_into(&mut sink, &mut source, &policy, &no_drain, &probe).await
     } else {
