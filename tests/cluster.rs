@@ -1928,3 +1928,42 @@ fn entry_id(epoch: &str, seq: u64) -> ssegate::cluster::EntryId {
         seq,
     }
 }
+
+/// An instance that took a stream's lease and could not open its upstream
+/// (here: nothing listens at the origin's address, a 502) gives the lease
+/// back at once, so that another instance need not wait for it to expire.
+#[tokio::test]
+async fn a_failed_opening_gives_its_lease_back() {
+    let redis = RedisServer::start().await;
+    let nothing = free_port();
+    let origin: SocketAddr = format!("127.0.0.1:{nothing}").parse().unwrap();
+    let a = Instance::start(origin, &redis, "ssegate-a", "").await;
+    let mut client = H1Client::connect(a.addr()).await;
+    // Not an EventSource (which would get the shed answer, a 200): a 502.
+    client.get(FEED, &[]).await;
+    let head = client.response_head().await;
+    assert_eq!(head.status, 502);
+    let keys = redis.keys("ssegate:*").await;
+    let opened = Instant::now();
+    // Released at once: gone well before the lease (1 s) would expire.
+    loop {
+        let leases = redis.keys("ssegate:*:lease").await;
+        if leases.is_empty() {
+            break;
+        }
+        assert!(
+            opened.elapsed() < Duration::from_millis(400),
+            "lease still held {:?} after the failed opening (keys {keys:?}, pttl {})",
+            opened.elapsed(),
+            redis.pttl(&leases[0]).await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The lease was taken for the opening, and given back: two lease
+    // commands (without the release, the key stays until it expires).
+    let lease_ops = [("op", "lease")];
+    let ops = a
+        .metric("ssegate_cluster_redis_seconds_count", &lease_ops)
+        .await;
+    assert_eq!(ops, 2.0, "lease commands: the claim and the release");
+}

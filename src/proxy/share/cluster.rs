@@ -150,6 +150,21 @@ impl Link {
         st.head_sent = false;
     }
 
+    /// This instance took the lease to open the stream, and the opening
+    /// failed: the lease goes back at once (in a task: this runs in a
+    /// drop), so that another instance need not wait for it to expire.
+    pub fn opening_failed(&self) {
+        if self.role() != Some(Role::Holder) {
+            return;
+        }
+        let (cluster, keys) = (self.cluster.clone(), self.keys.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = cluster.release(&keys).await;
+            });
+        }
+    }
+
     /// A new upstream mode starts: an earlier request to leave it is void.
     pub fn clear_demote(&self) {
         self.state().demote = None;

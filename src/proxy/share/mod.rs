@@ -377,6 +377,9 @@ impl Drop for Opening {
         }
         // The opening failed: waiters go their own way; a hub with nothing
         // kept goes away at once, one with a ring stays ended until its linger.
+        if let Some(link) = &self.hub.cluster {
+            link.opening_failed();
+        }
         let mut st = self.hub.state();
         let end = st.ended_at.map_or(StreamEnd::UpstreamError, |(_, _, e)| e);
         st.upstream = Upstream::Ended(end);
