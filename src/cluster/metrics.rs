@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Every cluster metric family.
@@ -144,7 +143,6 @@ impl ClusterMetrics {
     /// A command's round trip; `ok`: it worked.
     pub fn observe(&self, op: &str, took: Duration, ok: bool) {
         if let Ok(h) = self.redis_seconds.get_metric_with_label_values(&[op]) {
-            let h: Histogram = h;
             h.observe(took.as_secs_f64());
         }
         self.redis_up.set(i64::from(ok));

@@ -222,11 +222,7 @@ impl Cluster {
         F: std::future::Future<Output = Result<T, redis::RedisError>>,
     {
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, f).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(RedisError::Redis(e)),
-            Err(_) => Err(RedisError::Timeout(self.timeout)),
-        };
+        let result = within(self.timeout, f).await;
         self.metrics.observe(op, started.elapsed(), result.is_ok());
         result
     }
@@ -369,10 +365,7 @@ impl Cluster {
         let connect = self
             .client
             .get_multiplexed_async_connection_with_config(&config);
-        let conn = match tokio::time::timeout(self.timeout, connect).await {
-            Ok(conn) => conn?,
-            Err(_) => return Err(RedisError::Timeout(self.timeout)),
-        };
+        let conn = within(self.timeout, connect).await?;
         Ok(Reader {
             conn,
             block,
@@ -406,10 +399,7 @@ impl Reader {
             .arg(&keys.events)
             .arg(after.to_string());
         let limit = self.block + self.timeout;
-        let v: Value = match tokio::time::timeout(limit, cmd.query_async(&mut self.conn)).await {
-            Ok(v) => v?,
-            Err(_) => return Err(RedisError::Timeout(limit)),
-        };
+        let v: Value = within(limit, cmd.query_async(&mut self.conn)).await?;
         // Nil on a timeout; else [[stream, entries]] (or a map in RESP3).
         let streams: Vec<&Value> = match &v {
             Value::Nil => return Ok(Vec::new()),
@@ -426,6 +416,17 @@ impl Reader {
             out.extend(entries_of(entries).ok_or(RedisError::Unexpected("XREAD"))?);
         }
         Ok(out)
+    }
+}
+
+/// `f`'s result, or a timeout after `limit`.
+async fn within<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = Result<T, redis::RedisError>>,
+) -> Result<T, RedisError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(RedisError::Timeout(limit)),
     }
 }
 

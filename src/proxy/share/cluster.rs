@@ -338,8 +338,8 @@ fn take_history(hub: &Hub, link: &Link, history: &History) -> bool {
         // entries (or before) is not known to line up.
         return false;
     }
-    push(hub, link, contiguous_tail(&history.entries));
-    true
+    // An empty ring always lines up.
+    lined_up(hub, link, history).is_some()
 }
 
 /// Where a follower starts reading: after the history's newest entry once
@@ -348,19 +348,10 @@ fn take_history(hub: &Hub, link: &Link, history: &History) -> bool {
 /// (found among them). `None`: the ring's newest id is not among them.
 fn lined_up(hub: &Hub, link: &Link, history: &History) -> Option<EntryId> {
     let tail = contiguous_tail(&history.entries);
-    let newest = hub.state().ring.newest_id().cloned();
     let empty = hub.state().ring.is_empty();
-    let from = if empty {
-        0
-    } else {
-        let id = newest?;
-        let at = tail
-            .iter()
-            .rposition(|e| matches!(&e.what, What::Event { last_id: Some(l), .. } if **l == *id))?;
-        // The last entry with that id: the next one changed it, or is
-        // further comments/events without an id of their own.
-        at + 1
-    };
+    // After the last entry with the ring's newest id: the next one changed
+    // it, or is further comments/events without an id of their own.
+    let from = if empty { 0 } else { newest_in(hub, tail)? + 1 };
     push(hub, link, &tail[from..]);
     Some(match tail.last() {
         Some(e) => e.id,
@@ -373,6 +364,14 @@ fn lined_up(hub: &Hub, link: &Link, history: &History) -> Option<EntryId> {
             seq: 0,
         },
     })
+}
+
+/// The index in `tail` of the last entry carrying the ring's newest event
+/// id; `None` when the ring has no id or `tail` does not have it.
+fn newest_in(hub: &Hub, tail: &[Entry]) -> Option<usize> {
+    let id = hub.state().ring.newest_id().cloned()?;
+    tail.iter()
+        .rposition(|e| matches!(&e.what, What::Event { last_id: Some(l), .. } if **l == *id))
 }
 
 /// How following ended.
@@ -616,27 +615,21 @@ impl<'a> Upstream<'a> {
     /// Sends `self.entries` (possibly none: the head and epoch alone).
     async fn send(&mut self) {
         let link = self.link;
-        let (epoch, mut head) = {
+        let (epoch, broken, head_sent, mut head) = {
             let st = link.state();
-            let epoch = match (&st.epoch, st.broken) {
-                (_, true) => Err(true),
-                (Some(e), false) => Ok(e.clone()),
-                (None, false) => Err(false),
-            };
-            // A new epoch has no head yet; an old one has it once sent.
-            let head = match (&epoch, st.head_sent) {
-                (Ok(_), true) => None,
-                _ => st.head.clone(),
-            };
-            (epoch, head)
+            (st.epoch.clone(), st.broken, st.head_sent, st.head.clone())
         };
+        let mut epoch_arg = match (&epoch, broken) {
+            (_, true) => Epoch::New,
+            (Some(e), false) => Epoch::Continue(e.as_str()),
+            (None, false) => Epoch::Any,
+        };
+        // A new epoch has no head yet; an old one has it once sent.
+        if matches!(epoch_arg, Epoch::Continue(_)) && head_sent {
+            head = None;
+        }
         let maxlen = self.shares.settings.replay_events;
         let ttl = link.ttl(self.shares);
-        let mut epoch_arg = match &epoch {
-            Ok(e) => Epoch::Continue(e.as_str()),
-            Err(true) => Epoch::New,
-            Err(false) => Epoch::Any,
-        };
         for _ in 0..2 {
             let sent = link
                 .cluster
@@ -767,14 +760,8 @@ async fn tick(hub: &Hub, link: &Link, shares: &Shares) {
 /// such in its contiguous tail), so that a follower starting after it
 /// delivers nothing twice and misses nothing.
 fn find_newest(hub: &Hub, history: &History) -> Option<EntryId> {
-    let id = hub.state().ring.newest_id().cloned()?;
     let tail = contiguous_tail(&history.entries);
-    let at = tail
-        .iter()
-        .rposition(|e| matches!(&e.what, What::Event { last_id: Some(l), .. } if **l == *id))?;
-    // Only if no entry after it is an event with the same id still
-    // (which the ring would not have yet).
-    Some(tail[at].id)
+    newest_in(hub, tail).map(|at| tail[at].id)
 }
 
 #[cfg(test)]

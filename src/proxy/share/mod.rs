@@ -344,23 +344,21 @@ impl Opening {
     /// The upstream answered with a stream that can be shared, whose
     /// response header is `head`: the hub is live from the ring's head on.
     /// `head` is kept, without `Set-Cookie`, for the subscribers that join.
-    pub fn opened(mut self, mut head: ResponseHeader) {
-        self.done = true;
+    pub fn opened(self, mut head: ResponseHeader) {
         head.remove_header(&http::header::SET_COOKIE);
-        let mut st = self.hub.state();
-        st.head = Some(Arc::new(head));
-        st.upstream = Upstream::Live;
-        drop(st);
         self.hub.metrics.opens.inc();
-        self.hub.wake_subscribers();
+        self.live(head);
     }
-}
 
-impl Opening {
     /// The hub follows another instance's upstream through Redis (see
     /// `cluster`), whose response header is `head`: live from now on, no
     /// upstream opened here.
-    pub fn followed(mut self, head: ResponseHeader) {
+    pub fn followed(self, head: ResponseHeader) {
+        self.live(head);
+    }
+
+    /// The hub is live, answered with `head`: waiters join it.
+    fn live(mut self, head: ResponseHeader) {
         self.done = true;
         let mut st = self.hub.state();
         st.head = Some(Arc::new(head));
