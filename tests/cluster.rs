@@ -229,22 +229,15 @@ where
 }
 
 /// Polls `f` every 20 ms until it gives a value, for at most `limit`.
-async fn until_some<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+async fn until_some<T, F, Fut>(what: &str, limit: Duration, f: F) -> T
 where
+    T: std::fmt::Debug,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out ({limit:?}) waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let every = Duration::from_millis(20);
+    let found = poll_until(what, limit, every, f, Option::is_some).await;
+    found.expect("poll_until returns what `done` accepted")
 }
 
 /// The Redis keys of shared streams, split: `(H, suffix)` for every key,

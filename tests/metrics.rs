@@ -11,7 +11,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::scrape::{series, Scrape};
 use common::*;
@@ -50,18 +50,8 @@ async fn scrape(proxy: &Proxy) -> Scrape {
 
 /// Scrapes until `done` holds, failing with the last scrape after `WAIT`.
 async fn scrape_until(proxy: &Proxy, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
-    let start = Instant::now();
-    loop {
-        let s = scrape(proxy).await;
-        if done(&s) {
-            return s;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "timed out waiting for {what}; last scrape:\n{s:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let every = Duration::from_millis(20);
+    poll_until(what, WAIT, every, || scrape(proxy), done).await
 }
 
 /// A series (name and labels) and how much it is expected to have moved.

@@ -1330,18 +1330,8 @@ async fn scrape(proxy: &Proxy) -> Scrape {
 
 /// Scrapes until `done` holds; fails with the last scrape after WAIT.
 async fn scrape_until(proxy: &Proxy, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
-    let start = Instant::now();
-    loop {
-        let s = scrape(proxy).await;
-        if done(&s) {
-            return s;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "timed out waiting for {what}:\n{s:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let every = Duration::from_millis(20);
+    poll_until(what, WAIT, every, || scrape(proxy), done).await
 }
 
 const OPEN: &str = "ssegate_websockets_open";

@@ -39,6 +39,34 @@ pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T
 /// The suite's one pseudo-random generator: `rand`'s `StdRng` from a fixed
 /// seed, so a test draws the same values on every run and a failure
 /// reproduces from the seed it prints.
+/// Calls `fetch` every `period` until `done` holds of what it gives, and
+/// returns that; fails with the last one after `limit`.
+pub async fn poll_until<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    period: Duration,
+    mut fetch: F,
+    done: impl Fn(&T) -> bool,
+) -> T
+where
+    T: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        let last = fetch().await;
+        if done(&last) {
+            return last;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out ({limit:?}) waiting for {what}; last:\n{last:#?}"
+        );
+        tokio::time::sleep(period).await;
+    }
+}
+
 pub fn seeded_rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
