@@ -205,29 +205,26 @@ pub async fn open(
     };
     let until = Instant::now() + wait_head;
     loop {
-        let claim = link.cluster.claim(&link.keys, Some(link.ttl(shares))).await;
-        let history = match claim {
+        let claim = match link.cluster.claim(&link.keys, Some(link.ttl(shares))).await {
+            Ok(claim) => claim,
             Err(e) => {
                 link.fall_back(&e);
                 return Opened::Upstream;
             }
-            Ok(claim) => match link
-                .cluster
-                .history(&link.keys, shares.settings.replay_events)
-                .await
-            {
-                Ok(history) => (claim, history),
-                Err(e) => {
-                    link.fall_back(&e);
-                    if let Claim::Ours { .. } = claim {
-                        let _ = link.cluster.release(&link.keys).await;
-                    }
-                    return Opened::Upstream;
-                }
-            },
         };
-        match history {
-            (Claim::Ours { .. }, history) => {
+        let replay_events = shares.settings.replay_events;
+        let history = match link.cluster.history(&link.keys, replay_events).await {
+            Ok(history) => history,
+            Err(e) => {
+                link.fall_back(&e);
+                if let Claim::Ours { .. } = claim {
+                    let _ = link.cluster.release(&link.keys).await;
+                }
+                return Opened::Upstream;
+            }
+        };
+        match claim {
+            Claim::Ours { .. } => {
                 let continues = take_history(&hub, link, &history);
                 {
                     let mut st = link.state();
@@ -240,7 +237,7 @@ pub async fn open(
                 link.set_role(Role::Holder);
                 return Opened::Upstream;
             }
-            (Claim::Theirs, history) => {
+            Claim::Theirs => {
                 if let Some(head) = history.head.as_deref().and_then(response_head) {
                     let Some(at) = lined_up(&hub, link, &history) else {
                         // Nothing to line up with: this stream serves itself.
@@ -400,10 +397,7 @@ pub async fn follow(
     let tick = c.tick();
     let mut reader = match c.reader(tick).await {
         Ok(r) => r,
-        Err(e) => {
-            link.fall_back(&e);
-            return Followed::Upstream { takeover: false };
-        }
+        Err(e) => return go_local(link, &e),
     };
     let mut next_claim = Instant::now();
     loop {
@@ -421,10 +415,7 @@ pub async fn follow(
             match c.claim(&link.keys, touch).await {
                 Ok(Claim::Theirs) => {}
                 Ok(Claim::Ours { .. }) => return take_over(hub, link, last).await,
-                Err(e) => {
-                    link.fall_back(&e);
-                    return Followed::Upstream { takeover: false };
-                }
+                Err(e) => return go_local(link, &e),
             }
         }
         let read = tokio::select! {
@@ -437,10 +428,7 @@ pub async fn follow(
             }
         };
         match read {
-            Err(e) => {
-                link.fall_back(&e);
-                return Followed::Upstream { takeover: false };
-            }
+            Err(e) => return go_local(link, &e),
             Ok(entries) => match take(hub, link, last, &entries) {
                 Took::Upto(last) => at = Some(last),
                 Took::Ended(end) => return Followed::Ended(end),
@@ -457,6 +445,12 @@ pub async fn follow(
     }
 }
 
+/// Redis failed (`why`): the stream serves itself from an upstream of its own.
+fn go_local(link: &Link, why: &dyn std::fmt::Display) -> Followed {
+    link.fall_back(why);
+    Followed::Upstream { takeover: false }
+}
+
 /// The lease was free and is ours now (its holder went away): catch up
 /// with what it appended last, then hold the stream.
 async fn take_over(hub: &Hub, link: &Link, last: EntryId) -> Followed {
@@ -464,9 +458,8 @@ async fn take_over(hub: &Hub, link: &Link, last: EntryId) -> Followed {
     let rest = match c.entries_after(&link.keys, last, usize::MAX / 2).await {
         Ok(rest) => rest,
         Err(e) => {
-            link.fall_back(&e);
             let _ = c.release(&link.keys).await;
-            return Followed::Upstream { takeover: false };
+            return go_local(link, &e);
         }
     };
     match take(hub, link, last, &rest) {
