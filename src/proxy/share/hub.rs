@@ -353,15 +353,22 @@ impl Sink for RingSink<'_> {
         if !self.pieces.is_empty() {
             {
                 let mut st = self.hub.state();
-                for piece in &self.pieces {
-                    st.ring.push(piece.clone());
+                if self.cluster.is_some() {
+                    // Kept for the append below.
+                    for piece in &self.pieces {
+                        st.ring.push(piece.clone());
+                    }
+                } else {
+                    for piece in self.pieces.drain(..) {
+                        st.ring.push(piece);
+                    }
                 }
             }
             self.hub.wake_subscribers();
             if let Some(cluster) = &mut self.cluster {
                 cluster.append(&self.pieces).await;
+                self.pieces.clear();
             }
-            self.pieces.clear();
         }
         Ok(())
     }
